@@ -1,0 +1,185 @@
+"""Tenants and API keys: creation, lookup, revocation. Keys are shown once and stored hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from mlaas.db import ApiKey, Tenant, session_scope, utcnow
+from mlaas.errors import ConflictError, NotFoundError, ValidationError
+
+KEY_PREFIX = "mlk_"
+SCOPES = ("admin", "tenant")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    id: str
+    name: str
+    tier: str
+    is_admin: bool
+    created_at: str
+    disabled: bool
+
+    @classmethod
+    def of(cls, row: Tenant) -> TenantInfo:
+        return cls(
+            id=row.id,
+            name=row.name,
+            tier=row.tier,
+            is_admin=row.is_admin,
+            created_at=row.created_at.isoformat() + "Z",
+            disabled=row.disabled_at is not None,
+        )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: str
+    revoked: bool
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyInfo:
+        return cls(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            name=row.name,
+            prefix=row.prefix,
+            scopes=tuple(row.scopes.split(",")),
+            created_at=row.created_at.isoformat() + "Z",
+            revoked=row.revoked_at is not None,
+        )
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of the whole key; keys carry 240 random bits, so a slow hash adds nothing."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def split_key(key: str) -> str | None:
+    """The lookup prefix of a well-formed key, or None."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    parts = key[len(KEY_PREFIX) :].split("_", 1)
+    if len(parts) != 2 or len(parts[0]) != 12 or len(parts[1]) < 32:
+        return None
+    return parts[0]
+
+
+def keys_match(key: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_key(key), stored_hash)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not _NAME_PATTERN.match(name or ""):
+        raise ValidationError(
+            f"{what} name must be 1-100 letters, digits, spaces, '.', '_' or '-'",
+            details={"field": "name", "received": name},
+        )
+    return name
+
+
+def create_tenant(url: str, name: str, *, tier: str, is_admin: bool = False) -> TenantInfo:
+    _check_name(name, "Tenant")
+    row = Tenant(id="ten_" + secrets.token_hex(8), name=name, tier=tier, is_admin=is_admin)
+    try:
+        with session_scope(url) as session:
+            session.add(row)
+    except IntegrityError as exc:
+        raise ConflictError(f"A tenant named {name!r} exists already") from exc
+    return TenantInfo.of(row)
+
+
+def list_tenants(url: str) -> list[TenantInfo]:
+    with session_scope(url) as session:
+        rows = session.scalars(select(Tenant).order_by(Tenant.created_at)).all()
+        return [TenantInfo.of(r) for r in rows]
+
+
+def get_tenant(url: str, tenant_id: str) -> TenantInfo:
+    with session_scope(url) as session:
+        row = session.get(Tenant, tenant_id)
+        if row is None:
+            raise NotFoundError(f"Tenant {tenant_id!r} not found")
+        return TenantInfo.of(row)
+
+
+def find_tenant(url: str, id_or_name: str) -> TenantInfo:
+    with session_scope(url) as session:
+        row = session.get(Tenant, id_or_name) or session.scalar(
+            select(Tenant).where(Tenant.name == id_or_name)
+        )
+        if row is None:
+            raise NotFoundError(f"Tenant {id_or_name!r} not found")
+        return TenantInfo.of(row)
+
+
+def admin_tenant(url: str) -> TenantInfo | None:
+    with session_scope(url) as session:
+        row = session.scalar(select(Tenant).where(Tenant.is_admin.is_(True)).limit(1))
+        return TenantInfo.of(row) if row else None
+
+
+def create_key(
+    url: str, tenant_id: str, *, name: str = "default", scopes: tuple[str, ...] = ("tenant",)
+) -> tuple[KeyInfo, str]:
+    """Create a key; returns its record and the key itself, which is never stored or shown again."""
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad or not scopes:
+        raise ValidationError(
+            f"scopes must be a non-empty subset of {list(SCOPES)}",
+            details={"field": "scopes", "received": list(scopes)},
+        )
+    _check_name(name, "Key")
+    prefix = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(30)}"
+    with session_scope(url) as session:
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFoundError(f"Tenant {tenant_id!r} not found")
+        if "admin" in scopes and not tenant.is_admin:
+            raise ValidationError(
+                "Only the admin tenant's keys can carry the admin scope",
+                details={"field": "scopes", "received": list(scopes)},
+            )
+        row = ApiKey(
+            id="key_" + secrets.token_hex(8),
+            tenant_id=tenant_id,
+            name=name,
+            prefix=prefix,
+            key_hash=hash_key(key),
+            scopes=",".join(sorted(set(scopes))),
+        )
+        session.add(row)
+    return KeyInfo.of(row), key
+
+
+def list_keys(url: str, tenant_id: str | None = None) -> list[KeyInfo]:
+    with session_scope(url) as session:
+        query = select(ApiKey).order_by(ApiKey.created_at)
+        if tenant_id is not None:
+            query = query.where(ApiKey.tenant_id == tenant_id)
+        return [KeyInfo.of(r) for r in session.scalars(query).all()]
+
+
+def revoke_key(url: str, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
+    """Revoke a key. With ``tenant_id``, another tenant's key is reported as not found."""
+    with session_scope(url) as session:
+        row = session.get(ApiKey, key_id)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise NotFoundError(f"Key {key_id!r} not found")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+        return KeyInfo.of(row)

@@ -1,0 +1,118 @@
+"""Credentials: API keys and the short-lived JWTs they are exchanged for."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+from sqlalchemy import select
+
+from mlaas.accounts import keys_match, split_key
+from mlaas.db import ApiKey, Tenant, session_scope
+from mlaas.errors import ForbiddenError, UnauthorizedError
+
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "mlaas"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from a key or a JWT, checked against the database."""
+
+    tenant_id: str
+    tier: str
+    key_id: str
+    scopes: frozenset[str]
+    is_admin_tenant: bool
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes and self.is_admin_tenant
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise ForbiddenError("This route needs a key with the admin scope")
+
+
+def _principal_for(url: str, *, key_id: str | None = None, raw_key: str | None = None) -> Principal:
+    """Load the key and tenant rows; reject revoked keys and disabled tenants."""
+    with session_scope(url) as session:
+        if raw_key is not None:
+            prefix = split_key(raw_key)
+            row = (
+                session.scalar(select(ApiKey).where(ApiKey.prefix == prefix)) if prefix else None
+            )
+            if row is None or not keys_match(raw_key, row.key_hash):
+                raise UnauthorizedError("Invalid API key")
+        else:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise UnauthorizedError("Invalid token")
+        if row.revoked_at is not None:
+            raise UnauthorizedError("This API key has been revoked")
+        tenant = session.get(Tenant, row.tenant_id)
+        if tenant is None or tenant.disabled_at is not None:
+            raise UnauthorizedError("This tenant is disabled")
+        return Principal(
+            tenant_id=tenant.id,
+            tier=tenant.tier,
+            key_id=row.id,
+            scopes=frozenset(row.scopes.split(",")),
+            is_admin_tenant=tenant.is_admin,
+        )
+
+
+def issue_token(principal: Principal, secret: str, ttl_s: int) -> tuple[str, int]:
+    """A signed HS256 JWT for the principal; returns it with its lifetime in seconds."""
+    now = int(time.time())
+    claims = {
+        "iss": JWT_ISSUER,
+        "sub": principal.key_id,
+        "tenant": principal.tenant_id,
+        "scopes": sorted(principal.scopes),
+        "iat": now,
+        "exp": now + ttl_s,
+        "jti": secrets.token_hex(8),
+    }
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM), ttl_s
+
+
+def authenticate(url: str, authorization: str | None, secret: str) -> Principal:
+    """Resolve ``Authorization: Bearer <key or JWT>``.
+
+    A JWT is honoured only while its key is live, so revoking a key also ends its tokens.
+    """
+    if not authorization:
+        raise UnauthorizedError("Missing Authorization header; send 'Authorization: Bearer <key>'")
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise UnauthorizedError("Authorization must be 'Bearer <API key or token>'")
+    if credential.startswith("mlk_"):
+        return _principal_for(url, raw_key=credential)
+    try:
+        claims = jwt.decode(
+            credential,
+            secret,
+            algorithms=[JWT_ALGORITHM],
+            issuer=JWT_ISSUER,
+            options={"require": ["exp", "iat", "sub", "iss"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise UnauthorizedError("Token expired; exchange your key for a new one") from exc
+    except jwt.PyJWTError as exc:
+        raise UnauthorizedError("Invalid token") from exc
+    principal = _principal_for(url, key_id=str(claims["sub"]))
+    if claims.get("tenant") != principal.tenant_id:
+        raise UnauthorizedError("Invalid token")
+    # A token never grants more than its key holds now.
+    scopes = principal.scopes & frozenset(claims.get("scopes") or ())
+    return Principal(
+        tenant_id=principal.tenant_id,
+        tier=principal.tier,
+        key_id=principal.key_id,
+        scopes=scopes,
+        is_admin_tenant=principal.is_admin_tenant,
+    )

@@ -1,0 +1,249 @@
+"""The ``mlaas`` command: start, stop and inspect the platform; manage tenants and keys."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlaas import accounts
+from mlaas.db import migrate
+from mlaas.errors import MlaasError
+from mlaas.settings import Settings
+from mlaas.tiers import load_tiers
+
+app = typer.Typer(help="ML-as-a-Service on Ray.", no_args_is_help=True, add_completion=False)
+tenants_app = typer.Typer(help="Tenants (operator commands, run on the platform's host).")
+keys_app = typer.Typer(help="API keys (operator commands, run on the platform's host).")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings()
+        settings.ensure_home()
+        return settings
+    except (MlaasError, ValueError) as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _migrated(settings: Settings) -> str:
+    url = settings.resolved_database_url
+    migrate(url)
+    return url
+
+
+@app.command()
+def up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the platform to be healthy")] = 300,
+) -> None:
+    """Start Ray (or use RAY_ADDRESS), migrate the database, deploy the Serve apps."""
+    from mlaas import platform
+
+    settings = _settings()
+    try:
+        load_tiers(settings.tiers_file)
+        state = platform.PlatformState.load(settings)
+        address = os.environ.get("RAY_ADDRESS")
+        started_ray = False
+        with console.status("[bold]Checking the port and the database...") as status:
+            # A taken port is fine only when it is this platform's own Serve proxy.
+            if not platform.port_is_free(settings.host, settings.port):
+                if state is None or not platform.ray_reachable(state.ray_address):
+                    _fail(
+                        f"Port {settings.port} on {settings.host} is taken by another program. "
+                        "Stop it, or choose another port with MLAAS_PORT=<port>."
+                    )
+            _migrated(settings)
+            admin_key = platform.bootstrap_admin(settings)
+            if not address:
+                if state and state.started_ray and platform.ray_reachable(state.ray_address):
+                    address, started_ray = state.ray_address, True
+                else:
+                    status.update("[bold]Starting a local Ray head...")
+                    address = platform.start_ray_head(settings)
+                    started_ray = True
+            elif state is not None and state.ray_address == address:
+                started_ray = state.started_ray
+            status.update(f"[bold]Connecting to Ray at {address}...")
+            platform.connect_ray(address)
+            platform.PlatformState(address, started_ray, settings.url).save(settings)
+            status.update("[bold]Deploying the Serve applications...")
+            names = platform.deploy(settings)
+
+            def tick(last: str) -> None:
+                apps = ", ".join(f"{k}={v}" for k, v in platform.application_statuses().items())
+                status.update(f"[bold]Waiting for {', '.join(names)} to be healthy[/] ({apps or last})")
+
+            platform.wait_until_healthy(settings, timeout, tick)
+    except MlaasError as exc:
+        _fail(exc.message)
+    console.print(f"[green]✔[/] Platform is up at [bold]{settings.url}[/]")
+    console.print(f"  API docs: {settings.url}/docs   Ray: {address}")
+    if admin_key:
+        console.print("[bold yellow]Admin API key (shown once; also saved with mode 0600 to "
+                      f"{settings.home / 'admin_key'}):[/]")
+        console.print(admin_key, soft_wrap=True, highlight=False)
+    else:
+        console.print(f"  Admin key: in {settings.home / 'admin_key'}")
+    console.print(f"URL: {settings.url}", highlight=False)
+
+
+@app.command()
+def down(
+    keep_ray: Annotated[bool, typer.Option(help="Leave the Ray head running")] = False,
+) -> None:
+    """Flush usage, stop the Serve apps, and stop the Ray head that `mlaas up` started."""
+    from mlaas import platform
+
+    settings = _settings()
+    state = platform.PlatformState.load(settings)
+    address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
+    if address is None:
+        console.print("Nothing to stop: no platform was started from this home dir.")
+        return
+    with console.status("[bold]Stopping the platform..."):
+        if platform.ray_reachable(address):
+            try:
+                platform.connect_ray(address)
+                platform.flush_and_shutdown_serve()
+            except MlaasError as exc:
+                err.print(f"[yellow]warning:[/] {exc.message}")
+        if state and state.started_ray and not keep_ray:
+            import ray
+
+            ray.shutdown()
+            platform.stop_ray()
+        platform.PlatformState.path(settings).unlink(missing_ok=True)
+    console.print("[green]✔[/] Platform stopped")
+
+
+@app.command()
+def status() -> None:
+    """Show the cluster, the Serve applications and the URL."""
+    from mlaas import platform
+
+    settings = _settings()
+    state = platform.PlatformState.load(settings)
+    address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
+    table = Table(show_header=False, box=None)
+    table.add_row("URL", settings.url)
+    table.add_row("Home", str(settings.home))
+    if address is None or not platform.ray_reachable(address):
+        table.add_row("Ray", "[red]not running[/] (start with `mlaas up`)")
+        console.print(table)
+        raise typer.Exit(1)
+    platform.connect_ray(address)
+    import ray
+
+    resources = ray.cluster_resources()
+    table.add_row("Ray", f"{address}  ({len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU)")
+    for name, app_status in platform.application_statuses().items():
+        colour = "green" if app_status == "RUNNING" else "yellow"
+        table.add_row(f"app {name}", f"[{colour}]{app_status}[/]")
+    try:
+        health = httpx.get(settings.url + "/health", timeout=5)
+        table.add_row("Health", f"{health.status_code} {health.json().get('status')}")
+    except (httpx.HTTPError, ValueError) as exc:
+        table.add_row("Health", f"[red]unreachable[/] ({type(exc).__name__})")
+    console.print(table)
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: str,
+    tier: Annotated[str, typer.Option(help="free, pro or enterprise")] = "free",
+) -> None:
+    """Create a tenant and its first API key (shown once)."""
+    settings = _settings()
+    try:
+        if tier not in load_tiers(settings.tiers_file).tiers:
+            _fail(f"Unknown tier {tier!r}; see {settings.tiers_file}")
+        url = _migrated(settings)
+        tenant = accounts.create_tenant(url, name, tier=tier)
+        _, key = accounts.create_key(url, tenant.id)
+    except MlaasError as exc:
+        _fail(exc.message)
+    console.print(f"[green]✔[/] Tenant {tenant.name} ({tenant.id}, tier {tenant.tier})")
+    console.print("API key (shown once):")
+    console.print(key, soft_wrap=True, highlight=False)
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """List tenants."""
+    settings = _settings()
+    table = Table("id", "name", "tier", "admin", "created")
+    for t in accounts.list_tenants(_migrated(settings)):
+        table.add_row(t.id, t.name, t.tier, "yes" if t.is_admin else "", t.created_at)
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id or name")],
+    name: Annotated[str, typer.Option(help="A label for the key")] = "default",
+    scope: Annotated[list[str] | None, typer.Option(help="admin and/or tenant")] = None,
+) -> None:
+    """Create an API key (shown once)."""
+    settings = _settings()
+    try:
+        url = _migrated(settings)
+        tenant_info = accounts.find_tenant(url, tenant)
+        info, key = accounts.create_key(url, tenant_info.id, name=name, scopes=tuple(scope or ["tenant"]))
+    except MlaasError as exc:
+        _fail(exc.message)
+    console.print(f"[green]✔[/] Key {info.id} for {tenant_info.name} (scopes {', '.join(info.scopes)})")
+    console.print("API key (shown once):")
+    console.print(key, soft_wrap=True, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Tenant id or name")] = None,
+) -> None:
+    """List API keys (never the keys themselves)."""
+    settings = _settings()
+    try:
+        url = _migrated(settings)
+        tenant_id = accounts.find_tenant(url, tenant).id if tenant else None
+    except MlaasError as exc:
+        _fail(exc.message)
+    table = Table("id", "tenant", "name", "prefix", "scopes", "created", "revoked")
+    for k in accounts.list_keys(url, tenant_id):
+        table.add_row(k.id, k.tenant_id, k.name, k.prefix, ",".join(k.scopes), k.created_at,
+                      "yes" if k.revoked else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key; it and its tokens stop working at once."""
+    settings = _settings()
+    try:
+        info = accounts.revoke_key(_migrated(settings), key_id)
+    except MlaasError as exc:
+        _fail(exc.message)
+    console.print(f"[green]✔[/] Key {info.id} revoked")
+
+
+def main() -> None:
+    app(prog_name="mlaas")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

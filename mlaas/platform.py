@@ -1,0 +1,231 @@
+"""Bringing the platform up and down: Ray head, migrations, admin bootstrap, Serve deploy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from mlaas import accounts
+from mlaas.db import migrate
+from mlaas.errors import ConfigurationError, MlaasError
+from mlaas.settings import Settings, write_private_file
+
+NAMESPACE = "mlaas"
+
+
+class PlatformError(MlaasError, RuntimeError):
+    """Something stops the platform from starting or stopping; the message carries a hint."""
+
+    code = "PLATFORM_ERROR"
+
+
+@dataclass
+class PlatformState:
+    """What `mlaas up` left behind, in ``$MLAAS_HOME/state.json``."""
+
+    ray_address: str
+    started_ray: bool
+    url: str
+
+    @classmethod
+    def path(cls, settings: Settings) -> Path:
+        return settings.home / "state.json"
+
+    @classmethod
+    def load(cls, settings: Settings) -> PlatformState | None:
+        try:
+            return cls(**json.loads(cls.path(settings).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, settings: Settings) -> None:
+        write_private_file(self.path(settings), json.dumps(self.__dict__))
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ray_binary() -> str:
+    candidate = Path(sys.executable).parent / "ray"
+    return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for Ray processes and clients: token auth when a token exists."""
+    env = dict(os.environ)
+    if (Path.home() / ".ray" / "auth_token").exists():
+        env.setdefault("RAY_AUTH_MODE", "token")
+    return env
+
+
+def start_ray_head(settings: Settings) -> str:
+    """Start a local head node; returns its address."""
+    for port, what, variable in (
+        (settings.ray_port, "Ray GCS", "MLAAS_RAY_PORT"),
+        (settings.dashboard_port, "Ray dashboard", "MLAAS_DASHBOARD_PORT"),
+    ):
+        if not port_is_free("127.0.0.1", port):
+            raise PlatformError(
+                f"Port {port} for the {what} is taken. Stop what uses it (`ray stop` if it is "
+                f"another Ray), set {variable} to a free port, or set RAY_ADDRESS to use that cluster."
+            )
+    command = [
+        _ray_binary(), "start", "--head",
+        f"--port={settings.ray_port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={settings.dashboard_port}",
+        "--disable-usage-stats",
+    ]
+    result = subprocess.run(command, env=ray_env(), capture_output=True, text=True, timeout=180)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise PlatformError(f"`ray start --head` failed:\n{tail}")
+    return f"127.0.0.1:{settings.ray_port}"
+
+
+def stop_ray() -> None:
+    subprocess.run([_ray_binary(), "stop", "--force"], env=ray_env(), capture_output=True, timeout=120)
+
+
+def connect_ray(address: str) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in ray_env().items():
+        os.environ.setdefault(key, value)
+    try:
+        ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise PlatformError(
+            f"Cannot reach Ray at {address}: {exc}. Is the cluster up (`ray status`)? "
+            "Unset RAY_ADDRESS to let `mlaas up` start a local head."
+        ) from exc
+
+
+def ray_reachable(address: str, timeout_s: float = 10) -> bool:
+    result = subprocess.run(
+        [_ray_binary(), "status", f"--address={address}"],
+        env=ray_env(), capture_output=True, timeout=timeout_s + 30,
+    )
+    return result.returncode == 0
+
+
+def bootstrap_admin(settings: Settings) -> str | None:
+    """Create the admin tenant and key on first start; returns the key only when it is new."""
+    url = settings.resolved_database_url
+    if accounts.admin_tenant(url) is not None:
+        return None
+    tenant = accounts.create_tenant(url, "admin", tier="enterprise", is_admin=True)
+    _, key = accounts.create_key(url, tenant.id, name="admin", scopes=("admin", "tenant"))
+    write_private_file(settings.home / "admin_key", key)
+    return key
+
+
+def _safe_database_url(url: str) -> str | None:
+    """The URL when it carries no password (so it may go into a visible Serve config)."""
+    from sqlalchemy.engine import make_url
+
+    return None if make_url(url).password else url
+
+
+def serve_config(settings: Settings) -> dict[str, Any]:
+    """The Serve config file with this machine's settings filled into each application."""
+    try:
+        config = yaml.safe_load(settings.serve_config.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"{settings.serve_config}: {exc}") from exc
+    config.setdefault("http_options", {}).update(host=settings.host, port=settings.port)
+    overrides: dict[str, Any] = {
+        "home": str(settings.home),
+        "tiers_file": str(settings.tiers_file),
+        "max_body_bytes": settings.max_body_bytes,
+        "jwt_ttl_s": settings.jwt_ttl_s,
+        "host": settings.host,
+        "port": settings.port,
+    }
+    safe_url = _safe_database_url(settings.resolved_database_url)
+    if safe_url:
+        overrides["database_url"] = safe_url
+    for app in config.get("applications", []):
+        args = app.setdefault("args", {}) or {}
+        args.setdefault("settings", {}).update(overrides)
+        app["args"] = args
+    return config
+
+
+def deploy(settings: Settings) -> list[str]:
+    """Deploy every application of the Serve config; returns their names."""
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(serve_config(settings))
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        global_logging_config=config.logging_config,
+    )
+    client.deploy_apps(config, _blocking=False)
+    return [app.name for app in config.applications]
+
+
+def application_statuses() -> dict[str, str]:
+    from ray import serve
+
+    return {name: str(app.status) for name, app in serve.status().applications.items()}
+
+
+def wait_until_healthy(settings: Settings, timeout_s: float, on_tick: Any = None) -> None:
+    """Poll ``/health`` until it answers 200; raise with the last answer at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(settings.url + "/health", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        if on_tick:
+            on_tick(last)
+        time.sleep(0.5)
+    raise PlatformError(
+        f"The platform did not become healthy within {timeout_s:.0f} s (last: {last}). "
+        "See `mlaas status` and the Serve logs under /tmp/ray/session_latest/logs/serve."
+    )
+
+
+def flush_and_shutdown_serve() -> None:
+    """Write buffered usage, then stop Serve and the admission actor."""
+    import ray
+    from ray import serve
+
+    from mlaas.admission import ACTOR_NAME
+
+    try:
+        actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+        ray.get(actor.flush.remote(), timeout=30)
+        ray.kill(actor, no_restart=True)
+    except ValueError:
+        pass  # never started
+    serve.shutdown()

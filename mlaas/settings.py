@@ -1,0 +1,111 @@
+"""The one source of configuration: environment variables with the ``MLAAS_`` prefix."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlaas.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIN_SECRET_LENGTH = 32
+_WEAK_SECRETS = {"secret", "changeme", "change-me", "password", "jwt-secret", "mlaas"}
+
+
+def secret_strength_problem(secret: str) -> str | None:
+    """Say why a JWT signing secret is too weak, or None when it is acceptable."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"must be at least {MIN_SECRET_LENGTH} characters (got {len(secret)})"
+    if secret.lower() in _WEAK_SECRETS:
+        return "is a well-known placeholder"
+    counts = Counter(secret)
+    entropy_bits = -sum(c / len(secret) * math.log2(c / len(secret)) for c in counts.values())
+    if entropy_bits * len(secret) < 128:
+        return "has under 128 bits of entropy (use `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+    return None
+
+
+class Settings(BaseSettings):
+    """Platform settings; every field can be set as ``MLAAS_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MLAAS_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".mlaas")
+    database_url: str | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    ray_port: int = Field(default=6379, ge=1, le=65_535, description="GCS port of a head `mlaas up` starts")
+    dashboard_port: int = Field(default=8265, ge=1, le=65_535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    tiers_file: Path = REPO_ROOT / "configs" / "tiers.yaml"
+    serve_config: Path = REPO_ROOT / "configs" / "serve" / "mlaas.yaml"
+    usage_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    log_level: str = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database URL, or SQLite in the home dir."""
+        return self.database_url or f"sqlite:///{self.home / 'mlaas.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.home
+
+    def jwt_signing_secret(self) -> str:
+        """The JWT secret: the configured one, else the one in the home dir, made on first use.
+
+        Raises:
+            ConfigurationError: when the configured or stored secret is weak.
+        """
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            source = "MLAAS_JWT_SECRET"
+        else:
+            path = self.ensure_home() / "jwt_secret"
+            if not path.exists():
+                write_private_file(path, secrets.token_urlsafe(48))
+            secret = path.read_text().strip()
+            source = str(path)
+        problem = secret_strength_problem(secret)
+        if problem:
+            raise ConfigurationError(f"JWT secret from {source} {problem}")
+        return secret
+
+
+def write_private_file(path: Path, content: str) -> None:
+    """Write a file readable by its owner only (mode 0600), never world-readable in between."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content + "\n")
+    os.replace(tmp, path)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process."""
+    return Settings()

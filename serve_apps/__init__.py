@@ -1,0 +1,1 @@
+"""Ray Serve applications of the platform; each is named in ``configs/serve/mlaas.yaml``."""

@@ -1,0 +1,95 @@
+"""The gateway's FastAPI app: routes, and the one place errors become the documented shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import mlaas
+from mlaas.errors import MlaasError, error_body
+from serve_apps.gateway.routes import auth, health, keys, tenants, usage
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def _json_error(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message, details, _request_id(request)), status_code=status, headers=headers
+    )
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _on_mlaas_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MlaasError)
+    return _json_error(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": "body" if e.get("type") == "json_invalid" else _field_of(tuple(e.get("loc", ()))),
+            "message": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    if first.get("type") == "json_invalid":
+        message = "Request body is not valid JSON"
+    else:
+        message = f"Invalid value for '{first['field']}': {first['message']}"
+    return _json_error(
+        request, 422, "VALIDATION_ERROR", message, {"field": first["field"], "errors": errors}
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    message = "No such route" if exc.status_code == 404 else str(exc.detail)
+    details = {"path": request.url.path} if exc.status_code in (404, 405) else {}
+    return _json_error(request, exc.status_code, code, message, details, getattr(exc, "headers", None))
+
+
+def create_app() -> FastAPI:
+    """The FastAPI app with every route and error handler; state is attached by the deployment."""
+    app = FastAPI(
+        title="MLaaS platform API",
+        version=mlaas.__version__,
+        description="Distributed training and serving on Ray. Authenticate with "
+        "`Authorization: Bearer <API key or JWT>`.",
+    )
+    app.add_exception_handler(MlaasError, _on_mlaas_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for module in (health, auth, keys, tenants, usage):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,110 @@
+"""What every gateway route needs, built once per replica, and the shared route dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from mlaas.auth import Principal, authenticate
+from mlaas.errors import QuotaExceededError, RateLimitExceededError
+from mlaas.settings import Settings
+from mlaas.tiers import TiersConfig
+
+
+@dataclass
+class GatewayContext:
+    settings: Settings
+    database_url: str
+    jwt_secret: str
+    tiers: TiersConfig
+    admission: Any  # ActorHandle of mlaas.admission.Admission
+    applications: tuple[str, ...]
+
+
+def gateway_context(request: Request) -> GatewayContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+Context = Annotated[GatewayContext, Depends(gateway_context)]
+
+
+def endpoint_of(request: Request) -> str:
+    """The matched route's path template (``/v1/train/{id}/status``), the unit of rate limits."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or request.url.path
+
+
+async def check_admission(
+    ctx: GatewayContext,
+    subject: str,
+    endpoint: str,
+    *,
+    tenant_id: str | None = None,
+    tier: str = "free",
+    units: dict[str, int] | None = None,
+) -> None:
+    refusal = await ctx.admission.admit.remote(subject, endpoint, tenant_id, tier, units)
+    if refusal is None:
+        return
+    code, retry_after_s, limit = refusal
+    if code == "QUOTA_EXCEEDED":
+        raise QuotaExceededError(
+            f"Monthly quota of {limit} exhausted for this tier; upgrade or wait for next month",
+            retry_after_s=retry_after_s,
+            details={"limit": limit, "units": units or {}},
+        )
+    raise RateLimitExceededError(
+        f"Rate limit of {limit} requests per {int(ctx.tiers.rate_limits.window_s)} s reached "
+        f"for {endpoint}",
+        retry_after_s=retry_after_s,
+        details={"limit": limit, "endpoint": endpoint},
+    )
+
+
+async def consume_quota(
+    ctx: GatewayContext, principal: Principal, category: str, quantity: int, endpoint: str
+) -> None:
+    """Count extra units (for example each row of a batch) against the tenant's quota."""
+    refusal = await ctx.admission.consume.remote(
+        principal.tenant_id, principal.tier, category, quantity, endpoint
+    )
+    if refusal is not None:
+        _, retry_after_s, limit = refusal
+        raise QuotaExceededError(
+            f"Monthly {category} quota of {limit} would be exceeded by {quantity} more",
+            retry_after_s=retry_after_s,
+            details={"limit": limit, "category": category, "requested": quantity},
+        )
+
+
+async def current_principal(request: Request, ctx: Context) -> Principal:
+    """Authenticate the caller, then apply its rate limit and quotas for this endpoint."""
+    principal = await run_in_threadpool(
+        authenticate, ctx.database_url, request.headers.get("authorization"), ctx.jwt_secret
+    )
+    request.state.tenant_id = principal.tenant_id
+    endpoint = endpoint_of(request)
+    category = ctx.tiers.metered.get(f"{request.method} {endpoint}")
+    await check_admission(
+        ctx,
+        principal.tenant_id,
+        endpoint,
+        tenant_id=principal.tenant_id,
+        tier=principal.tier,
+        units={category: 1} if category else None,
+    )
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def admin_principal(principal: CurrentPrincipal) -> Principal:
+    principal.require_admin()
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

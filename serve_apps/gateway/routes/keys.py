@@ -1,0 +1,56 @@
+"""``/v1/keys``: a tenant's API keys. Admins may act for any tenant."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from mlaas import accounts
+from mlaas.errors import ForbiddenError
+from serve_apps.gateway.context import Context, CurrentPrincipal
+
+router = APIRouter(tags=["keys"])
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(default="default", min_length=1, max_length=100)
+    scopes: list[Literal["admin", "tenant"]] = Field(default_factory=lambda: ["tenant"])
+    tenant_id: str | None = Field(default=None, description="Admins only: create for this tenant")
+
+
+@router.post("/v1/keys", status_code=201)
+async def create_key(body: KeyCreate, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """Create a key. The key is in this response only; it is stored as a hash."""
+    tenant_id = body.tenant_id or principal.tenant_id
+    if tenant_id != principal.tenant_id and not principal.is_admin:
+        raise ForbiddenError("Only admins can create keys for another tenant")
+    if "admin" in body.scopes and not principal.is_admin:
+        raise ForbiddenError("Only admins can create admin keys")
+    info, key = await run_in_threadpool(
+        accounts.create_key, ctx.database_url, tenant_id, name=body.name, scopes=tuple(body.scopes)
+    )
+    return {**asdict(info), "key": key}
+
+
+@router.get("/v1/keys")
+async def list_keys(
+    principal: CurrentPrincipal, ctx: Context, tenant_id: str | None = None
+) -> dict[str, Any]:
+    if tenant_id and tenant_id != principal.tenant_id and not principal.is_admin:
+        raise ForbiddenError("Only admins can list another tenant's keys")
+    keys = await run_in_threadpool(
+        accounts.list_keys, ctx.database_url, tenant_id or principal.tenant_id
+    )
+    return {"keys": [asdict(k) for k in keys], "total": len(keys)}
+
+
+@router.delete("/v1/keys/{key_id}")
+async def revoke_key(key_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """Revoke a key at once; tokens issued from it stop working too."""
+    owner = None if principal.is_admin else principal.tenant_id
+    info = await run_in_threadpool(accounts.revoke_key, ctx.database_url, key_id, tenant_id=owner)
+    return asdict(info)
