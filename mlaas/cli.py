@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from dataclasses import asdict
 from typing import Annotated
 
 import httpx
@@ -69,7 +71,6 @@ def up(
                         "Stop it, or choose another port with MLAAS_PORT=<port>."
                     )
             _migrated(settings)
-            admin_key = platform.bootstrap_admin(settings)
             if not address:
                 if state and state.started_ray and platform.ray_reachable(state.ray_address):
                     address, started_ray = state.ray_address, True
@@ -77,11 +78,15 @@ def up(
                     status.update("[bold]Starting a local Ray head...")
                     address = platform.start_ray_head(settings)
                     started_ray = True
+                    # Saved at once, so that `mlaas down` can stop this head even if a later step fails.
+                    platform.PlatformState(address, True, settings.url).save(settings)
             elif state is not None and state.ray_address == address:
                 started_ray = state.started_ray
             status.update(f"[bold]Connecting to Ray at {address}...")
             platform.connect_ray(address)
-            platform.PlatformState(address, started_ray, settings.url).save(settings)
+            platform.PlatformState(
+                address, started_ray, settings.url, platform.current_session_name()
+            ).save(settings)
             status.update("[bold]Deploying the Serve applications...")
             names = platform.deploy(settings)
 
@@ -90,6 +95,8 @@ def up(
                 status.update(f"[bold]Waiting for {', '.join(names)} to be healthy[/] ({apps or last})")
 
             platform.wait_until_healthy(settings, timeout, tick)
+            # Made only once the platform is healthy, so that the one printing is not lost.
+            admin_key = platform.bootstrap_admin(settings)
     except MlaasError as exc:
         _fail(exc.message)
     console.print(f"[green]✔[/] Platform is up at [bold]{settings.url}[/]")
@@ -127,7 +134,8 @@ def down(
             import ray
 
             ray.shutdown()
-            platform.stop_ray()
+            port = int(state.ray_address.rsplit(":", 1)[1])
+            platform.stop_ray_head(state.session_name, port)
         platform.PlatformState.path(settings).unlink(missing_ok=True)
     console.print("[green]✔[/] Platform stopped")
 
@@ -184,11 +192,18 @@ def tenants_create(
 
 
 @tenants_app.command("list")
-def tenants_list() -> None:
+def tenants_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+) -> None:
     """List tenants."""
     settings = _settings()
+    tenants = accounts.list_tenants(_migrated(settings))
+    if as_json:
+        for t in tenants:
+            print(json.dumps(asdict(t)))
+        return
     table = Table("id", "name", "tier", "admin", "created")
-    for t in accounts.list_tenants(_migrated(settings)):
+    for t in tenants:
         table.add_row(t.id, t.name, t.tier, "yes" if t.is_admin else "", t.created_at)
     console.print(table)
 
@@ -215,6 +230,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     tenant: Annotated[str | None, typer.Option(help="Tenant id or name")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
 ) -> None:
     """List API keys (never the keys themselves)."""
     settings = _settings()
@@ -223,8 +239,13 @@ def keys_list(
         tenant_id = accounts.find_tenant(url, tenant).id if tenant else None
     except MlaasError as exc:
         _fail(exc.message)
+    keys = accounts.list_keys(url, tenant_id)
+    if as_json:
+        for k in keys:
+            print(json.dumps(asdict(k)))
+        return
     table = Table("id", "tenant", "name", "prefix", "scopes", "created", "revoked")
-    for k in accounts.list_keys(url, tenant_id):
+    for k in keys:
         table.add_row(k.id, k.tenant_id, k.name, k.prefix, ",".join(k.scopes), k.created_at,
                       "yes" if k.revoked else "")
     console.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,7 @@ class PlatformState:
     ray_address: str
     started_ray: bool
     url: str
+    session_name: str = ""
 
     @classmethod
     def path(cls, settings: Settings) -> Path:
@@ -80,6 +82,8 @@ def start_ray_head(settings: Settings) -> str:
     """Start a local head node; returns its address."""
     for port, what, variable in (
         (settings.ray_port, "Ray GCS", "MLAAS_RAY_PORT"),
+        (settings.ray_port + 1, "Ray client server", "MLAAS_RAY_PORT"),
+        (settings.ray_port + 2, "Ray dashboard agent", "MLAAS_RAY_PORT"),
         (settings.dashboard_port, "Ray dashboard", "MLAAS_DASHBOARD_PORT"),
     ):
         if not port_is_free("127.0.0.1", port):
@@ -93,26 +97,84 @@ def start_ray_head(settings: Settings) -> str:
         "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}",
+        # Derived from the GCS port so that two platforms can share a machine.
+        f"--ray-client-server-port={settings.ray_port + 1}",
+        f"--dashboard-agent-listen-port={settings.ray_port + 2}",
         "--disable-usage-stats",
     ]
-    result = subprocess.run(command, env=ray_env(), capture_output=True, text=True, timeout=180)
+    env = ray_env()
+    env["RAY_AUTH_MODE"] = "token"
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        # Token auth guards the job server and GCS; the token lives in ~/.ray/auth_token.
+        subprocess.run(
+            [_ray_binary(), "get-auth-token", "--generate"],
+            env=env, capture_output=True, check=True, timeout=60,
+        )
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
         raise PlatformError(f"`ray start --head` failed:\n{tail}")
     return f"127.0.0.1:{settings.ray_port}"
 
 
-def stop_ray() -> None:
-    subprocess.run([_ray_binary(), "stop", "--force"], env=ray_env(), capture_output=True, timeout=120)
+def current_session_name() -> str:
+    import ray
+
+    return str(ray._private.worker.global_worker.node.session_name)
+
+
+def stop_ray_head(session_name: str, gcs_port: int, grace_s: float = 15) -> int:
+    """Stop the processes of one Ray head (and their children), leaving other Ray clusters alone.
+
+    ``ray stop`` would end every Ray process on the machine. Returns how many were stopped.
+    """
+    import psutil
+
+    own_gcs = re.compile(rf"(address=[\w.\-]+:|gcs_server_port=){gcs_port}\b")
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if (session_name and session_name in cmdline) or own_gcs.search(cmdline):
+            roots.append(proc)
+    victims = {p.pid: p for p in roots}
+    for proc in roots:
+        try:
+            victims.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    victims.pop(os.getpid(), None)
+    for proc in victims.values():
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(victims)
 
 
 def connect_ray(address: str) -> None:
+    """Connect this process to the cluster as a driver, with token auth when a token exists."""
+    token_mode = "RAY_AUTH_MODE" not in os.environ and ray_env().get("RAY_AUTH_MODE") == "token"
+    if token_mode:
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():
         return
-    for key, value in ray_env().items():
-        os.environ.setdefault(key, value)
+    if token_mode:
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray read its config at import, before the variable was set
+    if not ray_reachable(address):
+        raise PlatformError(
+            f"Cannot reach Ray at {address}: nothing answers there. Is the cluster up "
+            "(`ray status`)? Unset RAY_ADDRESS to let `mlaas up` start a local head."
+        )
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:
@@ -122,12 +184,16 @@ def connect_ray(address: str) -> None:
         ) from exc
 
 
-def ray_reachable(address: str, timeout_s: float = 10) -> bool:
-    result = subprocess.run(
-        [_ray_binary(), "status", f"--address={address}"],
-        env=ray_env(), capture_output=True, timeout=timeout_s + 30,
-    )
-    return result.returncode == 0
+def ray_reachable(address: str, timeout_s: float = 3) -> bool:
+    """Whether the GCS of ``host:port`` accepts connections (``ray.init`` would hang otherwise)."""
+    if address in ("auto", "local") or "://" in address:
+        return True  # let Ray resolve these itself
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def bootstrap_admin(settings: Settings) -> str | None:

@@ -79,6 +79,13 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return _json_error(request, exc.status_code, code, message, details, getattr(exc, "headers", None))
 
 
+async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's outermost layer answers with this, then re-raises for the logs.
+    return _json_error(
+        request, 500, "INTERNAL_ERROR", "Internal server error; quote the request id when reporting it"
+    )
+
+
 def create_app() -> FastAPI:
     """The FastAPI app with every route and error handler; state is attached by the deployment."""
     app = FastAPI(
@@ -90,6 +97,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(MlaasError, _on_mlaas_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unhandled)
     for module in (health, auth, keys, tenants, usage):
         app.include_router(module.router)
     return app

@@ -1,0 +1,94 @@
+"""Shared fixtures: one platform (Ray head + Serve apps, started by `mlaas up`) per session."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MLAAS = str(Path(sys.executable).parent / "mlaas")
+# Ports away from the defaults and Ray's worker range (10002-19999), so a developer's own
+# platform or Ray keeps running beside the tests.
+TEST_PORT = int(os.environ.get("MLAAS_TEST_PORT", "28000"))
+TEST_RAY_PORT = int(os.environ.get("MLAAS_TEST_RAY_PORT", "26379"))
+TEST_DASHBOARD_PORT = int(os.environ.get("MLAAS_TEST_DASHBOARD_PORT", "28265"))
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class Platform:
+    home: Path
+    url: str
+    admin_key: str
+    env: dict[str, str] = field(repr=False)
+
+    def cli(self, *args: str, timeout: float = 400, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [MLAAS, *args], env={**self.env, **env}, capture_output=True, text=True, timeout=timeout
+        )
+
+    def client(self, key: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def new_tenant(self, tier: str = "free") -> tuple[str, str]:
+        """A fresh tenant (own rate-limit and quota state); returns (tenant id, its key)."""
+        with self.client(self.admin_key) as client:
+            response = client.post(
+                "/v1/tenants", json={"name": f"t-{secrets.token_hex(4)}", "tier": tier}
+            )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return body["id"], body["api_key"]["key"]
+
+
+def platform_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLAAS_", "RAY_ADDRESS"))}
+    env.update(
+        MLAAS_HOME=str(home),
+        MLAAS_PORT=str(TEST_PORT),
+        MLAAS_RAY_PORT=str(TEST_RAY_PORT),
+        MLAAS_DASHBOARD_PORT=str(TEST_DASHBOARD_PORT),
+        MLAAS_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        COLUMNS="200",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """`mlaas up` in a fresh home dir; `mlaas down` at the end of the session."""
+    home = tmp_path_factory.mktemp("mlaas-home")
+    env = platform_env(home)
+    up = subprocess.run([MLAAS, "up"], env=env, capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        subprocess.run([MLAAS, "down"], env=env, capture_output=True, timeout=300)
+        pytest.fail(f"mlaas up failed:\n{up.stdout}\n{up.stderr}")
+    admin_key = (home / "admin_key").read_text().strip()
+    assert admin_key in up.stdout, "the first start prints the admin key"
+    try:
+        yield Platform(home=home, url=f"http://127.0.0.1:{TEST_PORT}", admin_key=admin_key, env=env)
+    finally:
+        subprocess.run([MLAAS, "down"], env=env, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def ray_driver(platform: Platform) -> Iterator[None]:
+    """This test process connected to the platform's Ray cluster as a driver."""
+    from mlaas.platform import connect_ray
+
+    connect_ray(f"127.0.0.1:{TEST_RAY_PORT}")
+    yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that restart the shared platform run last, so they do not pull it from under others.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_platform") is not None)

@@ -1,0 +1,142 @@
+"""Rate limits, quotas and metering through the real gateway, shared by its replicas."""
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.conftest import REPO, Platform
+
+
+def _default_limit() -> int:
+    tiers = yaml.safe_load((REPO / "configs" / "tiers.yaml").read_text())
+    return int(tiers["rate_limits"]["default_per_window"])
+
+
+def test_concurrent_burst_admits_exactly_the_limit_across_two_replicas(platform: Platform) -> None:
+    _, key = platform.new_tenant()
+    limit = _default_limit()
+    attempts = 3 * limit
+
+    def call(_: int) -> httpx.Response:
+        with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            return c.get("/v1/keys")
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(call, range(attempts)))
+
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == limit
+    assert statuses.count(429) == attempts - limit
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    replicas = {r.headers["x-mlaas-replica"] for r in responses}
+    assert len(replicas) == 2, f"both gateway replicas served the burst, got {replicas}"
+
+
+def test_health_is_limited_per_client_to_its_documented_rate(platform: Platform) -> None:
+    # Every test shares 127.0.0.1, so only count what is left of this minute's 100.
+    with platform.client() as client:
+        responses = [client.get("/health") for _ in range(110)]
+
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) <= 100
+    first_refusal = statuses.index(429)
+    assert all(s == 429 for s in statuses[first_refusal:]), "once refused, refused for the window"
+    assert responses[first_refusal].json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+
+
+def test_usage_is_metered_per_endpoint(platform: Platform) -> None:
+    tenant_id, key = platform.new_tenant()
+    with platform.client(key) as client:
+        for _ in range(3):
+            assert client.get("/v1/keys").status_code == 200
+        client.post("/v1/auth/token")
+        usage = client.get("/v1/usage").json()
+
+    per_endpoint = {e["endpoint"]: e["requests"] for e in usage["endpoints"]}
+    assert usage["tenant_id"] == tenant_id
+    assert per_endpoint["/v1/keys"] == 3
+    assert per_endpoint["/v1/auth/token"] == 1
+    assert per_endpoint["/v1/usage"] == 1
+    assert usage["quotas"]["training_jobs"] == {"used": 0, "limit": 100, "remaining": 100}
+    assert usage["quotas"]["inference_requests"]["limit"] == 10_000
+
+
+def test_tenants_see_only_their_own_usage(platform: Platform) -> None:
+    tenant_a, key_a = platform.new_tenant()
+    _, key_b = platform.new_tenant()
+
+    with platform.client(key_b) as client:
+        response = client.get("/v1/usage", params={"tenant_id": tenant_a})
+    with platform.client(platform.admin_key) as client:
+        as_admin = client.get("/v1/usage", params={"tenant_id": tenant_a})
+
+    assert response.status_code == 403
+    assert as_admin.status_code == 200 and as_admin.json()["tenant_id"] == tenant_a
+
+
+def test_quota_exhaustion_is_429_quota_exceeded(platform: Platform, ray_driver: None) -> None:
+    import ray
+
+    from mlaas.admission import ACTOR_NAME, NAMESPACE
+
+    tenant_id, _ = platform.new_tenant("free")
+    admission = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    assert ray.get(admission.consume.remote(tenant_id, "free", "inference_requests", 10_000, "/v1/predict")) is None
+
+    refusal = ray.get(admission.consume.remote(tenant_id, "free", "inference_requests", 1, "/v1/predict"))
+
+    assert refusal is not None and refusal[0] == "QUOTA_EXCEEDED" and refusal[2] == 10_000
+
+
+def test_request_id_is_echoed_or_made(platform: Platform) -> None:
+    with platform.client(platform.admin_key) as client:
+        echoed = client.get("/v1/keys", headers={"X-Request-ID": "my-trace-123"})
+        made = client.get("/v1/does-not-exist")
+
+    assert echoed.headers["x-request-id"] == "my-trace-123"
+    assert made.headers["x-request-id"] and made.json()["request_id"] == made.headers["x-request-id"]
+
+
+def test_openapi_docs_are_served(platform: Platform) -> None:
+    with platform.client() as client:
+        docs = client.get("/docs")
+        spec = client.get("/openapi.json").json()
+
+    assert docs.status_code == 200
+    assert {"/health", "/v1/auth/token", "/v1/keys", "/v1/tenants", "/v1/usage"} <= set(spec["paths"])
+
+
+def test_request_metrics_reach_prometheus(platform: Platform, ray_driver: None) -> None:
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    with platform.client(platform.admin_key) as client:
+        client.get("/v1/keys")
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if re.search(r'mlaas_http_requests_total\{[^}]*endpoint="/v1/keys"', text):
+            break
+        time.sleep(1)
+    assert re.search(r'mlaas_http_requests_total\{[^}]*endpoint="/v1/keys"[^}]*status_code="200"', text)
+    assert "mlaas_http_request_latency_ms_bucket" in text
+
+
+def test_no_key_reaches_the_logs(platform: Platform) -> None:
+    _, key = platform.new_tenant()
+    with platform.client(key) as client:
+        client.get("/v1/usage")
+        client.get("/v1/usage", headers={"Authorization": f"Bearer {key}x"})
+    logs = Path("/tmp/ray/session_latest/logs")
+
+    leaked = [p for p in logs.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+
+    assert leaked == []
