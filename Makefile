@@ -1,12 +1,16 @@
 # Two entry points: `make run` and `make test`. Both install into .venv first, and skip the
 # install when pyproject.toml has not changed since the last one (a stamp keyed on its hash).
-PYTHON ?= python3.11
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 HASH := $(shell sha256sum pyproject.toml Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(HASH)
 PYTEST_ARGS ?=
+# pip warns once per package about index folders this machine's pip.conf names; keep the rest.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || [ $$? -eq 1 ]; }
 
 .PHONY: install run test down lint bench clean
 
@@ -14,12 +18,14 @@ install: $(STAMP)
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=24" setuptools wheel
+	@echo "Installing into $(VENV) (first time: a few minutes; then skipped until pyproject.toml changes)"
+	$(PIP) install --quiet --upgrade "pip>=24" setuptools wheel 2>&1 | $(QUIET_PIP)
 	# torch first: the CPU build on this disk; any other torch pulls a CUDA build of several GB.
-	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet "torch==2.13.0" 2>&1 | $(QUIET_PIP)
 	# DeepSpeed compiles against the installed torch, so it must not get an isolated build env.
-	$(PIP) install --quiet --no-build-isolation "deepspeed==0.19.8"
-	$(PIP) install --quiet -e ".[all]"
+	$(PIP) install --quiet --no-build-isolation "deepspeed==0.19.8" 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet -e ".[all]" 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, ray, deepspeed; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
