@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import secrets
 import subprocess
 import sys
@@ -13,13 +15,28 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlaas.platform import port_is_free
+
 REPO = Path(__file__).resolve().parent.parent
 MLAAS = str(Path(sys.executable).parent / "mlaas")
-# Ports away from the defaults and Ray's worker range (10002-19999), so a developer's own
-# platform or Ray keeps running beside the tests.
-TEST_PORT = int(os.environ.get("MLAAS_TEST_PORT", "28000"))
-TEST_RAY_PORT = int(os.environ.get("MLAAS_TEST_RAY_PORT", "26379"))
-TEST_DASHBOARD_PORT = int(os.environ.get("MLAAS_TEST_DASHBOARD_PORT", "28265"))
+
+
+def _free_port_block(size: int, low: int = 20_000, high: int = 32_000) -> int:
+    """A random port with the ``size - 1`` ports after it free too, outside Ray's worker range
+    (10002-19999), so that several test sessions and a developer's own platform can coexist."""
+    rng = random.Random()
+    for _ in range(200):
+        start = rng.randrange(low, high - size)
+        if all(port_is_free("127.0.0.1", p) for p in range(start, start + size)):
+            return start
+    raise RuntimeError("no free block of ports for the test platform")
+
+
+# MLAAS_TEST_PORT pins the gateway port (then the next three serve Ray); otherwise random.
+_BASE_PORT = int(os.environ.get("MLAAS_TEST_PORT") or _free_port_block(5))
+TEST_PORT = _BASE_PORT
+TEST_RAY_PORT = _BASE_PORT + 1  # and +2, +3 for Ray's client server and dashboard agent
+TEST_DASHBOARD_PORT = _BASE_PORT + 4
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -34,6 +51,12 @@ class Platform:
         return subprocess.run(
             [MLAAS, *args], env={**self.env, **env}, capture_output=True, text=True, timeout=timeout
         )
+
+    @property
+    def ray_logs(self) -> Path:
+        """The log folder of this platform's Ray session."""
+        state = json.loads((self.home / "state.json").read_text())
+        return Path("/tmp/ray") / state["session_name"] / "logs"
 
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         headers = {"Authorization": f"Bearer {key}"} if key else {}
