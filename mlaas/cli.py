@@ -59,6 +59,7 @@ def up(
     settings = _settings()
     try:
         load_tiers(settings.tiers_file)
+        settings.jwt_signing_secret()  # a weak MLAAS_JWT_SECRET stops here, not in a replica
         state = platform.PlatformState.load(settings)
         address = os.environ.get("RAY_ADDRESS")
         started_ray = False

@@ -83,3 +83,13 @@ def test_restart_keeps_keys_and_usage(platform: Platform) -> None:
     per_endpoint = {e["endpoint"]: e["requests"] for e in usage.json()["endpoints"]}
     assert usage.json()["tenant_id"] == tenant_id
     assert per_endpoint["/v1/keys"] == 4
+
+
+def test_up_refuses_a_weak_jwt_secret_before_starting_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**platform_env(tmp_path), "MLAAS_JWT_SECRET": "password123"}
+
+    result = subprocess.run([MLAAS, "up"], env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1
+    assert "MLAAS_JWT_SECRET" in result.stderr and "at least 32 characters" in result.stderr
+    assert not (tmp_path / "state.json").exists(), "no Ray head was started"
