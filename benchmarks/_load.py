@@ -25,7 +25,15 @@ def require_wrk() -> str:
 
 def run_wrk(url: str, *, connections: int, duration_s: int, headers: dict[str, str]) -> dict:
     """One wrk run in its own process; returns p50/p99 in ms, requests/s and non-2xx count."""
-    command = [require_wrk(), "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "--timeout", "10s"]
+    command = [
+        require_wrk(),
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout

@@ -70,18 +70,36 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mlaas-bench-"))
     (home / "tiers.yaml").write_text(BENCH_TIERS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLAAS_")}
-    env.update(MLAAS_HOME=str(home), MLAAS_PORT=str(PORT), MLAAS_RAY_PORT=str(RAY_PORT),
-               MLAAS_DASHBOARD_PORT=str(DASHBOARD_PORT), MLAAS_TIERS_FILE=str(home / "tiers.yaml"))
+    env.update(
+        MLAAS_HOME=str(home),
+        MLAAS_PORT=str(PORT),
+        MLAAS_RAY_PORT=str(RAY_PORT),
+        MLAAS_DASHBOARD_PORT=str(DASHBOARD_PORT),
+        MLAAS_TIERS_FILE=str(home / "tiers.yaml"),
+    )
     subprocess.run([MLAAS, "up"], env=env, check=True, capture_output=True, text=True)
     bare = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "_bare_app:app", "--port", str(BARE_PORT), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "_bare_app:app",
+            "--port",
+            str(BARE_PORT),
+            "--log-level",
+            "warning",
+        ],
         cwd=Path(__file__).resolve().parent,
     )
     try:
         base = f"http://127.0.0.1:{PORT}"
         admin = (home / "admin_key").read_text().strip()
-        tenant = httpx.post(f"{base}/v1/tenants", json={"name": "bench", "tier": "enterprise"},
-                            headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
+        tenant = httpx.post(
+            f"{base}/v1/tenants",
+            json={"name": "bench", "tier": "enterprise"},
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=30,
+        ).json()
         auth = {"Authorization": f"Bearer {tenant['api_key']['key']}"}
         deploy_trivial_serve_app()
         targets = {
@@ -105,17 +123,29 @@ def main() -> None:
                 "gateway_minus_trivial_p50_ms": round(gw["p50_ms"] - triv["p50_ms"], 3),
                 "gateway_over_trivial_rps": round(gw["requests_per_s"] / triv["requests_per_s"], 3),
                 "gateway_over_bare_rps": round(gw["requests_per_s"] / bare_f["requests_per_s"], 3),
-                "trivial_over_bare_rps": round(triv["requests_per_s"] / bare_f["requests_per_s"], 3),
+                "trivial_over_bare_rps": round(
+                    triv["requests_per_s"] / bare_f["requests_per_s"], 3
+                ),
             }
-        print(json.dumps({
-            "name": "gateway_overhead",
-            "config": {"duration_s": args.duration, "load_generator": "wrk -t1", "cpus": os.cpu_count(),
-                       "gateway_replicas": 2, "endpoint": "GET /v1/usage (API key auth)"},
-            "baseline": "trivial_serve",
-            "figures": figures,
-            "ratio": ratios,
-            "target": "gateway_minus_trivial_p50_ms <= 2.0",
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": "gateway_overhead",
+                    "config": {
+                        "duration_s": args.duration,
+                        "load_generator": "wrk -t1",
+                        "cpus": os.cpu_count(),
+                        "gateway_replicas": 2,
+                        "endpoint": "GET /v1/usage (API key auth)",
+                    },
+                    "baseline": "trivial_serve",
+                    "figures": figures,
+                    "ratio": ratios,
+                    "target": "gateway_minus_trivial_p50_ms <= 2.0",
+                },
+                indent=2,
+            )
+        )
     finally:
         bare.terminate()
         subprocess.run([MLAAS, "down"], env=env, capture_output=True)

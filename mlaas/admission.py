@@ -19,11 +19,13 @@ import ray
 from sqlalchemy import func, select
 
 from mlaas.db import UsageEvent, session_scope
+from mlaas.logs import get_logger
 from mlaas.tiers import TiersConfig
 
 ACTOR_NAME = "admission"
 NAMESPACE = "mlaas"
 REQUESTS = "requests"
+log = get_logger("mlaas.admission")
 
 # (code, retry_after_s, limit) when refused; None when admitted.
 Refusal = tuple[str, float, int]
@@ -70,9 +72,7 @@ class AdmissionLedger:
                         UsageEvent.period == period,
                     )
                 )
-            pending = sum(
-                q for (t, _, c, p), q in self._pending.items() if (t, c, p) == key
-            )
+            pending = sum(q for (t, _, c, p), q in self._pending.items() if (t, c, p) == key)
             self._used[key] = int(total or 0) + pending
         return self._used[key]
 
@@ -87,7 +87,9 @@ class AdmissionLedger:
                 return ("QUOTA_EXCEEDED", seconds_to_next_period(), limit)
         return None
 
-    def _record(self, tenant_id: str, endpoint: str, category: str, quantity: int, period: str) -> None:
+    def _record(
+        self, tenant_id: str, endpoint: str, category: str, quantity: int, period: str
+    ) -> None:
         self._pending[(tenant_id, endpoint, category, period)] += quantity
         if category != REQUESTS:
             key = (tenant_id, category, period)
@@ -102,7 +104,10 @@ class AdmissionLedger:
         tier: str = "free",
         units: dict[str, int] | None = None,
     ) -> Refusal | None:
-        """Check the rate limit of ``subject`` on ``endpoint`` and the tenant's quotas; count if admitted."""
+        """Check the rate limit of ``subject`` on ``endpoint`` and the tenant's quotas.
+
+        Counts the request (and its units) only when it is admitted.
+        """
         now = time.monotonic()
         refusal = self._rate_refusal(subject, endpoint, now)
         period = current_period()
@@ -126,6 +131,22 @@ class AdmissionLedger:
         if refusal is None:
             self._record(tenant_id, endpoint, category, quantity, period)
         return refusal
+
+    def pending_for(self, tenant_id: str, period: str) -> list[tuple[str, str, int]]:
+        """Usage of one tenant not yet written: (endpoint, category, quantity) rows."""
+        return [
+            (e, c, q) for (t, e, c, p), q in self._pending.items() if t == tenant_id and p == period
+        ]
+
+    def stored_usage(self, tenant_id: str, period: str) -> list[tuple[str, str, int]]:
+        """Usage of one tenant already in the database, summed per endpoint and category."""
+        with session_scope(self.database_url) as session:
+            rows = session.execute(
+                select(UsageEvent.endpoint, UsageEvent.category, func.sum(UsageEvent.quantity))
+                .where(UsageEvent.tenant_id == tenant_id, UsageEvent.period == period)
+                .group_by(UsageEvent.endpoint, UsageEvent.category)
+            ).all()
+        return [(str(e), str(c), int(q)) for e, c, q in rows]
 
     def take_pending(self) -> dict[tuple[str, str, str, str], int]:
         pending, self._pending = self._pending, defaultdict(int)
@@ -153,6 +174,9 @@ class Admission:
 
     def __init__(self, database_url: str, tiers: dict[str, Any], flush_interval_s: float = 1.0):
         self._ledger = AdmissionLedger(database_url, tiers)
+        # Replicas cache credentials and drop the cache whenever this number changes: on a
+        # revocation, and on every new incarnation of this actor (hence the clock start).
+        self._credentials_epoch = time.time_ns()
         self._flush_interval_s = flush_interval_s
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock: asyncio.Lock | None = None
@@ -168,7 +192,7 @@ class Admission:
             try:
                 await self.flush()
             except Exception:  # the batch was restored; the next tick retries it
-                pass
+                log.warning("usage flush failed; retrying", exc_info=True)
 
     async def admit(
         self,
@@ -177,9 +201,27 @@ class Admission:
         tenant_id: str | None = None,
         tier: str = "free",
         units: dict[str, int] | None = None,
-    ) -> Refusal | None:
+    ) -> tuple[Refusal | None, int]:
+        """Admit or refuse; also returns the credentials epoch for the caller's cache."""
         self._ensure_flusher()
-        return self._ledger.admit(subject, endpoint, tenant_id=tenant_id, tier=tier, units=units)
+        refusal = self._ledger.admit(subject, endpoint, tenant_id=tenant_id, tier=tier, units=units)
+        return refusal, self._credentials_epoch
+
+    async def credentials_changed(self) -> int:
+        """Tell every replica to drop its cached credentials (a key was revoked)."""
+        self._credentials_epoch += 1
+        return self._credentials_epoch
+
+    async def usage(self, tenant_id: str, period: str) -> list[tuple[str, str, int]]:
+        """Stored plus buffered usage of a tenant, read under the flush lock so that no batch
+        is counted twice or missed while it moves to the database."""
+        self._ensure_flusher()
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            stored = await asyncio.get_running_loop().run_in_executor(
+                None, self._ledger.stored_usage, tenant_id, period
+            )
+            return stored + self._ledger.pending_for(tenant_id, period)
 
     async def consume(
         self, tenant_id: str, tier: str, category: str, quantity: int, endpoint: str

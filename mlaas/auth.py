@@ -41,9 +41,7 @@ def _principal_for(url: str, *, key_id: str | None = None, raw_key: str | None =
     with session_scope(url) as session:
         if raw_key is not None:
             prefix = split_key(raw_key)
-            row = (
-                session.scalar(select(ApiKey).where(ApiKey.prefix == prefix)) if prefix else None
-            )
+            row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix)) if prefix else None
             if row is None or not keys_match(raw_key, row.key_hash):
                 raise UnauthorizedError("Invalid API key")
         else:

@@ -51,7 +51,9 @@ def _migrated(settings: Settings) -> str:
 
 @app.command()
 def up(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the platform to be healthy")] = 300,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the platform to be healthy")
+    ] = 300,
 ) -> None:
     """Start Ray (or use RAY_ADDRESS), migrate the database, deploy the Serve apps."""
     from mlaas import platform
@@ -65,12 +67,12 @@ def up(
         started_ray = False
         with console.status("[bold]Checking the port and the database...") as status:
             # A taken port is fine only when it is this platform's own Serve proxy.
-            if not platform.port_is_free(settings.host, settings.port):
-                if state is None or not platform.ray_reachable(state.ray_address):
-                    _fail(
-                        f"Port {settings.port} on {settings.host} is taken by another program. "
-                        "Stop it, or choose another port with MLAAS_PORT=<port>."
-                    )
+            ours = state is not None and platform.ray_reachable(state.ray_address)
+            if not ours and not platform.port_is_free(settings.host, settings.port):
+                _fail(
+                    f"Port {settings.port} on {settings.host} is taken by another program. "
+                    "Stop it, or choose another port with MLAAS_PORT=<port>."
+                )
             _migrated(settings)
             if not address:
                 if state and state.started_ray and platform.ray_reachable(state.ray_address):
@@ -79,7 +81,7 @@ def up(
                     status.update("[bold]Starting a local Ray head...")
                     address = platform.start_ray_head(settings)
                     started_ray = True
-                    # Saved at once, so that `mlaas down` can stop this head even if a later step fails.
+                    # Saved now: `mlaas down` can then stop this head even if a later step fails.
                     platform.PlatformState(address, True, settings.url).save(settings)
             elif state is not None and state.ray_address == address:
                 started_ray = state.started_ray
@@ -93,7 +95,9 @@ def up(
 
             def tick(last: str) -> None:
                 apps = ", ".join(f"{k}={v}" for k, v in platform.application_statuses().items())
-                status.update(f"[bold]Waiting for {', '.join(names)} to be healthy[/] ({apps or last})")
+                status.update(
+                    f"[bold]Waiting for {', '.join(names)} to be healthy[/] ({apps or last})"
+                )
 
             platform.wait_until_healthy(settings, timeout, tick)
             # Made only once the platform is healthy, so that the one printing is not lost.
@@ -103,8 +107,10 @@ def up(
     console.print(f"[green]✔[/] Platform is up at [bold]{settings.url}[/]")
     console.print(f"  API docs: {settings.url}/docs   Ray: {address}")
     if admin_key:
-        console.print("[bold yellow]Admin API key (shown once; also saved with mode 0600 to "
-                      f"{settings.home / 'admin_key'}):[/]")
+        console.print(
+            "[bold yellow]Admin API key (shown once; also saved with mode 0600 to "
+            f"{settings.home / 'admin_key'}):[/]"
+        )
         console.print(admin_key, soft_wrap=True, highlight=False)
     else:
         console.print(f"  Admin key: in {settings.home / 'admin_key'}")
@@ -160,7 +166,9 @@ def status() -> None:
     import ray
 
     resources = ray.cluster_resources()
-    table.add_row("Ray", f"{address}  ({len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU)")
+    table.add_row(
+        "Ray", f"{address}  ({len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU)"
+    )
     for name, app_status in platform.application_statuses().items():
         colour = "green" if app_status == "RUNNING" else "yellow"
         table.add_row(f"app {name}", f"[{colour}]{app_status}[/]")
@@ -220,10 +228,14 @@ def keys_create(
     try:
         url = _migrated(settings)
         tenant_info = accounts.find_tenant(url, tenant)
-        info, key = accounts.create_key(url, tenant_info.id, name=name, scopes=tuple(scope or ["tenant"]))
+        info, key = accounts.create_key(
+            url, tenant_info.id, name=name, scopes=tuple(scope or ["tenant"])
+        )
     except MlaasError as exc:
         _fail(exc.message)
-    console.print(f"[green]✔[/] Key {info.id} for {tenant_info.name} (scopes {', '.join(info.scopes)})")
+    console.print(
+        f"[green]✔[/] Key {info.id} for {tenant_info.name} (scopes {', '.join(info.scopes)})"
+    )
     console.print("API key (shown once):")
     console.print(key, soft_wrap=True, highlight=False)
 
@@ -247,8 +259,15 @@ def keys_list(
         return
     table = Table("id", "tenant", "name", "prefix", "scopes", "created", "revoked")
     for k in keys:
-        table.add_row(k.id, k.tenant_id, k.name, k.prefix, ",".join(k.scopes), k.created_at,
-                      "yes" if k.revoked else "")
+        table.add_row(
+            k.id,
+            k.tenant_id,
+            k.name,
+            k.prefix,
+            ",".join(k.scopes),
+            k.created_at,
+            "yes" if k.revoked else "",
+        )
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,6 @@ import httpx
 import yaml
 
 from mlaas import accounts
-from mlaas.db import migrate
 from mlaas.errors import ConfigurationError, MlaasError
 from mlaas.settings import Settings, write_private_file
 
@@ -89,10 +89,13 @@ def start_ray_head(settings: Settings) -> str:
         if not port_is_free("127.0.0.1", port):
             raise PlatformError(
                 f"Port {port} for the {what} is taken. Stop what uses it (`ray stop` if it is "
-                f"another Ray), set {variable} to a free port, or set RAY_ADDRESS to use that cluster."
+                f"another Ray), set {variable} to a free port, or set RAY_ADDRESS to use that "
+                "cluster."
             )
     command = [
-        _ray_binary(), "start", "--head",
+        _ray_binary(),
+        "start",
+        "--head",
         f"--port={settings.ray_port}",
         "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1",
@@ -108,7 +111,10 @@ def start_ray_head(settings: Settings) -> str:
         # Token auth guards the job server and GCS; the token lives in ~/.ray/auth_token.
         subprocess.run(
             [_ray_binary(), "get-auth-token", "--generate"],
-            env=env, capture_output=True, check=True, timeout=60,
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=60,
         )
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
@@ -138,22 +144,16 @@ def stop_ray_head(session_name: str, gcs_port: int, grace_s: float = 15) -> int:
             roots.append(proc)
     victims = {p.pid: p for p in roots}
     for proc in roots:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             victims.update({c.pid: c for c in proc.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
     victims.pop(os.getpid(), None)
     for proc in victims.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(list(victims.values()), timeout=grace_s)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     return len(victims)
 
 

@@ -28,7 +28,10 @@ def secret_strength_problem(secret: str) -> str | None:
     counts = Counter(secret)
     entropy_bits = -sum(c / len(secret) * math.log2(c / len(secret)) for c in counts.values())
     if entropy_bits * len(secret) < 128:
-        return "has under 128 bits of entropy (use `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+        return (
+            "has under 128 bits of entropy (make one with `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'`)"
+        )
     return None
 
 
@@ -43,7 +46,9 @@ class Settings(BaseSettings):
     jwt_ttl_s: int = Field(default=900, ge=30, le=86_400)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
-    ray_port: int = Field(default=6379, ge=1, le=65_535, description="GCS port of a head `mlaas up` starts")
+    ray_port: int = Field(
+        default=6379, ge=1, le=65_535, description="GCS port of a head `mlaas up` starts"
+    )
     dashboard_port: int = Field(default=8265, ge=1, le=65_535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     tiers_file: Path = REPO_ROOT / "configs" / "tiers.yaml"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -12,6 +12,7 @@ from mlaas.auth import Principal, authenticate
 from mlaas.errors import QuotaExceededError, RateLimitExceededError
 from mlaas.settings import Settings
 from mlaas.tiers import TiersConfig
+from serve_apps.gateway.credentials import CredentialCache
 
 
 @dataclass
@@ -22,6 +23,7 @@ class GatewayContext:
     tiers: TiersConfig
     admission: Any  # ActorHandle of mlaas.admission.Admission
     applications: tuple[str, ...]
+    credentials: CredentialCache = field(default_factory=CredentialCache)
 
 
 def gateway_context(request: Request) -> GatewayContext:
@@ -45,10 +47,16 @@ async def check_admission(
     tenant_id: str | None = None,
     tier: str = "free",
     units: dict[str, int] | None = None,
-) -> None:
-    refusal = await ctx.admission.admit.remote(subject, endpoint, tenant_id, tier, units)
+) -> bool:
+    """Ask the admission actor; raise 429 when refused.
+
+    Returns:
+        Whether the credentials epoch changed (cached credentials must be re-verified).
+    """
+    refusal, epoch = await ctx.admission.admit.remote(subject, endpoint, tenant_id, tier, units)
+    epoch_changed = ctx.credentials.observe_epoch(epoch)
     if refusal is None:
-        return
+        return epoch_changed
     code, retry_after_s, limit = refusal
     if code == "QUOTA_EXCEEDED":
         raise QuotaExceededError(
@@ -80,15 +88,24 @@ async def consume_quota(
         )
 
 
+async def _verify(ctx: GatewayContext, authorization: str | None) -> Principal:
+    epoch = ctx.credentials.epoch
+    principal = await run_in_threadpool(
+        authenticate, ctx.database_url, authorization, ctx.jwt_secret
+    )
+    ctx.credentials.put(str(authorization), principal, epoch)
+    return principal
+
+
 async def current_principal(request: Request, ctx: Context) -> Principal:
     """Authenticate the caller, then apply its rate limit and quotas for this endpoint."""
-    principal = await run_in_threadpool(
-        authenticate, ctx.database_url, request.headers.get("authorization"), ctx.jwt_secret
-    )
+    authorization = request.headers.get("authorization")
+    cached = ctx.credentials.get(authorization)
+    principal = cached or await _verify(ctx, authorization)
     request.state.tenant_id = principal.tenant_id
     endpoint = endpoint_of(request)
     category = ctx.tiers.metered.get(f"{request.method} {endpoint}")
-    await check_admission(
+    epoch_changed = await check_admission(
         ctx,
         principal.tenant_id,
         endpoint,
@@ -96,6 +113,8 @@ async def current_principal(request: Request, ctx: Context) -> Principal:
         tier=principal.tier,
         units={category: 1} if category else None,
     )
+    if cached is not None and epoch_changed:
+        principal = await _verify(ctx, authorization)  # raises 401 if it was revoked meanwhile
     return principal
 
 

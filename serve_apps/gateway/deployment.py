@@ -21,7 +21,9 @@ log = get_logger("mlaas.gateway")
 class GatewayArgs(BaseModel):
     """Application arguments (``args:`` in ``configs/serve/mlaas.yaml``)."""
 
-    settings: dict[str, Any] = Field(default_factory=dict, description="Overrides of MLAAS_ settings")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of MLAAS_ settings"
+    )
     applications: list[str] = Field(default_factory=lambda: ["gateway"])
 
 

@@ -128,7 +128,10 @@ class GatewayMiddleware:
 
     async def _too_large(self, send: Send, request_id: str) -> None:
         await send_error(
-            send, 413, "PAYLOAD_TOO_LARGE",
+            send,
+            413,
+            "PAYLOAD_TOO_LARGE",
             f"Request body is larger than the limit of {self.max_body_bytes} bytes",
-            request_id, {"max_body_bytes": self.max_body_bytes},
+            request_id,
+            {"max_body_bytes": self.max_body_bytes},
         )

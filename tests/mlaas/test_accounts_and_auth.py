@@ -51,19 +51,32 @@ def test_key_and_token_authenticate_until_revoked(db: str) -> None:
 @pytest.mark.parametrize(
     "make_token",
     [
-        pytest.param(lambda c: jwt.encode(c, "another-secret-another-secret-32b", "HS256"), id="wrong-key"),
+        pytest.param(
+            lambda c: jwt.encode(c, "another-secret-another-secret-32b", "HS256"), id="wrong-key"
+        ),
         pytest.param(lambda c: jwt.encode(c, None, algorithm="none"), id="alg-none"),
-        pytest.param(lambda c: jwt.encode({**c, "exp": int(time.time()) - 5}, SECRET, "HS256"), id="expired"),
+        pytest.param(
+            lambda c: jwt.encode({**c, "exp": int(time.time()) - 5}, SECRET, "HS256"), id="expired"
+        ),
         pytest.param(lambda c: jwt.encode(c, SECRET, "HS256")[:-4] + "AAAA", id="tampered"),
-        pytest.param(lambda c: jwt.encode({k: v for k, v in c.items() if k != "exp"}, SECRET, "HS256"), id="no-exp"),
+        pytest.param(
+            lambda c: jwt.encode({k: v for k, v in c.items() if k != "exp"}, SECRET, "HS256"),
+            id="no-exp",
+        ),
     ],
 )
 def test_bad_tokens_are_refused(db: str, make_token) -> None:  # type: ignore[no-untyped-def]
     tenant = accounts.create_tenant(db, "acme", tier="free")
     info, _ = accounts.create_key(db, tenant.id)
     now = int(time.time())
-    claims = {"iss": "mlaas", "sub": info.id, "tenant": tenant.id, "scopes": ["tenant"],
-              "iat": now, "exp": now + 60}
+    claims = {
+        "iss": "mlaas",
+        "sub": info.id,
+        "tenant": tenant.id,
+        "scopes": ["tenant"],
+        "iat": now,
+        "exp": now + 60,
+    }
 
     with pytest.raises(UnauthorizedError):
         authenticate(db, f"Bearer {make_token(claims)}", SECRET)
@@ -74,8 +87,18 @@ def test_token_of_one_tenant_cannot_claim_another(db: str) -> None:
     b = accounts.create_tenant(db, "b", tier="free")
     info, _ = accounts.create_key(db, a.id)
     now = int(time.time())
-    forged = jwt.encode({"iss": "mlaas", "sub": info.id, "tenant": b.id, "scopes": ["admin"],
-                         "iat": now, "exp": now + 60}, SECRET, "HS256")
+    forged = jwt.encode(
+        {
+            "iss": "mlaas",
+            "sub": info.id,
+            "tenant": b.id,
+            "scopes": ["admin"],
+            "iat": now,
+            "exp": now + 60,
+        },
+        SECRET,
+        "HS256",
+    )
 
     with pytest.raises(UnauthorizedError):
         authenticate(db, f"Bearer {forged}", SECRET)
@@ -85,8 +108,18 @@ def test_token_never_grants_more_scopes_than_its_key(db: str) -> None:
     tenant = accounts.create_tenant(db, "a", tier="free")
     info, _ = accounts.create_key(db, tenant.id)
     now = int(time.time())
-    token = jwt.encode({"iss": "mlaas", "sub": info.id, "tenant": tenant.id,
-                        "scopes": ["admin", "tenant"], "iat": now, "exp": now + 60}, SECRET, "HS256")
+    token = jwt.encode(
+        {
+            "iss": "mlaas",
+            "sub": info.id,
+            "tenant": tenant.id,
+            "scopes": ["admin", "tenant"],
+            "iat": now,
+            "exp": now + 60,
+        },
+        SECRET,
+        "HS256",
+    )
 
     principal = authenticate(db, f"Bearer {token}", SECRET)
 
@@ -110,7 +143,9 @@ def test_duplicate_tenant_name_is_a_conflict_and_writes_nothing(db: str) -> None
     assert [t.tier for t in accounts.list_tenants(db)] == ["free"]
 
 
-@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer mlk_short", "Bearer garbage"])
+@pytest.mark.parametrize(
+    "header", [None, "", "Basic abc", "Bearer ", "Bearer mlk_short", "Bearer garbage"]
+)
 def test_malformed_credentials_are_refused(db: str, header: str | None) -> None:
     with pytest.raises(UnauthorizedError):
         authenticate(db, header, SECRET)

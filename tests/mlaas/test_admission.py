@@ -1,4 +1,5 @@
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from mlaas import accounts
 from mlaas.admission import AdmissionLedger
@@ -39,7 +40,9 @@ def test_quota_refuses_the_unit_that_would_pass_the_monthly_limit(db: str) -> No
     ledger = AdmissionLedger(db, TIERS)
     units = {"training_jobs": 1}
 
-    outcomes = [ledger.admit("t", "/v1/train", tenant_id="t", tier="free", units=units) for _ in range(4)]
+    outcomes = [
+        ledger.admit("t", "/v1/train", tenant_id="t", tier="free", units=units) for _ in range(4)
+    ]
 
     assert outcomes[:3] == [None] * 3
     assert outcomes[3] is not None and outcomes[3][0] == "QUOTA_EXCEEDED"
@@ -60,7 +63,10 @@ def test_quota_usage_survives_a_new_ledger_after_flush(db: str) -> None:
     tenant = accounts.create_tenant(db, "acme", tier="free")
     first = AdmissionLedger(db, TIERS)
     for _ in range(3):
-        assert first.admit(tenant.id, "/v1/train", tenant_id=tenant.id, units={"training_jobs": 1}) is None
+        assert (
+            first.admit(tenant.id, "/v1/train", tenant_id=tenant.id, units={"training_jobs": 1})
+            is None
+        )
     written = first.write(first.take_pending())
 
     second = AdmissionLedger(db, TIERS)
@@ -75,7 +81,7 @@ def test_failed_write_keeps_the_batch_for_the_next_flush(db: str, tmp_path) -> N
     ledger.admit("t", "/v1/usage", tenant_id="t")
     pending = ledger.take_pending()
 
-    with pytest.raises(Exception):
+    with pytest.raises(OperationalError):
         ledger.write(pending)
     ledger.restore_pending(pending)
 

@@ -21,7 +21,9 @@ def test_concurrent_burst_admits_exactly_the_limit_across_two_replicas(platform:
     attempts = 3 * limit
 
     def call(_: int) -> httpx.Response:
-        with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+        with httpx.Client(
+            base_url=platform.url, headers={"Authorization": f"Bearer {key}"}, timeout=120
+        ) as c:
             return c.get("/v1/keys")
 
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -87,9 +89,16 @@ def test_quota_exhaustion_is_429_quota_exceeded(platform: Platform, ray_driver: 
 
     tenant_id, _ = platform.new_tenant("free")
     admission = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-    assert ray.get(admission.consume.remote(tenant_id, "free", "inference_requests", 10_000, "/v1/predict")) is None
+    assert (
+        ray.get(
+            admission.consume.remote(tenant_id, "free", "inference_requests", 10_000, "/v1/predict")
+        )
+        is None
+    )
 
-    refusal = ray.get(admission.consume.remote(tenant_id, "free", "inference_requests", 1, "/v1/predict"))
+    refusal = ray.get(
+        admission.consume.remote(tenant_id, "free", "inference_requests", 1, "/v1/predict")
+    )
 
     assert refusal is not None and refusal[0] == "QUOTA_EXCEEDED" and refusal[2] == 10_000
 
@@ -100,7 +109,9 @@ def test_request_id_is_echoed_or_made(platform: Platform) -> None:
         made = client.get("/v1/does-not-exist")
 
     assert echoed.headers["x-request-id"] == "my-trace-123"
-    assert made.headers["x-request-id"] and made.json()["request_id"] == made.headers["x-request-id"]
+    assert (
+        made.headers["x-request-id"] and made.json()["request_id"] == made.headers["x-request-id"]
+    )
 
 
 def test_openapi_docs_are_served(platform: Platform) -> None:
@@ -109,7 +120,9 @@ def test_openapi_docs_are_served(platform: Platform) -> None:
         spec = client.get("/openapi.json").json()
 
     assert docs.status_code == 200
-    assert {"/health", "/v1/auth/token", "/v1/keys", "/v1/tenants", "/v1/usage"} <= set(spec["paths"])
+    assert {"/health", "/v1/auth/token", "/v1/keys", "/v1/tenants", "/v1/usage"} <= set(
+        spec["paths"]
+    )
 
 
 def test_request_metrics_reach_prometheus(platform: Platform, ray_driver: None) -> None:
@@ -125,7 +138,9 @@ def test_request_metrics_reach_prometheus(platform: Platform, ray_driver: None) 
         if re.search(r'mlaas_http_requests_total\{[^}]*endpoint="/v1/keys"', text):
             break
         time.sleep(1)
-    assert re.search(r'mlaas_http_requests_total\{[^}]*endpoint="/v1/keys"[^}]*status_code="200"', text)
+    assert re.search(
+        r'mlaas_http_requests_total\{[^}]*endpoint="/v1/keys"[^}]*status_code="200"', text
+    )
     assert "mlaas_http_request_latency_ms_bucket" in text
 
 

@@ -29,7 +29,9 @@ def test_unknown_route_is_404_in_the_error_shape(platform: Platform) -> None:
 
 def test_malformed_json_is_422_naming_the_body(platform: Platform) -> None:
     with platform.client(platform.admin_key) as client:
-        response = client.post("/v1/keys", content=b"{not json", headers={"content-type": "application/json"})
+        response = client.post(
+            "/v1/keys", content=b"{not json", headers={"content-type": "application/json"}
+        )
 
     body = assert_error_shape(response, 422, "VALIDATION_ERROR")
     assert body["error"]["details"]["field"] == "body"
@@ -54,7 +56,9 @@ def test_missing_field_is_422_naming_the_field(platform: Platform) -> None:
 def test_body_over_the_limit_is_413(platform: Platform) -> None:
     payload = b'{"name": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
     with platform.client(platform.admin_key) as client:
-        declared = client.post("/v1/keys", content=payload, headers={"content-type": "application/json"})
+        declared = client.post(
+            "/v1/keys", content=payload, headers={"content-type": "application/json"}
+        )
         streamed = client.post(
             "/v1/keys",
             content=(payload[i : i + 8192] for i in range(0, len(payload), 8192)),
@@ -67,9 +71,17 @@ def test_body_over_the_limit_is_413(platform: Platform) -> None:
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer mlk_0123456789ab_" + "x" * 40, "Bearer not-a-token"],
+    [
+        None,
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        "Bearer mlk_0123456789ab_" + "x" * 40,
+        "Bearer not-a-token",
+    ],
 )
-def test_missing_or_invalid_credentials_are_401(platform: Platform, authorization: str | None) -> None:
+def test_missing_or_invalid_credentials_are_401(
+    platform: Platform, authorization: str | None
+) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     with platform.client() as client:
         response = client.get("/v1/usage", headers=headers)
@@ -91,11 +103,15 @@ def test_bad_jwts_are_401(platform: Platform, forgery: str) -> None:
     claims = _claims(platform, key)
     secret = (platform.home / "jwt_secret").read_text().strip()
     if forgery == "expired":
-        token = jwt.encode({**claims, "iat": int(time.time()) - 100, "exp": int(time.time()) - 10}, secret, "HS256")
+        token = jwt.encode(
+            {**claims, "iat": int(time.time()) - 100, "exp": int(time.time()) - 10}, secret, "HS256"
+        )
     elif forgery == "tampered":
         good = jwt.encode(claims, secret, "HS256")
         header, _, signature = good.split(".")
-        payload = jwt.utils.base64url_encode(b'{"sub":"%s","tenant":"ten_other"}' % claims["sub"].encode())
+        payload = jwt.utils.base64url_encode(
+            b'{"sub":"%s","tenant":"ten_other"}' % claims["sub"].encode()
+        )
         token = f"{header}.{payload.decode()}.{signature}"
     elif forgery == "alg-none":
         token = jwt.encode(claims, None, algorithm="none")
@@ -135,9 +151,9 @@ def test_another_tenants_key_is_404_and_invisible(platform: Platform) -> None:
         missing = client.delete("/v1/keys/key_doesnotexist0")
 
     body = assert_error_shape(deleted, 404, "NOT_FOUND")
-    assert body["error"]["message"] == assert_error_shape(missing, 404, "NOT_FOUND")["error"]["message"].replace(
-        "key_doesnotexist0", key_a_id
-    )
+    assert body["error"]["message"] == assert_error_shape(missing, 404, "NOT_FOUND")["error"][
+        "message"
+    ].replace("key_doesnotexist0", key_a_id)
     assert key_a_id not in {k["id"] for k in listed["keys"]}
     with platform.client(key_a) as client:
         assert client.post("/v1/auth/token").status_code == 200, "the key was not revoked"

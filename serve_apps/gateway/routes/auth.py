@@ -39,7 +39,11 @@ async def create_token(
         raise UnauthorizedError("Send an API key (mlk_...) to get a token")
     principal = await run_in_threadpool(authenticate, ctx.database_url, header, ctx.jwt_secret)
     await check_admission(
-        ctx, principal.tenant_id, endpoint_of(request), tenant_id=principal.tenant_id, tier=principal.tier
+        ctx,
+        principal.tenant_id,
+        endpoint_of(request),
+        tenant_id=principal.tenant_id,
+        tier=principal.tier,
     )
     token, ttl = issue_token(principal, ctx.jwt_secret, ctx.settings.jwt_ttl_s)
     return TokenResponse(access_token=token, expires_in=ttl)

@@ -30,8 +30,10 @@ def _database_ok(url: str) -> bool:
 def _application_statuses() -> dict[str, str]:
     from ray import serve
 
-    return {name: str(app.status.value if hasattr(app.status, "value") else app.status)
-            for name, app in serve.status().applications.items()}
+    return {
+        name: str(app.status.value if hasattr(app.status, "value") else app.status)
+        for name, app in serve.status().applications.items()
+    }
 
 
 async def _cached_application_statuses() -> dict[str, str]:

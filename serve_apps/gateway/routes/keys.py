@@ -53,4 +53,5 @@ async def revoke_key(key_id: str, principal: CurrentPrincipal, ctx: Context) -> 
     """Revoke a key at once; tokens issued from it stop working too."""
     owner = None if principal.is_admin else principal.tenant_id
     info = await run_in_threadpool(accounts.revoke_key, ctx.database_url, key_id, tenant_id=owner)
+    await ctx.admission.credentials_changed.remote()
     return asdict(info)

@@ -45,4 +45,3 @@ async def list_tenants(_: AdminPrincipal, ctx: Context) -> dict[str, Any]:
 @router.get("/v1/tenants/{tenant_id}")
 async def get_tenant(tenant_id: str, _: AdminPrincipal, ctx: Context) -> dict[str, Any]:
     return asdict(await run_in_threadpool(accounts.get_tenant, ctx.database_url, tenant_id))
-

@@ -6,35 +6,34 @@ import re
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from mlaas.accounts import get_tenant
 from mlaas.admission import current_period
-from mlaas.db import UsageEvent, session_scope
 from mlaas.errors import ForbiddenError, ValidationError
 from mlaas.tiers import QUOTA_CATEGORIES
 from serve_apps.gateway.context import Context, CurrentPrincipal
+from serve_apps.providers.accounting import ai_usage_report, is_ai_category
 
 router = APIRouter(tags=["usage"])
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-def usage_report(database_url: str, tenant_id: str, period: str) -> dict[str, Any]:
-    with session_scope(database_url) as session:
-        rows = session.execute(
-            select(UsageEvent.endpoint, UsageEvent.category, func.sum(UsageEvent.quantity))
-            .where(UsageEvent.tenant_id == tenant_id, UsageEvent.period == period)
-            .group_by(UsageEvent.endpoint, UsageEvent.category)
-        ).all()
+def usage_report(rows: list[tuple[str, str, int]]) -> dict[str, Any]:
+    """Per-endpoint and total usage from (endpoint, category, quantity) rows."""
     endpoints: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
+    ai_rows = [(category, quantity) for _, category, quantity in rows if is_ai_category(category)]
     for endpoint, category, quantity in rows:
-        endpoints.setdefault(endpoint, {})[category] = int(quantity)
-        totals[category] = totals.get(category, 0) + int(quantity)
+        if is_ai_category(category):
+            continue  # reported per provider under "ai"
+        per_endpoint = endpoints.setdefault(endpoint, {})
+        per_endpoint[category] = per_endpoint.get(category, 0) + quantity
+        totals[category] = totals.get(category, 0) + quantity
     return {
         "endpoints": [{"endpoint": e, **c} for e, c in sorted(endpoints.items())],
         "totals": totals,
+        "ai": ai_usage_report(ai_rows),
     }
 
 
@@ -55,8 +54,7 @@ async def read_usage(
     if tenant_id and tenant_id != principal.tenant_id and not principal.is_admin:
         raise ForbiddenError("Only admins can read another tenant's usage")
     tenant = await run_in_threadpool(get_tenant, ctx.database_url, tenant_id or principal.tenant_id)
-    await ctx.admission.flush.remote()
-    report = await run_in_threadpool(usage_report, ctx.database_url, tenant.id, period)
+    report = usage_report(await ctx.admission.usage.remote(tenant.id, period))
     quotas = {}
     for category in QUOTA_CATEGORIES:
         limit = ctx.tiers.quota(tenant.tier, category)
@@ -66,4 +64,10 @@ async def read_usage(
             "limit": limit,
             "remaining": None if limit is None else max(0, limit - used),
         }
-    return {"tenant_id": tenant.id, "tier": tenant.tier, "period": period, "quotas": quotas, **report}
+    return {
+        "tenant_id": tenant.id,
+        "tier": tenant.tier,
+        "period": period,
+        "quotas": quotas,
+        **report,
+    }
