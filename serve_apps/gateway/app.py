@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mlaas
 from mlaas.errors import MlaasError, error_body
-from serve_apps.gateway.routes import auth, health, keys, tenants, usage
+from serve_apps.gateway.routes import ai, auth, chat, health, keys, tenants, usage
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -98,6 +98,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unhandled)
-    for module in (health, auth, keys, tenants, usage):
+    for module in (health, auth, keys, tenants, usage, ai, chat):
         app.include_router(module.router)
     return app

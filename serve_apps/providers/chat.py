@@ -1,0 +1,148 @@
+"""OpenAI-compatible chat completions over the router: guardrails in, routing, guardrails out,
+the response cache, and the OpenAI response and chunk shapes."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from serve_apps.providers.accounting import MICRO
+from serve_apps.providers.adapters.base import ChatCall, Completion, StreamDelta
+from serve_apps.providers.cache import cache_key
+from serve_apps.providers.errors import ProviderCallError
+from serve_apps.providers.guardrails import GuardedInput, InputGuard, StreamRedactor, redact_pii
+from serve_apps.providers.planning import CHARS_PER_TOKEN, RoutePlan
+from serve_apps.providers.policies import Candidate
+from serve_apps.providers.router import Router
+from serve_apps.providers.schemas import ChatCompletionRequest, TenantRef
+
+
+def _estimate(text: str) -> int:
+    return max(1, len(text) // CHARS_PER_TOKEN)
+
+
+def _chunk(ident: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+
+def _usage(tokens_in: int, tokens_out: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out}
+
+
+class ChatService:
+    """``complete`` answers in one piece; ``stream`` yields OpenAI chunks, and on a failure after
+    the first chunk a final ``{"error": ...}`` item instead of hanging or vanishing."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.guard = InputGuard(router.catalogue.guardrails)
+        self.redact_output = router.catalogue.guardrails.pii != "off"
+
+    async def _prepare(
+        self, request: ChatCompletionRequest, tenant: TenantRef
+    ) -> tuple[GuardedInput, RoutePlan, ChatCall]:
+        guarded = self.guard.check(request.call_messages(), request.output_limit())
+        await self.router.check_budget(tenant)
+        chars = sum(len(m["content"]) for m in guarded.messages)
+        plan = self.router.planner.plan_model(request.model, chars, request.output_limit() or 0)
+        json_output = (request.response_format or {}).get("type") in ("json_object", "json_schema")
+        call = ChatCall(messages=guarded.messages, max_tokens=request.output_limit(),
+                        temperature=request.temperature, top_p=request.top_p,
+                        stop=request.stop_list(), json_output=json_output)
+        return guarded, plan, call
+
+    def _cacheable(self, request: ChatCompletionRequest) -> bool:
+        return self.router.catalogue.routing.cache.enabled and request.temperature == 0
+
+    async def complete(self, request: ChatCompletionRequest, tenant: TenantRef) -> dict[str, Any]:
+        """``{"body": <chat.completion>, "meta": {provider, model, cost_usd, cached, guardrails}}``."""
+        guarded, plan, call = await self._prepare(request, tenant)
+        key = cache_key(tenant.tenant_id, request.model, asdict(call)) if self._cacheable(request) else None
+        if key is not None:
+            hit = await self.router.state.backend.cache_get(key)
+            if hit is not None:
+                return {"body": hit["body"], "meta": {**hit["meta"], "cached": True, "cost_usd": 0.0}}
+
+        async def attempt(candidate: Candidate, timeout_s: float) -> Completion:
+            return await self.router.adapter(candidate.provider).complete(candidate.model, call, timeout_s)
+
+        completion, candidate = await self.router.run(plan, attempt)
+        text = redact_pii(completion.text)[0] if self.redact_output else completion.text
+        cost = await self.router.account(tenant, candidate, completion.tokens_in, completion.tokens_out)
+        body = {
+            "id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion",
+            "created": int(time.time()), "model": candidate.model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": completion.finish_reason, "logprobs": None}],
+            "usage": _usage(completion.tokens_in, completion.tokens_out),
+        }
+        meta = {"provider": candidate.provider, "model": candidate.model_id, "cached": False,
+                "cost_usd": cost / MICRO, "guardrails": guarded.report()}
+        if key is not None:
+            await self.router.state.backend.cache_put(key, {"body": body, "meta": meta})
+        return {"body": body, "meta": meta}
+
+    async def stream(self, request: ChatCompletionRequest, tenant: TenantRef) -> AsyncIterator[dict[str, Any]]:
+        """The first item is ``{"meta": ...}``; then chat.completion.chunk dicts; maybe an error."""
+        guarded, plan, call = await self._prepare(request, tenant)
+
+        async def open_stream(candidate: Candidate, timeout_s: float) -> tuple[StreamDelta | None, Any]:
+            deltas = self.router.adapter(candidate.provider).stream(candidate.model, call, timeout_s).__aiter__()
+            try:
+                return await deltas.__anext__(), deltas
+            except StopAsyncIteration:
+                return None, deltas
+
+        (first, deltas), candidate = await self.router.run(plan, open_stream)
+        yield {"meta": {"provider": candidate.provider, "model": candidate.model_id,
+                        "guardrails": guarded.report()}}
+        ident, created, model = "chatcmpl-" + secrets.token_hex(12), int(time.time()), candidate.model_id
+        yield _chunk(ident, created, model, {"role": "assistant", "content": ""}, None)
+        async for item in self._relay(first, deltas, candidate, tenant, request, (ident, created, model)):
+            yield item
+
+    async def _relay(
+        self, first: StreamDelta | None, deltas: Any, candidate: Candidate, tenant: TenantRef,
+        request: ChatCompletionRequest, head: tuple[str, int, str],
+    ) -> AsyncIterator[dict[str, Any]]:
+        redactor = StreamRedactor() if self.redact_output else None
+        tokens_in = tokens_out = None
+        finish, sent = "stop", []
+        delta = first
+        try:
+            while delta is not None:
+                tokens_in = delta.tokens_in if delta.tokens_in is not None else tokens_in
+                tokens_out = delta.tokens_out if delta.tokens_out is not None else tokens_out
+                finish = delta.finish_reason or finish
+                text = redactor.feed(delta.text) if redactor else delta.text
+                if text:
+                    sent.append(text)
+                    yield _chunk(*head, {"content": text}, None)
+                delta = await anext(deltas, None)
+        except ProviderCallError as error:
+            self.router.state.report(candidate.model_id, ok=False,
+                                     counted=error.counts_against_provider, latency_ms=None)
+            tail = redactor.flush() if redactor else ""
+            if tail:
+                yield _chunk(*head, {"content": tail}, None)
+            yield {"error": {"message": f"The {candidate.provider} stream failed midway: "
+                                        f"{self.router.scrub(error.message)}",
+                             "type": "provider_error", "code": "SERVICE_UNAVAILABLE",
+                             "param": None}}
+            return
+        finally:
+            prompt = sum(len(m["content"]) for m in request.call_messages())
+            await self.router.account(tenant, candidate, tokens_in or prompt // CHARS_PER_TOKEN,
+                                      tokens_out or _estimate("".join(sent)))
+        tail = redactor.flush() if redactor else ""
+        if tail:
+            yield _chunk(*head, {"content": tail}, None)
+        yield _chunk(*head, {}, finish)
+        if request.stream_options and request.stream_options.include_usage:
+            usage = _usage(tokens_in or 0, tokens_out or _estimate("".join(sent)))
+            yield {**_chunk(*head, {}, None), "choices": [], "usage": usage}

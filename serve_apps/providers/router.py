@@ -1,0 +1,207 @@
+"""The router: tries a plan's candidates in order, retrying each with backoff (honouring
+Retry-After) under one deadline, skipping open circuits, and falling back along the chain.
+It also keeps the books: budgets before a call, tokens and cost after it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from mlaas.logs import get_logger, redact
+from serve_apps.providers.accounting import MICRO, cost_microusd
+from serve_apps.providers.adapters.base import ChatAdapter
+from serve_apps.providers.catalogue import Catalogue
+from serve_apps.providers.errors import (
+    BudgetExceededError,
+    ProcessingTimeoutError,
+    ProviderCallError,
+    RequestValidationError,
+    ServiceUnavailableError,
+)
+from serve_apps.providers.planning import RoutePlan, RoutePlanner
+from serve_apps.providers.policies import Candidate
+from serve_apps.providers.retry import RetryPlan
+from serve_apps.providers.schemas import TenantRef
+from serve_apps.providers.state_view import RouterState
+
+log = get_logger("mlaas.providers")
+ResultT = TypeVar("ResultT")
+CallFn = Callable[[Candidate, float], Awaitable[ResultT]]
+
+
+def make_adapter(catalogue: Catalogue, provider: str, api_key: str) -> ChatAdapter:
+    """The SDK adapter of a provider's kind (imported here: the SDKs load only when used)."""
+    spec = catalogue.providers[provider]
+    kwargs = {"provider": provider, "api_key": api_key, "base_url": spec.base_url,
+              "timeout_s": spec.timeout_s, "default_max_tokens": spec.default_max_tokens}
+    if spec.kind == "anthropic":
+        from serve_apps.providers.adapters.anthropic_chat import AnthropicChatAdapter
+
+        return AnthropicChatAdapter(**kwargs)  # type: ignore[arg-type]
+    from serve_apps.providers.adapters.openai_chat import OpenAIChatAdapter
+
+    return OpenAIChatAdapter(**kwargs)  # type: ignore[arg-type]
+
+
+class Router:
+    """Executes plans against providers; one per replica, its shared state behind ``state``."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        state: RouterState,
+        env: Mapping[str, str],
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.catalogue = catalogue
+        self.state = state
+        self.env = env
+        self.planner = RoutePlanner(catalogue, env)
+        self.retry = RetryPlan(**catalogue.routing.retry.model_dump())
+        self.rng = rng or random.Random()
+        self._sleep = sleep
+        self._adapters: dict[str, ChatAdapter] = {}
+        # Short values could be ordinary words; real keys are long.
+        self._secrets = [env[p.api_key_env] for p in catalogue.providers.values()
+                         if p.api_key_env and len(env.get(p.api_key_env, "")) >= 8]
+
+    def adapter(self, provider: str) -> ChatAdapter:
+        if provider not in self._adapters:
+            key_env = self.catalogue.providers[provider].api_key_env or ""
+            self._adapters[provider] = make_adapter(self.catalogue, provider, self.env[key_env])
+        return self._adapters[provider]
+
+    def warm_up(self) -> list[str]:
+        """Create the SDK clients of every configured provider now, not on a first request."""
+        configured = [n for n, spec in self.catalogue.providers.items()
+                      if spec.kind != "local" and self.catalogue.is_configured(n, self.env)]
+        for provider in configured:
+            self.adapter(provider)
+        return configured
+
+    def scrub(self, text: str) -> str:
+        """Text safe to show: no configured key, nothing shaped like a secret."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[REDACTED]")
+        return redact(text)
+
+    def ordered(self, plan: RoutePlan) -> list[Candidate]:
+        return self.planner.order(plan, self.state.latency_ms, self.rng)
+
+    async def run(self, plan: RoutePlan, call: CallFn[ResultT]) -> tuple[ResultT, Candidate]:
+        """The first candidate's success, trying each in order with retries until the deadline.
+
+        Raises:
+            ProcessingTimeoutError: the deadline passed, or every failure was a timeout.
+            ServiceUnavailableError: every candidate failed or had its circuit open.
+            RequestValidationError: a provider refused the request itself (HTTP 400).
+        """
+        deadline = time.monotonic() + self.catalogue.routing.deadline_s
+        failures: list[ProviderCallError] = []
+        skipped: list[str] = []
+        for candidate in self.ordered(plan):
+            if not await self.state.may_call(candidate.model_id):
+                skipped.append(candidate.model_id)
+                continue
+            outcome = await self._try_candidate(candidate, call, deadline, failures)
+            if outcome is not None:
+                return outcome[0], candidate
+            if time.monotonic() >= deadline:
+                break
+        raise self._exhausted(plan, failures, skipped, deadline)
+
+    async def _try_candidate(
+        self, candidate: Candidate, call: CallFn[ResultT], deadline: float,
+        failures: list[ProviderCallError],
+    ) -> tuple[ResultT] | None:
+        timeout_s = self.catalogue.providers[candidate.provider].timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            started = time.perf_counter()
+            try:
+                result = await call(candidate, min(timeout_s, remaining))
+            except ProviderCallError as error:
+                self.state.report(candidate.model_id, ok=False,
+                                  counted=error.counts_against_provider, latency_ms=None)
+                error.message = self.scrub(error.message)
+                failures.append(error)
+                log.info("provider call failed", extra={"fields": {**error.summary(), "attempt": attempt}})
+                if error.kind == "bad_request":
+                    raise RequestValidationError(
+                        f"{candidate.provider} refused the request: {error.message}",
+                        details={"provider": candidate.provider, "model": candidate.model_id},
+                    ) from None
+                delay = self.retry.delay_s(attempt, error.retry_after_s, self.rng) if error.retryable else None
+                if delay is None or time.monotonic() + delay >= deadline:
+                    return None
+                await self._sleep(delay)
+                if self.state.is_open(candidate.model_id):
+                    return None
+                continue
+            latency_ms = (time.perf_counter() - started) * 1000
+            self.state.report(candidate.model_id, ok=True, counted=True, latency_ms=latency_ms)
+            return (result,)
+
+    def _exhausted(
+        self, plan: RoutePlan, failures: list[ProviderCallError], skipped: list[str], deadline: float
+    ) -> Exception:
+        details: dict[str, Any] = {
+            "capability": plan.capability,
+            "attempts": [f.summary() for f in failures],
+            "circuit_open": skipped,
+        }
+        timed_out = time.monotonic() >= deadline or (failures and all(f.kind == "timeout" for f in failures))
+        if timed_out:
+            return ProcessingTimeoutError(
+                f"No provider answered within the deadline ({self.catalogue.routing.deadline_s:g} s "
+                "for the request, each provider's timeout_s per call)", details=details,
+            )
+        tried = sorted({f.provider for f in failures}) or sorted({s.partition("/")[0] for s in skipped})
+        return ServiceUnavailableError(
+            f"Every provider for {plan.capability} failed ({', '.join(tried)}); "
+            "retries and fallbacks are exhausted, try again later", details=details,
+        )
+
+    async def check_budget(self, tenant: TenantRef) -> None:
+        """Refuse when the tenant's tier has a monthly budget and it is spent.
+
+        Raises:
+            BudgetExceededError: with the budget and the spend in the details.
+        """
+        budget = self.catalogue.budget_usd(tenant.tier)
+        if budget is None:
+            return
+        spent = await self.state.backend.spend(tenant.tenant_id)
+        if spent >= budget * MICRO:
+            raise BudgetExceededError(
+                f"The monthly AI budget of ${budget:g} for the {tenant.tier} tier is spent; "
+                "it renews next month, or upgrade the tier",
+                details={"budget_usd": budget, "spent_usd": round(spent / MICRO, 6)},
+            )
+
+    async def account(self, tenant: TenantRef, candidate: Candidate, tokens_in: int, tokens_out: int) -> int:
+        """Record a call's tokens and cost; waits for it only when the tenant has a budget."""
+        cost = cost_microusd(candidate.spec, tokens_in, tokens_out)
+        record = self.state.backend.record_usage(
+            tenant.tenant_id, tenant.tier, tenant.endpoint, candidate.provider,
+            tokens_in, tokens_out, cost,
+        )
+        if self.catalogue.budget_usd(tenant.tier) is not None:
+            await record
+        else:
+            self.state.spawn(record)
+        return cost
+
+    async def close(self) -> None:
+        await self.state.drain()
+        for adapter in self._adapters.values():
+            await adapter.close()
