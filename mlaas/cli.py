@@ -275,8 +275,12 @@ def keys_list(
 def keys_revoke(key_id: str) -> None:
     """Revoke an API key; it and its tokens stop working at once."""
     settings = _settings()
+    from mlaas import platform
+
     try:
         info = accounts.revoke_key(_migrated(settings), key_id)
+        # Replicas cache verified keys for a few seconds; tell them now.
+        platform.notify_credentials_changed(settings)
     except MlaasError as exc:
         _fail(exc.message)
     console.print(f"[green]✔[/] Key {info.id} revoked")

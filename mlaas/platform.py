@@ -281,6 +281,26 @@ def wait_until_healthy(settings: Settings, timeout_s: float, on_tick: Any = None
     )
 
 
+def notify_credentials_changed(settings: Settings) -> bool:
+    """Make the running platform's replicas drop cached credentials (after a revocation made
+    outside the API). Returns False when no platform of this home dir is running."""
+    state = PlatformState.load(settings)
+    address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
+    if address is None or not ray_reachable(address):
+        return False
+    import ray
+
+    from mlaas.admission import ACTOR_NAME
+
+    connect_ray(address)
+    try:
+        actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.get(actor.credentials_changed.remote(), timeout=30)
+    return True
+
+
 def flush_and_shutdown_serve() -> None:
     """Write buffered usage, then stop Serve and the admission actor."""
     import ray
