@@ -3,6 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import mlaas.registry  # noqa: F401 - registers its tables on Base.metadata
+import mlaas.training_jobs  # noqa: F401
 from mlaas.db import Base
 
 config = context.config
