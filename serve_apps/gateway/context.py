@@ -26,7 +26,8 @@ class GatewayContext:
     credentials: CredentialCache = field(default_factory=CredentialCache)
 
 
-def gateway_context(request: Request) -> GatewayContext:
+async def gateway_context(request: Request) -> GatewayContext:
+    # async: FastAPI would run a plain function in its thread pool, a hop on every request.
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
