@@ -53,11 +53,14 @@ async def read_usage(
         )
     if tenant_id and tenant_id != principal.tenant_id and not principal.is_admin:
         raise ForbiddenError("Only admins can read another tenant's usage")
-    tenant = await run_in_threadpool(get_tenant, ctx.database_url, tenant_id or principal.tenant_id)
-    report = usage_report(await ctx.admission.usage.remote(tenant.id, period))
+    if tenant_id and tenant_id != principal.tenant_id:
+        tier = (await run_in_threadpool(get_tenant, ctx.database_url, tenant_id)).tier
+    else:
+        tenant_id, tier = principal.tenant_id, principal.tier
+    report = usage_report(await ctx.admission.usage.remote(tenant_id, period))
     quotas = {}
     for category in QUOTA_CATEGORIES:
-        limit = ctx.tiers.quota(tenant.tier, category)
+        limit = ctx.tiers.quota(tier, category)
         used = report["totals"].get(category, 0)
         quotas[category] = {
             "used": used,
@@ -65,8 +68,8 @@ async def read_usage(
             "remaining": None if limit is None else max(0, limit - used),
         }
     return {
-        "tenant_id": tenant.id,
-        "tier": tenant.tier,
+        "tenant_id": tenant_id,
+        "tier": tier,
         "period": period,
         "quotas": quotas,
         **report,
