@@ -18,7 +18,7 @@ _SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
         ("reveal_system_prompt", 1.0,
          r"\b(reveal|print|show|repeat|leak|output)\b.{0,30}\b(system|hidden|initial|original)\s+"
          r"(prompt|instructions?|message)"),
-        ("persona_jailbreak", 0.8,
+        ("persona_jailbreak", 1.0,
          r"\b(you are now|act as|pretend to be)\b.{0,40}\b(DAN|jailbroken|unrestricted|unfiltered|"
          r"developer mode|no (rules|restrictions|limits))"),
         ("do_anything_now", 1.0, r"\bdo anything now\b"),
