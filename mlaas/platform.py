@@ -257,7 +257,10 @@ def deploy(settings: Settings) -> list[str]:
 def application_statuses() -> dict[str, str]:
     from ray import serve
 
-    return {name: str(app.status) for name, app in serve.status().applications.items()}
+    return {
+        name: str(getattr(app.status, "value", app.status))
+        for name, app in serve.status().applications.items()
+    }
 
 
 def wait_until_healthy(settings: Settings, timeout_s: float, on_tick: Any = None) -> None:
