@@ -277,7 +277,7 @@ def wait_until_healthy(settings: Settings, timeout_s: float, on_tick: Any = None
             last = type(exc).__name__
         if on_tick:
             on_tick(last)
-        time.sleep(0.5)
+        time.sleep(1.0)  # stays under /health's rate limit of 100 a minute per client
     raise PlatformError(
         f"The platform did not become healthy within {timeout_s:.0f} s (last: {last}). "
         "See `mlaas status` and the Serve logs under /tmp/ray/session_latest/logs/serve."
