@@ -1,0 +1,229 @@
+"""Training data: scikit-learn's bundled sets, CSV/Parquet read with Ray Data, and text files.
+
+``check_data`` is the cheap pre-flight the CLI and the gateway run before anything is
+submitted (the file exists, the columns are there); ``load_data`` reads everything into
+NumPy arrays on the driver, split into training and validation sets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.fs as pa_fs
+import pyarrow.parquet as pq
+
+from cluster.errors import SpecError
+from cluster.spec import JobSpec
+from mlaas.settings import REPO_ROOT
+
+_DIGITS_IMAGE_SHAPE = (1, 8, 8)
+SAMPLE_DATA_DIR = (REPO_ROOT / "configs" / "data").resolve()
+
+
+@dataclass
+class DatasetInfo:
+    """What a model needs to know about its data, and what the registry records as schema."""
+
+    task: str
+    num_features: int = 0
+    num_classes: int = 0
+    feature_names: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    image_shape: tuple[int, int, int] | None = None
+    vocab: str = ""
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    """Training and validation arrays: features and labels, or token ids for a language model."""
+
+    info: DatasetInfo
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def resolve_data_source(spec: JobSpec, base_dir: Path, *, confine: bool, source: str) -> JobSpec:
+    """The spec with a local data path made absolute.
+
+    A relative path is looked up in ``base_dir``, then in the repository (for the sample
+    data in ``configs/data``). With ``confine`` (the API), a local path must lie in
+    ``base_dir`` or the sample data folder: a tenant reads its own data folder, never
+    other files of the server.
+    """
+    text = spec.data.source
+    if spec.data.builtin is not None or ("://" in text and not text.startswith("file://")):
+        return spec
+    path = Path(text.removeprefix("file://")).expanduser()
+    candidates = [path] if path.is_absolute() else [base_dir / path, REPO_ROOT / path]
+    resolved = next((c for c in candidates if c.exists()), candidates[0]).resolve()
+    allowed = (base_dir.resolve(), SAMPLE_DATA_DIR)
+    if confine and not any(resolved.is_relative_to(root) for root in allowed):
+        raise SpecError(
+            source,
+            "data.source",
+            f"local data must be in your data folder {base_dir} or in configs/data "
+            "(or use builtin:<name> or a URI)",
+            received=text,
+        )
+    data = spec.data.model_copy(update={"source": str(resolved)})
+    return spec.model_copy(update={"data": data})
+
+
+def _filesystem(source: str) -> tuple[pa_fs.FileSystem, str]:
+    if "://" in source:
+        return pa_fs.FileSystem.from_uri(source)
+    return pa_fs.LocalFileSystem(), str(Path(source).resolve())
+
+
+def _columns_of(source: str) -> list[str]:
+    fs, path = _filesystem(source)
+    if source.lower().endswith((".parquet", ".pq")):
+        with fs.open_input_file(path) as handle:
+            return list(pq.read_schema(handle).names)
+    with fs.open_input_stream(path) as handle:
+        return list(pa_csv.open_csv(handle).schema.names)
+
+
+def check_data(spec: JobSpec, source: str = "<request>") -> None:
+    """Refuse a data source that does not exist or lacks a named column.
+
+    Raises:
+        SpecError: on ``data.source``, ``data.target`` or ``data.features``.
+    """
+    data = spec.data
+    if data.builtin is not None:
+        if data.target is not None or data.features is not None:
+            raise SpecError(
+                source, "data.target", "builtin datasets have fixed features and labels"
+            )
+        return
+    try:
+        fs, path = _filesystem(data.source)
+        exists = fs.get_file_info(path).type == pa_fs.FileType.File
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SpecError(source, "data.source", f"cannot open: {exc}", received=data.source) from exc
+    if not exists:
+        raise SpecError(source, "data.source", "no such file", received=data.source)
+    if data.is_text:
+        return
+    if not data.target:
+        raise SpecError(source, "data.target", "name the label column of the CSV/Parquet file")
+    try:
+        columns = _columns_of(data.source)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SpecError(source, "data.source", f"cannot read the header: {exc}") from exc
+    for name, where in [
+        (data.target, "data.target"),
+        *((f, "data.features") for f in data.features or []),
+    ]:
+        if name not in columns:
+            raise SpecError(source, where, f"column {name!r} not in the file (columns: {columns})")
+
+
+def load_data(spec: JobSpec) -> PreparedData:
+    """All of the spec's data as NumPy arrays, split with the spec's seed."""
+    if spec.data.is_text:
+        return _text_data(spec)
+    if spec.data.builtin is not None:
+        x, y, info = _builtin(spec.data.builtin)
+    else:
+        x, y, info = _tabular(spec)
+    if spec.model.type == "cnn":
+        info.image_shape = _image_shape(spec, info)
+    order = np.random.default_rng(spec.seed).permutation(len(x))
+    n_val = max(1, math.ceil(len(x) * spec.validation_split))
+    val, train = order[:n_val], order[n_val:]
+    majority = np.bincount(y[train], minlength=info.num_classes).argmax()
+    info.baseline = {"accuracy": float(np.mean(y[val] == majority))}
+    return PreparedData(info, x[train], y[train], x[val], y[val])
+
+
+def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    from sklearn import datasets
+
+    bunch: Any = getattr(datasets, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float32)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    names = [str(n) for n in getattr(bunch, "feature_names", [])] or [
+        f"x{i}" for i in range(x.shape[1])
+    ]
+    classes = [str(c) for c in bunch.target_names]
+    info = DatasetInfo("classification", x.shape[1], len(classes), names, classes)
+    if name == "digits":
+        info.image_shape = _DIGITS_IMAGE_SHAPE
+    return x, y, info
+
+
+def _tabular(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    import ray.data
+
+    data = spec.data
+    reader = (
+        ray.data.read_parquet
+        if data.source.lower().endswith((".parquet", ".pq"))
+        else ray.data.read_csv
+    )
+    frame = reader(data.source, ray_remote_args={"num_cpus": 0.25}).to_pandas()
+    assert data.target is not None
+    features = data.features or [c for c in frame.columns if c != data.target]
+    numeric = frame[features].select_dtypes("number").columns
+    not_numeric = [c for c in features if c not in numeric]
+    if not_numeric:
+        raise SpecError(data.source, "data.features", f"columns {not_numeric} are not numeric")
+    x = frame[features].to_numpy(dtype=np.float32)
+    if np.isnan(x).any():
+        raise SpecError(data.source, "data.features", "feature columns contain missing values")
+    classes, y = np.unique(frame[data.target].astype(str).to_numpy(), return_inverse=True)
+    info = DatasetInfo(
+        "classification", x.shape[1], len(classes), list(features), [str(c) for c in classes]
+    )
+    return x, y.astype(np.int64), info
+
+
+def _image_shape(spec: JobSpec, info: DatasetInfo) -> tuple[int, int, int]:
+    shape = getattr(spec.model, "image_shape", None) or info.image_shape
+    if shape is None or math.prod(shape) != info.num_features:
+        raise SpecError(
+            spec.data.source,
+            "model.image_shape",
+            f"give (channels, height, width) whose product is the {info.num_features} features",
+        )
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def read_text(source: str) -> str:
+    fs, path = _filesystem(source)
+    with fs.open_input_stream(path) as handle:
+        return bytes(handle.read()).decode("utf-8", errors="replace")
+
+
+def _text_data(spec: JobSpec) -> PreparedData:
+    text = read_text(spec.data.source)
+    vocab = "".join(sorted(set(text)))
+    block = getattr(spec.model, "block_size", 64)
+    index = {ch: i for i, ch in enumerate(vocab)}
+    tokens = np.fromiter((index[ch] for ch in text), dtype=np.int64, count=len(text))
+    n_val = max(block + 2, math.ceil(len(tokens) * spec.validation_split))
+    if len(tokens) - n_val < block + 2:
+        raise SpecError(spec.data.source, "data.source", f"text too short for block_size {block}")
+    train, val = tokens[:-n_val], tokens[-n_val:]
+    info = DatasetInfo("language_modeling", vocab=vocab)
+    info.baseline = {"val_loss": _unigram_cross_entropy(train, val, len(vocab))}
+    empty = np.zeros(0, dtype=np.int64)
+    return PreparedData(info, train, empty, val, empty)
+
+
+def _unigram_cross_entropy(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
+    """Loss (nats per character) of predicting each character by its training frequency."""
+    counts = np.bincount(train, minlength=vocab_size) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    return float(-log_probs[val].mean())

@@ -1,0 +1,235 @@
+"""Running one training job end to end: data, trainer (or Tune search), and registration.
+
+The driver loads and splits the data once, puts it in the object store, hands a
+:class:`TrainingPlan` to the trainer of the spec's strategy, and on success copies the final
+weights into the registry's artifact folder and registers the version.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.data import PreparedData, check_data, load_data
+from cluster.errors import SpecError, TrainingFailed
+from cluster.progress import ProgressCallback
+from cluster.spec import JobSpec
+from cluster.trainers._plan import TrainingPlan, TrainOutcome
+from cluster.trainers._worker import ARCHITECTURE_FILE
+from cluster.zoo import architecture_for, build_model, count_parameters
+from mlaas import registry
+from mlaas.errors import NotFoundError
+
+TRAINER_MODULES = {
+    "ddp": "cluster.trainers.ddp",
+    "deepspeed": "cluster.trainers.deepspeed",
+    "tensorflow": "cluster.trainers.tensorflow",
+}
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Who the job is for and where its records and files go."""
+
+    database_url: str
+    artifacts_dir: Path
+    tenant_id: str
+    job_id: str
+    source: str = "<spec>"
+
+
+def worker_env(spec: JobSpec) -> dict[str, str]:
+    """Environment the training workers need for the spec's framework."""
+    env: dict[str, str] = {}
+    if spec.strategy.type == "deepspeed" and not spec.scaling.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # otherwise DeepSpeed looks for CUDA
+    if spec.strategy.type == "tensorflow":
+        # MultiWorkerMirroredStrategy works with Keras 2 (tf-keras), not Keras 3, in Ray Train.
+        env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    return env
+
+
+def teacher_of(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
+    """The registered teacher version of a distillation spec, ready for the workers.
+
+    Raises:
+        SpecError: the tenant has no such model or version.
+    """
+    assert spec.distill is not None
+    ref = spec.distill.teacher
+    try:
+        version = registry.get_version(ctx.database_url, ctx.tenant_id, ref.model, ref.version)
+    except NotFoundError as exc:
+        raise SpecError(ctx.source, "distill.teacher", exc.message, received=ref.model) from exc
+    if version.framework != "pytorch" or version.architecture.get("type") not in ("mlp", "cnn"):
+        raise SpecError(ctx.source, "distill.teacher", "the teacher must be a torch MLP or CNN")
+    return {
+        "architecture": version.architecture,
+        "folder": str(version.artifact_path),
+        "model": version.model_name,
+        "version": version.version,
+        "version_id": version.id,
+        "num_parameters": version.metrics.get("num_parameters"),
+    }
+
+
+def plan_for(spec: JobSpec, ctx: JobContext, data: PreparedData | None = None) -> TrainingPlan:
+    """Load the data and build the plan the trainer carries out."""
+    check_data(spec, ctx.source)
+    data = data or load_data(spec)
+    teacher = teacher_of(spec, ctx) if spec.distill else None
+    if teacher is not None:
+        _check_teacher_fits(teacher, data, ctx)
+    return TrainingPlan(
+        spec=spec,
+        data=data,
+        architecture=architecture_for(spec.model, data.info),
+        run_name=f"{ctx.job_id}-{int(time.time())}",
+        storage_path=ctx.artifacts_dir / "runs",
+        teacher=teacher,
+        callbacks=[ProgressCallback(ctx.database_url, ctx.job_id)],
+        env_vars=worker_env(spec),
+    )
+
+
+def _check_teacher_fits(teacher: dict[str, Any], data: PreparedData, ctx: JobContext) -> None:
+    config = teacher["architecture"]["config"]
+    inputs = config.get("in_features") or math.prod(config.get("image_shape") or [0])
+    if config.get("num_classes") != data.info.num_classes or inputs != data.info.num_features:
+        raise SpecError(
+            ctx.source,
+            "distill.teacher",
+            f"the teacher takes {inputs} features into {config.get('num_classes')} classes; "
+            f"this data has {data.info.num_features} and {data.info.num_classes}",
+        )
+
+
+def run_job(spec: JobSpec, ctx: JobContext) -> registry.ModelVersionInfo:
+    """Train and register; returns the new version.
+
+    Raises:
+        SpecError: invalid data or teacher (nothing was trained).
+        TrainingFailed: training did not finish (nothing was registered).
+    """
+    plan = plan_for(spec, ctx)
+    started = time.monotonic()
+    if spec.tune is not None:
+        from cluster.tune import search
+
+        outcome = search(plan, ctx.database_url, ctx.job_id)
+    else:
+        trainer = importlib.import_module(TRAINER_MODULES[spec.strategy.type])
+        try:
+            outcome = trainer.fit(plan)
+        except Exception as exc:
+            if "TrainingFailedError" in {c.__name__ for c in type(exc).__mro__}:
+                raise TrainingFailed(describe_failure(exc)) from exc
+            raise
+    if outcome.checkpoint is None:
+        raise TrainingFailed("Training ended without a checkpoint; nothing to register")
+    return publish(outcome, plan, ctx, train_seconds=time.monotonic() - started)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One readable line per failed worker (Ray's message also carries full tracebacks)."""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        lines = [
+            f"rank {rank}: {type(err).__name__}: {_last_line(err)}"
+            for rank, err in sorted(failures.items())
+        ]
+        return "Training failed: " + "; ".join(lines)
+    cause = getattr(exc, "controller_failure", None) or exc
+    return f"Training failed: {type(cause).__name__}: {_last_line(cause)}"
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def version_metrics(
+    outcome: TrainOutcome, plan: TrainingPlan, train_seconds: float
+) -> dict[str, Any]:
+    """The figures a version keeps: final validation metrics, baseline, size, time."""
+    keep = {
+        k: v
+        for k, v in outcome.metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "resumed_from_epoch"
+    }
+    keep.update({f"baseline_{k}": v for k, v in plan.data.info.baseline.items()})
+    keep["num_parameters"] = count_parameters(build_model(plan.architecture))
+    keep["train_seconds"] = round(train_seconds, 2)
+    keep.update(outcome.extra_metrics)
+    if plan.teacher is not None:
+        keep["teacher_num_parameters"] = plan.teacher["num_parameters"]
+        keep["teacher_version_id"] = plan.teacher["version_id"]
+    return keep
+
+
+def schemas(plan: TrainingPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Input and output schema of the model, as the registry records them."""
+    info = plan.data.info
+    if info.task == "language_modeling":
+        block = plan.architecture["config"]["block_size"]
+        return (
+            {"type": "text", "tokenizer": "char", "vocab": info.vocab, "block_size": block},
+            {"type": "next_token_logits", "vocab_size": len(info.vocab)},
+        )
+    input_schema: dict[str, Any] = {
+        "type": "tabular",
+        "dtype": "float32",
+        "features": info.feature_names,
+        "shape": [info.num_features],
+    }
+    if info.image_shape:
+        input_schema["image_shape"] = list(info.image_shape)
+    return input_schema, {"type": "classification", "classes": info.class_names}
+
+
+def publish(
+    outcome: TrainOutcome, plan: TrainingPlan, ctx: JobContext, *, train_seconds: float
+) -> registry.ModelVersionInfo:
+    """Copy the final weights into the artifact store and register the version."""
+    spec = plan.spec
+    number = registry.next_version_number(ctx.database_url, ctx.tenant_id, spec.model_name)
+    uri = registry.artifact_uri_for(ctx.artifacts_dir, ctx.tenant_id, spec.model_name, number)
+    folder = registry.artifact_path(uri)
+    shutil.rmtree(folder, ignore_errors=True)  # a half-copied folder of an earlier attempt
+    folder.mkdir(parents=True)
+    with outcome.checkpoint.as_directory() as checkpoint_dir:
+        for name in (outcome.weights_file, *outcome.extra_files):
+            source = Path(checkpoint_dir) / name
+            if source.is_dir():
+                shutil.copytree(source, folder / name)
+            elif source.exists():
+                shutil.copy2(source, folder / name)
+    for name, text in outcome.extra_artifacts.items():
+        (folder / name).write_text(text)
+    if not (folder / outcome.weights_file).exists():
+        raise TrainingFailed(f"The final checkpoint has no {outcome.weights_file}")
+    architecture = {**plan.architecture, "strategy": spec.strategy.type}
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2))
+    input_schema, output_schema = schemas(plan)
+    return registry.register_version(
+        ctx.database_url,
+        tenant_id=ctx.tenant_id,
+        model_name=spec.model_name,
+        framework=outcome.framework,
+        artifact_uri=uri,
+        architecture=architecture,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        metrics=version_metrics(outcome, plan, train_seconds),
+        training_job_id=ctx.job_id,
+        version=number,
+        stage=spec.registry.stage,
+        task=spec.task,
+    )
