@@ -13,6 +13,7 @@ import mlaas
 from mlaas.errors import MlaasError, error_body
 from serve_apps.gateway.routes import ai, auth, chat, health, keys, tenants, usage
 from serve_apps.gateway.routes import embeddings, models, predict  # inference serving
+from serve_apps.gateway.routes import train  # training jobs
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -99,6 +100,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unhandled)
-    for module in (health, auth, keys, tenants, usage, ai, chat, predict, models, embeddings):
+    for module in (health, auth, keys, tenants, usage, ai, chat, predict, models, embeddings, train):
         app.include_router(module.router)
     return app

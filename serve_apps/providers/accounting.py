@@ -49,8 +49,11 @@ def ai_usage_report(rows: Iterable[tuple[str, int]]) -> dict[str, Any]:
         entry = providers.setdefault(
             provider, {"requests": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
         )
-        name = {"ai_requests": "requests", "ai_tokens_in": "tokens_in",
-                "ai_tokens_out": "tokens_out"}.get(measure)
+        name = {
+            "ai_requests": "requests",
+            "ai_tokens_in": "tokens_in",
+            "ai_tokens_out": "tokens_out",
+        }.get(measure)
         if name:
             entry[name] += int(quantity)
         else:

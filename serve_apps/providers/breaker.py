@@ -1,4 +1,4 @@
-"""A circuit breaker per provider model: closed, open after repeated failures, half-open to probe."""
+"""A circuit breaker per provider model: closed, open after failures, half-open to probe."""
 
 from __future__ import annotations
 

@@ -21,7 +21,14 @@ DEFAULT_CATALOGUE = REPO_ROOT / "configs" / "providers.yaml"
 CATALOGUE_ENV = "MLAAS_PROVIDERS_FILE"
 
 Capability = Literal[
-    "synthetic_data", "reasoning", "analysis", "research", "code", "multimodal", "chat", "embeddings"
+    "synthetic_data",
+    "reasoning",
+    "analysis",
+    "research",
+    "code",
+    "multimodal",
+    "chat",
+    "embeddings",
 ]
 ProviderKind = Literal["openai", "anthropic", "openai_compatible", "local"]
 PolicyName = Literal["priority", "cheapest", "fastest", "weighted"]
@@ -131,7 +138,9 @@ class Catalogue(_Strict):
         return [f"{p}/{m}" for p, spec in self.providers.items() for m in spec.models]
 
     def models(self) -> dict[str, ModelSpec]:
-        return {f"{p}/{m}": ms for p, spec in self.providers.items() for m, ms in spec.models.items()}
+        return {
+            f"{p}/{m}": ms for p, spec in self.providers.items() for m, ms in spec.models.items()
+        }
 
     def capabilities_of(self, model_id: str) -> tuple[Capability, ...]:
         provider, _, name = model_id.partition("/")
@@ -143,7 +152,9 @@ class Catalogue(_Strict):
         spec = self.providers[provider]
         if spec.kind == "local":
             return True
-        return bool((env if env is not None else os.environ).get(spec.api_key_env or "", "").strip())
+        return bool(
+            (env if env is not None else os.environ).get(spec.api_key_env or "", "").strip()
+        )
 
     def budget_usd(self, tier: str) -> float | None:
         return self.budgets_usd.get(tier)

@@ -24,14 +24,24 @@ def _estimate(text: str) -> int:
     return max(1, len(text) // CHARS_PER_TOKEN)
 
 
-def _chunk(ident: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+def _chunk(
+    ident: str, created: int, model: str, delta: dict[str, Any], finish: str | None
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
 
 
 def _usage(tokens_in: int, tokens_out: int) -> dict[str, int]:
-    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-            "total_tokens": tokens_in + tokens_out}
+    return {
+        "prompt_tokens": tokens_in,
+        "completion_tokens": tokens_out,
+        "total_tokens": tokens_in + tokens_out,
+    }
 
 
 class ChatService:
@@ -51,64 +61,117 @@ class ChatService:
         chars = sum(len(m["content"]) for m in guarded.messages)
         plan = self.router.planner.plan_model(request.model, chars, request.output_limit() or 0)
         json_output = (request.response_format or {}).get("type") in ("json_object", "json_schema")
-        call = ChatCall(messages=guarded.messages, max_tokens=request.output_limit(),
-                        temperature=request.temperature, top_p=request.top_p,
-                        stop=request.stop_list(), json_output=json_output)
+        call = ChatCall(
+            messages=guarded.messages,
+            max_tokens=request.output_limit(),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop_list(),
+            json_output=json_output,
+        )
         return guarded, plan, call
 
     def _cacheable(self, request: ChatCompletionRequest) -> bool:
         return self.router.catalogue.routing.cache.enabled and request.temperature == 0
 
     async def complete(self, request: ChatCompletionRequest, tenant: TenantRef) -> dict[str, Any]:
-        """``{"body": <chat.completion>, "meta": {provider, model, cost_usd, cached, guardrails}}``."""
+        """``{"body": <chat.completion>, "meta": {provider, model, cost_usd, cached, ...}}``."""
         guarded, plan, call = await self._prepare(request, tenant)
-        key = cache_key(tenant.tenant_id, request.model, asdict(call)) if self._cacheable(request) else None
+        key = (
+            cache_key(tenant.tenant_id, request.model, asdict(call))
+            if self._cacheable(request)
+            else None
+        )
         if key is not None:
             hit = await self.router.state.backend.cache_get(key)
             if hit is not None:
-                return {"body": hit["body"], "meta": {**hit["meta"], "cached": True, "cost_usd": 0.0}}
+                return {
+                    "body": hit["body"],
+                    "meta": {**hit["meta"], "cached": True, "cost_usd": 0.0},
+                }
 
         async def attempt(candidate: Candidate, timeout_s: float) -> Completion:
-            return await self.router.adapter(candidate.provider).complete(candidate.model, call, timeout_s)
+            return await self.router.adapter(candidate.provider).complete(
+                candidate.model, call, timeout_s
+            )
 
         completion, candidate = await self.router.run(plan, attempt)
         text = redact_pii(completion.text)[0] if self.redact_output else completion.text
-        cost = await self.router.account(tenant, candidate, completion.tokens_in, completion.tokens_out)
+        cost = await self.router.account(
+            tenant, candidate, completion.tokens_in, completion.tokens_out
+        )
         body = {
-            "id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion",
-            "created": int(time.time()), "model": candidate.model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": completion.finish_reason, "logprobs": None}],
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": candidate.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": completion.finish_reason,
+                    "logprobs": None,
+                }
+            ],
             "usage": _usage(completion.tokens_in, completion.tokens_out),
         }
-        meta = {"provider": candidate.provider, "model": candidate.model_id, "cached": False,
-                "cost_usd": cost / MICRO, "guardrails": guarded.report()}
+        meta = {
+            "provider": candidate.provider,
+            "model": candidate.model_id,
+            "cached": False,
+            "cost_usd": cost / MICRO,
+            "guardrails": guarded.report(),
+        }
         if key is not None:
             await self.router.state.backend.cache_put(key, {"body": body, "meta": meta})
         return {"body": body, "meta": meta}
 
-    async def stream(self, request: ChatCompletionRequest, tenant: TenantRef) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, request: ChatCompletionRequest, tenant: TenantRef
+    ) -> AsyncIterator[dict[str, Any]]:
         """The first item is ``{"meta": ...}``; then chat.completion.chunk dicts; maybe an error."""
         guarded, plan, call = await self._prepare(request, tenant)
 
-        async def open_stream(candidate: Candidate, timeout_s: float) -> tuple[StreamDelta | None, Any]:
-            deltas = self.router.adapter(candidate.provider).stream(candidate.model, call, timeout_s).__aiter__()
+        async def open_stream(
+            candidate: Candidate, timeout_s: float
+        ) -> tuple[StreamDelta | None, Any]:
+            deltas = (
+                self.router.adapter(candidate.provider)
+                .stream(candidate.model, call, timeout_s)
+                .__aiter__()
+            )
             try:
                 return await deltas.__anext__(), deltas
             except StopAsyncIteration:
                 return None, deltas
 
         (first, deltas), candidate = await self.router.run(plan, open_stream)
-        yield {"meta": {"provider": candidate.provider, "model": candidate.model_id,
-                        "guardrails": guarded.report()}}
-        ident, created, model = "chatcmpl-" + secrets.token_hex(12), int(time.time()), candidate.model_id
+        yield {
+            "meta": {
+                "provider": candidate.provider,
+                "model": candidate.model_id,
+                "guardrails": guarded.report(),
+            }
+        }
+        ident, created, model = (
+            "chatcmpl-" + secrets.token_hex(12),
+            int(time.time()),
+            candidate.model_id,
+        )
         yield _chunk(ident, created, model, {"role": "assistant", "content": ""}, None)
-        async for item in self._relay(first, deltas, candidate, tenant, request, (ident, created, model)):
+        async for item in self._relay(
+            first, deltas, candidate, tenant, request, (ident, created, model)
+        ):
             yield item
 
     async def _relay(
-        self, first: StreamDelta | None, deltas: Any, candidate: Candidate, tenant: TenantRef,
-        request: ChatCompletionRequest, head: tuple[str, int, str],
+        self,
+        first: StreamDelta | None,
+        deltas: Any,
+        candidate: Candidate,
+        tenant: TenantRef,
+        request: ChatCompletionRequest,
+        head: tuple[str, int, str],
     ) -> AsyncIterator[dict[str, Any]]:
         redactor = StreamRedactor() if self.redact_output else None
         tokens_in = tokens_out = None
@@ -125,20 +188,30 @@ class ChatService:
                     yield _chunk(*head, {"content": text}, None)
                 delta = await anext(deltas, None)
         except ProviderCallError as error:
-            self.router.state.report(candidate.model_id, ok=False,
-                                     counted=error.counts_against_provider, latency_ms=None)
+            self.router.state.report(
+                candidate.model_id, ok=False, counted=error.counts_against_provider, latency_ms=None
+            )
             tail = redactor.flush() if redactor else ""
             if tail:
                 yield _chunk(*head, {"content": tail}, None)
-            yield {"error": {"message": f"The {candidate.provider} stream failed midway: "
-                                        f"{self.router.scrub(error.message)}",
-                             "type": "provider_error", "code": "SERVICE_UNAVAILABLE",
-                             "param": None}}
+            yield {
+                "error": {
+                    "message": f"The {candidate.provider} stream failed midway: "
+                    f"{self.router.scrub(error.message)}",
+                    "type": "provider_error",
+                    "code": "SERVICE_UNAVAILABLE",
+                    "param": None,
+                }
+            }
             return
         finally:
             prompt = sum(len(m["content"]) for m in request.call_messages())
-            await self.router.account(tenant, candidate, tokens_in or prompt // CHARS_PER_TOKEN,
-                                      tokens_out or _estimate("".join(sent)))
+            await self.router.account(
+                tenant,
+                candidate,
+                tokens_in or prompt // CHARS_PER_TOKEN,
+                tokens_out or _estimate("".join(sent)),
+            )
         tail = redactor.flush() if redactor else ""
         if tail:
             yield _chunk(*head, {"content": tail}, None)

@@ -38,10 +38,15 @@ log = get_logger("mlaas.providers")
 class ProvidersArgs(BaseModel):
     """Application arguments (``args:`` in ``configs/serve/mlaas.yaml``)."""
 
-    settings: dict[str, Any] = Field(default_factory=dict, description="Overrides of MLAAS_ settings")
-    providers_file: str | None = Field(default=None, description="Default: MLAAS_PROVIDERS_FILE, "
-                                       "else configs/providers.yaml")
-    inline_rows: int = Field(default=1000, ge=1, description="Larger synthetic datasets go to a file")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of MLAAS_ settings"
+    )
+    providers_file: str | None = Field(
+        default=None, description="Default: MLAAS_PROVIDERS_FILE, else configs/providers.yaml"
+    )
+    inline_rows: int = Field(
+        default=1000, ge=1, description="Larger synthetic datasets go to a file"
+    )
 
 
 def provider_status(router: Router) -> dict[str, Any]:
@@ -57,9 +62,14 @@ def provider_status(router: Router) -> dict[str, Any]:
             status = "circuit_open"
         else:
             status = "configured"
-        services[name] = {"status": status, "kind": spec.kind, "capabilities": list(spec.capabilities),
-                          "models": models, "api_key_env": spec.api_key_env,
-                          "circuits": {m: s for m, s in circuits.items() if s != "closed"}}
+        services[name] = {
+            "status": status,
+            "kind": spec.kind,
+            "capabilities": list(spec.capabilities),
+            "models": models,
+            "api_key_env": spec.api_key_env,
+            "circuits": {m: s for m, s in circuits.items() if s != "closed"},
+        }
     configured = [n for n, s in services.items() if s["status"] != "not_configured"]
     healthy = [n for n, s in services.items() if s["status"] == "configured"]
     if len(healthy) == len(services):
@@ -68,11 +78,17 @@ def provider_status(router: Router) -> dict[str, Any]:
         overall = "local_only"
     else:
         overall = "degraded" if len(healthy) < len(configured) else "partial_configuration"
-    return {"service_status": services, "overall_health": overall,
-            "configured_services": len(configured), "total_services": len(services)}
+    return {
+        "service_status": services,
+        "overall_health": overall,
+        "configured_services": len(configured),
+        "total_services": len(services),
+    }
 
 
-@serve.deployment(name="ProviderRouter", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
+@serve.deployment(
+    name="ProviderRouter", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512
+)
 class ProviderRouter:
     """Loads the catalogue, joins the shared state, then routes what the gateway hands it."""
 
@@ -81,12 +97,18 @@ class ProviderRouter:
         settings = Settings(**parsed.settings)
         catalogue = load_catalogue(parsed.providers_file)
         routing = catalogue.routing
-        handle = get_or_create_state(settings.resolved_database_url, routing.circuit_breaker, routing.cache)
+        handle = get_or_create_state(
+            settings.resolved_database_url, routing.circuit_breaker, routing.cache
+        )
         handle.configure.remote(routing.circuit_breaker.model_dump(), routing.cache.model_dump())
-        self.router = Router(catalogue, state=RouterState(ActorBackend(handle)), env=dict(os.environ))
+        self.router = Router(
+            catalogue, state=RouterState(ActorBackend(handle)), env=dict(os.environ)
+        )
         self.chat = ChatService(self.router)
-        self.tasks = AiTasks(self.router, LocalProvider(artifacts_dir=settings.artifacts_dir,
-                                                        inline_rows=parsed.inline_rows))
+        self.tasks = AiTasks(
+            self.router,
+            LocalProvider(artifacts_dir=settings.artifacts_dir, inline_rows=parsed.inline_rows),
+        )
         configured = self.router.warm_up()
         log.info("provider router started", extra={"fields": {"configured": configured}})
 
@@ -94,26 +116,37 @@ class ProviderRouter:
         await self.router.state.refresh()
         return provider_status(self.router)
 
-    async def chat_completion(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
-        return await self.chat.complete(ChatCompletionRequest.model_validate(request),
-                                        TenantRef.model_validate(tenant))
+    async def chat_completion(
+        self, request: dict[str, Any], tenant: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.chat.complete(
+            ChatCompletionRequest.model_validate(request), TenantRef.model_validate(tenant)
+        )
 
     async def chat_completion_stream(
         self, request: dict[str, Any], tenant: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        async for item in self.chat.stream(ChatCompletionRequest.model_validate(request),
-                                           TenantRef.model_validate(tenant)):
+        async for item in self.chat.stream(
+            ChatCompletionRequest.model_validate(request), TenantRef.model_validate(tenant)
+        ):
             yield item
 
-    async def synthetic_data(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
-        return await self.tasks.synthetic_data(SyntheticDataRequest.model_validate(request),
-                                               TenantRef.model_validate(tenant))
+    async def synthetic_data(
+        self, request: dict[str, Any], tenant: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.tasks.synthetic_data(
+            SyntheticDataRequest.model_validate(request), TenantRef.model_validate(tenant)
+        )
 
     async def analyze(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
-        return await self.tasks.analyze(AnalyzeRequest.model_validate(request), TenantRef.model_validate(tenant))
+        return await self.tasks.analyze(
+            AnalyzeRequest.model_validate(request), TenantRef.model_validate(tenant)
+        )
 
     async def enhance(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
-        return await enhance(EnhanceRequest.model_validate(request), self.tasks, TenantRef.model_validate(tenant))
+        return await enhance(
+            EnhanceRequest.model_validate(request), self.tasks, TenantRef.model_validate(tenant)
+        )
 
     async def embeddings(self, texts: list[str]) -> list[list[float]]:
         return await self.tasks.local.embed(texts)
@@ -124,4 +157,4 @@ class ProviderRouter:
 
 def app_builder(args: dict[str, Any]) -> Any:
     """Serve application builder for ``import_path: serve_apps.providers:app_builder``."""
-    return ProviderRouter.bind(args)
+    return ProviderRouter.bind(args)  # type: ignore[attr-defined]

@@ -13,11 +13,19 @@ from typing import Any, Literal
 from mlaas.errors import MlaasError, PayloadTooLargeError, ValidationError
 
 FailureKind = Literal[
-    "rate_limited", "server", "timeout", "connection", "auth", "bad_request", "context_length",
+    "rate_limited",
+    "server",
+    "timeout",
+    "connection",
+    "auth",
+    "bad_request",
+    "context_length",
     "invalid_output",
 ]
 _RETRYABLE: frozenset[str] = frozenset({"rate_limited", "server", "connection"})
-_NOT_THE_PROVIDERS_FAULT: frozenset[str] = frozenset({"bad_request", "context_length", "invalid_output"})
+_NOT_THE_PROVIDERS_FAULT: frozenset[str] = frozenset(
+    {"bad_request", "context_length", "invalid_output"}
+)
 NO_SDK_RETRY = {"x-should-retry": "false"}
 
 
@@ -71,8 +79,13 @@ class ProviderCallError(_PicklesByState, Exception):
         return self.kind not in _NOT_THE_PROVIDERS_FAULT
 
     def summary(self) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "kind": self.kind,
-                "status": self.status, "message": self.message}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "kind": self.kind,
+            "status": self.status,
+            "message": self.message,
+        }
 
 
 class MissingApiKeyError(_PicklesByState, MlaasError):

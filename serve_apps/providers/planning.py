@@ -43,9 +43,15 @@ class RoutePlanner:
     def candidate(self, model_id: str, position: int) -> Candidate:
         provider, _, model = model_id.partition("/")
         spec = self.catalogue.providers[provider]
-        return Candidate(model_id=model_id, provider=provider, model=model,
-                         spec=spec.models[model], priority=spec.priority, weight=spec.weight,
-                         position=position)
+        return Candidate(
+            model_id=model_id,
+            provider=provider,
+            model=model,
+            spec=spec.models[model],
+            priority=spec.priority,
+            weight=spec.weight,
+            position=position,
+        )
 
     def _model_id(self, name: str) -> str:
         models = self.catalogue.models()
@@ -56,8 +62,11 @@ class RoutePlanner:
             return matches[0]
         raise RequestValidationError(
             f"Unknown model {name!r}: use a route alias or provider/model from the catalogue",
-            details={"field": "model", "received": name,
-                     "expected": sorted(self.catalogue.routes) + sorted(models)},
+            details={
+                "field": "model",
+                "received": name,
+                "expected": sorted(self.catalogue.routes) + sorted(models),
+            },
         )
 
     def _chain(self, model_id: str) -> list[str]:
@@ -71,13 +80,15 @@ class RoutePlanner:
         return chain
 
     def _configured(self, model_ids: list[str], capability: Capability, what: str) -> list[str]:
-        usable = [m for m in model_ids if self.catalogue.is_configured(m.partition("/")[0], self.env)]
+        usable = [
+            m for m in model_ids if self.catalogue.is_configured(m.partition("/")[0], self.env)
+        ]
         if usable:
             return usable
-        variables = sorted({
-            self.catalogue.providers[m.partition("/")[0]].api_key_env or ""
-            for m in model_ids
-        } - {""})
+        variables = sorted(
+            {self.catalogue.providers[m.partition("/")[0]].api_key_env or "" for m in model_ids}
+            - {""}
+        )
         raise MissingApiKeyError(
             f"No configured provider can serve {what}; set one of {', '.join(variables)} "
             "and restart the platform",
@@ -88,6 +99,8 @@ class RoutePlanner:
         """The plan of a chat request's ``model``: an alias's models by its policy, or one model
         followed by its fallback chain as written."""
         route = self.catalogue.routes.get(name)
+        policy: str
+        capability: Capability
         if route is not None:
             capability, policy = route.capability, route.policy or self.catalogue.routing.policy
             model_ids = self._configured(list(route.models), capability, f"route {name!r}")
@@ -100,16 +113,24 @@ class RoutePlanner:
     def plan_capability(self, capability: Capability, prefer: str | None = None) -> RoutePlan:
         """Every configured model with ``capability``, by the default policy; ``prefer`` (a
         provider) goes first when it has the capability."""
-        model_ids = [m for m in self.catalogue.model_ids() if capability in self.catalogue.capabilities_of(m)]
+        model_ids = [
+            m for m in self.catalogue.model_ids() if capability in self.catalogue.capabilities_of(m)
+        ]
         if not model_ids:
-            raise MissingApiKeyError(f"No provider in the catalogue has the capability {capability!r}",
-                                     details={"capability": capability, "env_vars": []})
+            raise MissingApiKeyError(
+                f"No provider in the catalogue has the capability {capability!r}",
+                details={"capability": capability, "env_vars": []},
+            )
         model_ids = self._configured(model_ids, capability, f"capability {capability!r}")
         plan = self._fit(capability, self.catalogue.routing.policy, model_ids, 0, 0)
         return RoutePlan(capability, plan.candidates, plan.policy, prefer=prefer)
 
     def _fit(
-        self, capability: Capability, policy: str, model_ids: list[str], prompt_chars: int,
+        self,
+        capability: Capability,
+        policy: str,
+        model_ids: list[str],
+        prompt_chars: int,
         max_output_tokens: int,
     ) -> RoutePlan:
         needed = estimate_tokens(prompt_chars, max_output_tokens) if prompt_chars else 0
@@ -120,12 +141,18 @@ class RoutePlanner:
             raise RequestValidationError(
                 f"The request needs about {needed} tokens, more than the largest context window "
                 f"({largest}) of the candidate models; shorten the messages or max_tokens",
-                details={"field": "messages", "estimated_tokens": needed, "largest_context_window": largest},
+                details={
+                    "field": "messages",
+                    "estimated_tokens": needed,
+                    "largest_context_window": largest,
+                },
             )
         dropped = tuple(c.model_id for c in candidates if c not in fitting)
         return RoutePlan(capability, tuple(fitting), policy, dropped)
 
-    def order(self, plan: RoutePlan, latency_ms: Mapping[str, float], rng: random.Random) -> list[Candidate]:
+    def order(
+        self, plan: RoutePlan, latency_ms: Mapping[str, float], rng: random.Random
+    ) -> list[Candidate]:
         """The plan's candidates in policy order (a chain keeps its written order)."""
         if plan.policy == "chain":
             ordered = list(plan.candidates)

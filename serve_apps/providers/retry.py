@@ -28,7 +28,9 @@ class RetryPlan:
         cap = min(self.max_delay_s, self.base_delay_s * (2 ** max(0, attempt - 1)))
         return rng.uniform(0, cap)
 
-    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float | None:
+    def delay_s(
+        self, attempt: int, retry_after_s: float | None, rng: random.Random
+    ) -> float | None:
         """The wait before attempt ``attempt + 1``, or None when this candidate is done.
 
         A provider's Retry-After is a floor: never retry sooner than it asked.

@@ -35,8 +35,13 @@ CallFn = Callable[[Candidate, float], Awaitable[ResultT]]
 def make_adapter(catalogue: Catalogue, provider: str, api_key: str) -> ChatAdapter:
     """The SDK adapter of a provider's kind (imported here: the SDKs load only when used)."""
     spec = catalogue.providers[provider]
-    kwargs = {"provider": provider, "api_key": api_key, "base_url": spec.base_url,
-              "timeout_s": spec.timeout_s, "default_max_tokens": spec.default_max_tokens}
+    kwargs = {
+        "provider": provider,
+        "api_key": api_key,
+        "base_url": spec.base_url,
+        "timeout_s": spec.timeout_s,
+        "default_max_tokens": spec.default_max_tokens,
+    }
     if spec.kind == "anthropic":
         from serve_apps.providers.adapters.anthropic_chat import AnthropicChatAdapter
 
@@ -67,8 +72,11 @@ class Router:
         self._sleep = sleep
         self._adapters: dict[str, ChatAdapter] = {}
         # Short values could be ordinary words; real keys are long.
-        self._secrets = [env[p.api_key_env] for p in catalogue.providers.values()
-                         if p.api_key_env and len(env.get(p.api_key_env, "")) >= 8]
+        self._secrets = [
+            env[p.api_key_env]
+            for p in catalogue.providers.values()
+            if p.api_key_env and len(env.get(p.api_key_env, "")) >= 8
+        ]
 
     def adapter(self, provider: str) -> ChatAdapter:
         if provider not in self._adapters:
@@ -78,8 +86,11 @@ class Router:
 
     def warm_up(self) -> list[str]:
         """Create the SDK clients of every configured provider now, not on a first request."""
-        configured = [n for n, spec in self.catalogue.providers.items()
-                      if spec.kind != "local" and self.catalogue.is_configured(n, self.env)]
+        configured = [
+            n
+            for n, spec in self.catalogue.providers.items()
+            if spec.kind != "local" and self.catalogue.is_configured(n, self.env)
+        ]
         for provider in configured:
             self.adapter(provider)
         return configured
@@ -116,7 +127,10 @@ class Router:
         raise self._exhausted(plan, failures, skipped, deadline)
 
     async def _try_candidate(
-        self, candidate: Candidate, call: CallFn[ResultT], deadline: float,
+        self,
+        candidate: Candidate,
+        call: CallFn[ResultT],
+        deadline: float,
         failures: list[ProviderCallError],
     ) -> tuple[ResultT] | None:
         timeout_s = self.catalogue.providers[candidate.provider].timeout_s
@@ -130,17 +144,28 @@ class Router:
             try:
                 result = await call(candidate, min(timeout_s, remaining))
             except ProviderCallError as error:
-                self.state.report(candidate.model_id, ok=False,
-                                  counted=error.counts_against_provider, latency_ms=None)
+                self.state.report(
+                    candidate.model_id,
+                    ok=False,
+                    counted=error.counts_against_provider,
+                    latency_ms=None,
+                )
                 error.message = self.scrub(error.message)
                 failures.append(error)
-                log.info("provider call failed", extra={"fields": {**error.summary(), "attempt": attempt}})
+                log.info(
+                    "provider call failed",
+                    extra={"fields": {**error.summary(), "attempt": attempt}},
+                )
                 if error.kind == "bad_request":
                     raise RequestValidationError(
                         f"{candidate.provider} refused the request: {error.message}",
                         details={"provider": candidate.provider, "model": candidate.model_id},
                     ) from None
-                delay = self.retry.delay_s(attempt, error.retry_after_s, self.rng) if error.retryable else None
+                delay = (
+                    self.retry.delay_s(attempt, error.retry_after_s, self.rng)
+                    if error.retryable
+                    else None
+                )
                 if delay is None or time.monotonic() + delay >= deadline:
                     return None
                 await self._sleep(delay)
@@ -152,23 +177,34 @@ class Router:
             return (result,)
 
     def _exhausted(
-        self, plan: RoutePlan, failures: list[ProviderCallError], skipped: list[str], deadline: float
+        self,
+        plan: RoutePlan,
+        failures: list[ProviderCallError],
+        skipped: list[str],
+        deadline: float,
     ) -> Exception:
         details: dict[str, Any] = {
             "capability": plan.capability,
             "attempts": [f.summary() for f in failures],
             "circuit_open": skipped,
         }
-        timed_out = time.monotonic() >= deadline or (failures and all(f.kind == "timeout" for f in failures))
+        timed_out = time.monotonic() >= deadline or (
+            failures and all(f.kind == "timeout" for f in failures)
+        )
         if timed_out:
             return ProcessingTimeoutError(
-                f"No provider answered within the deadline ({self.catalogue.routing.deadline_s:g} s "
-                "for the request, each provider's timeout_s per call)", details=details,
+                f"No provider answered within the deadline "
+                f"({self.catalogue.routing.deadline_s:g} s "
+                "for the request, each provider's timeout_s per call)",
+                details=details,
             )
-        tried = sorted({f.provider for f in failures}) or sorted({s.partition("/")[0] for s in skipped})
+        tried = sorted({f.provider for f in failures}) or sorted(
+            {s.partition("/")[0] for s in skipped}
+        )
         return ServiceUnavailableError(
             f"Every provider for {plan.capability} failed ({', '.join(tried)}); "
-            "retries and fallbacks are exhausted, try again later", details=details,
+            "retries and fallbacks are exhausted, try again later",
+            details=details,
         )
 
     async def check_budget(self, tenant: TenantRef) -> None:
@@ -188,12 +224,19 @@ class Router:
                 details={"budget_usd": budget, "spent_usd": round(spent / MICRO, 6)},
             )
 
-    async def account(self, tenant: TenantRef, candidate: Candidate, tokens_in: int, tokens_out: int) -> int:
+    async def account(
+        self, tenant: TenantRef, candidate: Candidate, tokens_in: int, tokens_out: int
+    ) -> int:
         """Record a call's tokens and cost; waits for it only when the tenant has a budget."""
         cost = cost_microusd(candidate.spec, tokens_in, tokens_out)
         record = self.state.backend.record_usage(
-            tenant.tenant_id, tenant.tier, tenant.endpoint, candidate.provider,
-            tokens_in, tokens_out, cost,
+            tenant.tenant_id,
+            tenant.tier,
+            tenant.endpoint,
+            candidate.provider,
+            tokens_in,
+            tokens_out,
+            cost,
         )
         if self.catalogue.budget_usd(tenant.tier) is not None:
             await record

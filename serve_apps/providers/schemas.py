@@ -6,7 +6,7 @@ models are the schemas structured outputs are validated against, whoever produce
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,8 +48,10 @@ class ChatCompletionRequest(BaseModel):
 
     def call_messages(self) -> list[dict[str, str]]:
         """Messages as role and text; ``developer`` is OpenAI's newer name for ``system``."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in self.messages]
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -182,13 +184,16 @@ class ResearchInsights(BaseModel):
 # ----- /v1/ai/enhance -----
 
 
+EnhancementPart = Literal["architecture", "training", "data", "research"]
+
+
 class EnhanceConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     optimization_focus: str | None = None
     performance_constraints: dict[str, Any] = Field(default_factory=dict)
-    enhancement_scope: list[Literal["architecture", "training", "data", "research"]] = Field(
-        default_factory=lambda: ["architecture", "training", "data", "research"]
+    enhancement_scope: list[EnhancementPart] = Field(
+        default_factory=lambda: list(get_args(EnhancementPart))
     )
 
 

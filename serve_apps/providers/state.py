@@ -45,7 +45,9 @@ class ProviderStateBook:
         self.breaker_spec = breaker
         if getattr(self, "cache_spec", None) != cache:
             self.cache_spec = cache
-            self.cache = ResponseCache(ttl_s=cache.ttl_s, max_entries=cache.max_entries, clock=self._clock)
+            self.cache = ResponseCache(
+                ttl_s=cache.ttl_s, max_entries=cache.max_entries, clock=self._clock
+            )
 
     def _breaker(self, key: str) -> CircuitBreaker:
         breaker = self.breakers.get(key)
@@ -56,8 +58,11 @@ class ProviderStateBook:
 
     def breaker_entry(self, key: str) -> dict[str, Any]:
         breaker = self._breaker(key)
-        return {"state": breaker.state, "failures": breaker.failures,
-                "retry_in_s": breaker.retry_in_s(self._clock())}
+        return {
+            "state": breaker.state,
+            "failures": breaker.failures,
+            "retry_in_s": breaker.retry_in_s(self._clock()),
+        }
 
     def acquire(self, key: str) -> tuple[bool, dict[str, Any]]:
         """Whether a call to ``key`` may go out now (taking the probe when one is due)."""
@@ -76,8 +81,10 @@ class ProviderStateBook:
         return self.breaker_entry(key)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"breakers": {k: self.breaker_entry(k) for k in self.breakers},
-                "latency_ms": dict(self.latency_ms)}
+        return {
+            "breakers": {k: self.breaker_entry(k) for k in self.breakers},
+            "latency_ms": dict(self.latency_ms),
+        }
 
     def add_spend(self, tenant_id: str, period: str, microusd: int) -> int:
         key = (tenant_id, period)
@@ -114,7 +121,9 @@ class ProviderState:
     async def acquire(self, key: str) -> tuple[bool, dict[str, Any]]:
         return self._book.acquire(key)
 
-    async def report(self, key: str, ok: bool, counted: bool, latency_ms: float | None) -> dict[str, Any]:
+    async def report(
+        self, key: str, ok: bool, counted: bool, latency_ms: float | None
+    ) -> dict[str, Any]:
         return self._book.report(key, ok, counted, latency_ms)
 
     async def snapshot(self) -> dict[str, Any]:
@@ -145,17 +154,27 @@ class ProviderState:
         return self._book.spend_microusd[(tenant_id, period)]
 
     async def record_usage(
-        self, tenant_id: str, tier: str, endpoint: str, provider: str,
-        tokens_in: int, tokens_out: int, cost_microusd: int,
+        self,
+        tenant_id: str,
+        tier: str,
+        endpoint: str,
+        provider: str,
+        tokens_in: int,
+        tokens_out: int,
+        cost_microusd: int,
     ) -> int:
         """Count one call's usage; returns the tenant's spend this month."""
         await self.spend(tenant_id)  # loads this month's stored spend on first use
         spent = self._book.add_spend(tenant_id, current_period(), cost_microusd)
         admission = self._admission_actor()
-        await asyncio.gather(*(
-            admission.consume.remote(tenant_id, tier, category, quantity, endpoint)
-            for category, quantity in usage_categories(provider, tokens_in, tokens_out, cost_microusd).items()
-        ))
+        await asyncio.gather(
+            *(
+                admission.consume.remote(tenant_id, tier, category, quantity, endpoint)
+                for category, quantity in usage_categories(
+                    provider, tokens_in, tokens_out, cost_microusd
+                ).items()
+            )
+        )
         return spent
 
     async def ping(self) -> str:

@@ -15,14 +15,22 @@ from serve_apps.providers.state import ProviderStateBook
 
 class StateBackend(Protocol):
     async def acquire(self, key: str) -> tuple[bool, dict[str, Any]]: ...
-    async def report(self, key: str, ok: bool, counted: bool, latency_ms: float | None) -> dict[str, Any]: ...
+    async def report(
+        self, key: str, ok: bool, counted: bool, latency_ms: float | None
+    ) -> dict[str, Any]: ...
     async def snapshot(self) -> dict[str, Any]: ...
     async def cache_get(self, key: str) -> Any | None: ...
     async def cache_put(self, key: str, value: Any) -> None: ...
     async def spend(self, tenant_id: str) -> int: ...
     async def record_usage(
-        self, tenant_id: str, tier: str, endpoint: str, provider: str,
-        tokens_in: int, tokens_out: int, cost_microusd: int,
+        self,
+        tenant_id: str,
+        tier: str,
+        endpoint: str,
+        provider: str,
+        tokens_in: int,
+        tokens_out: int,
+        cost_microusd: int,
     ) -> int: ...
 
 
@@ -51,7 +59,9 @@ class BookBackend:
     async def acquire(self, key: str) -> tuple[bool, dict[str, Any]]:
         return self.book.acquire(key)
 
-    async def report(self, key: str, ok: bool, counted: bool, latency_ms: float | None) -> dict[str, Any]:
+    async def report(
+        self, key: str, ok: bool, counted: bool, latency_ms: float | None
+    ) -> dict[str, Any]:
         return self.book.report(key, ok, counted, latency_ms)
 
     async def snapshot(self) -> dict[str, Any]:
@@ -67,8 +77,14 @@ class BookBackend:
         return self.book.spend_microusd.get((tenant_id, current_period()), 0)
 
     async def record_usage(
-        self, tenant_id: str, tier: str, endpoint: str, provider: str,
-        tokens_in: int, tokens_out: int, cost_microusd: int,
+        self,
+        tenant_id: str,
+        tier: str,
+        endpoint: str,
+        provider: str,
+        tokens_in: int,
+        tokens_out: int,
+        cost_microusd: int,
     ) -> int:
         self.usage.append((tenant_id, provider, tokens_in, tokens_out, cost_microusd))
         return self.book.add_spend(tenant_id, current_period(), cost_microusd)
@@ -84,7 +100,10 @@ class RouterState:
     """What one replica knows of the breakers and latencies, kept fresh without waiting on them."""
 
     def __init__(
-        self, backend: StateBackend, *, refresh_s: float = 1.0,
+        self,
+        backend: StateBackend,
+        *,
+        refresh_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend

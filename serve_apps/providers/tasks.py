@@ -51,28 +51,51 @@ class AiTasks:
         self.local = local
 
     async def structured(
-        self, candidate: Candidate, timeout_s: float, prompt: str, schema: type[SchemaT], tenant: TenantRef,
+        self,
+        candidate: Candidate,
+        timeout_s: float,
+        prompt: str,
+        schema: type[SchemaT],
+        tenant: TenantRef,
     ) -> SchemaT:
         """An LLM answer parsed into ``schema``; one repair retry, then ``invalid_output``."""
         adapter = self.router.adapter(candidate.provider)
-        messages = ({"role": "system", "content": schema_instruction(schema)},
-                    {"role": "user", "content": prompt})
+        messages: tuple[dict[str, str], ...] = (
+            {"role": "system", "content": schema_instruction(schema)},
+            {"role": "user", "content": prompt},
+        )
         problems = ""
         for _ in range(2):
-            call = ChatCall(messages=messages, temperature=0, json_output=True, max_tokens=_STRUCTURED_MAX_TOKENS)
+            call = ChatCall(
+                messages=messages,
+                temperature=0,
+                json_output=True,
+                max_tokens=_STRUCTURED_MAX_TOKENS,
+            )
             completion = await adapter.complete(candidate.model, call, timeout_s)
-            await self.router.account(tenant, candidate, completion.tokens_in, completion.tokens_out)
+            await self.router.account(
+                tenant, candidate, completion.tokens_in, completion.tokens_out
+            )
             try:
                 return parse_structured(completion.text, schema)
             except StructuredOutputError as error:
                 problems = error.problems
-                messages = (*messages, {"role": "assistant", "content": completion.text},
-                            {"role": "user", "content": repair_prompt(schema, problems)})
-        raise ProviderCallError(candidate.provider, candidate.model, "invalid_output",
-                                f"the answer did not match {schema.__name__} after one repair: {problems}")
+                messages = (
+                    *messages,
+                    {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": repair_prompt(schema, problems)},
+                )
+        raise ProviderCallError(
+            candidate.provider,
+            candidate.model,
+            "invalid_output",
+            f"the answer did not match {schema.__name__} after one repair: {problems}",
+        )
 
     async def _route(
-        self, capability: Capability, prefer: str | None,
+        self,
+        capability: Capability,
+        prefer: str | None,
         local: Callable[[], Awaitable[Any]] | None,
         remote: Callable[[Candidate, float], Awaitable[Any]],
         tenant: TenantRef,
@@ -89,60 +112,109 @@ class AiTasks:
 
     async def analyze(self, request: AnalyzeRequest, tenant: TenantRef) -> dict[str, Any]:
         started = time.perf_counter()
-        prompt = ("Analyse this machine-learning model: architecture assessment, performance "
-                  "analysis and concrete optimization suggestions.\n"
-                  + json.dumps(request.model_dump(exclude={"provider"}), default=str))
+        prompt = (
+            "Analyse this machine-learning model: architecture assessment, performance "
+            "analysis and concrete optimization suggestions.\n"
+            + json.dumps(request.model_dump(exclude={"provider"}), default=str)
+        )
 
         async def remote(candidate: Candidate, timeout_s: float) -> ModelAnalysis:
             return await self.structured(candidate, timeout_s, prompt, ModelAnalysis, tenant)
 
         analysis, candidate = await self._route(
-            "analysis", request.provider, lambda: self.local.analyze(request), remote, tenant)
-        return {"status": "success", "provider": candidate.provider, "model": candidate.model_id,
-                "analysis": analysis.model_dump(), "analysis_time_seconds": elapsed_s(started)}
+            "analysis", request.provider, lambda: self.local.analyze(request), remote, tenant
+        )
+        return {
+            "status": "success",
+            "provider": candidate.provider,
+            "model": candidate.model_id,
+            "analysis": analysis.model_dump(),
+            "analysis_time_seconds": elapsed_s(started),
+        }
 
-    async def synthetic_data(self, request: SyntheticDataRequest, tenant: TenantRef) -> dict[str, Any]:
+    async def synthetic_data(
+        self, request: SyntheticDataRequest, tenant: TenantRef
+    ) -> dict[str, Any]:
         started = time.perf_counter()
 
         async def remote(candidate: Candidate, timeout_s: float) -> dict[str, Any]:
             return await self._llm_rows(candidate, timeout_s, request, tenant)
 
         result, candidate = await self._route(
-            "synthetic_data", request.provider, lambda: self.local.synthetic_data(request), remote, tenant)
-        return {"status": "success", "provider": candidate.provider, "model": candidate.model_id,
-                "synthetic_data": result, "recommendations": synthetic_recommendations(result),
-                "generation_time_seconds": elapsed_s(started)}
+            "synthetic_data",
+            request.provider,
+            lambda: self.local.synthetic_data(request),
+            remote,
+            tenant,
+        )
+        return {
+            "status": "success",
+            "provider": candidate.provider,
+            "model": candidate.model_id,
+            "synthetic_data": result,
+            "recommendations": synthetic_recommendations(result),
+            "generation_time_seconds": elapsed_s(started),
+        }
 
     async def _llm_rows(
-        self, candidate: Candidate, timeout_s: float, request: SyntheticDataRequest, tenant: TenantRef,
+        self,
+        candidate: Candidate,
+        timeout_s: float,
+        request: SyntheticDataRequest,
+        tenant: TenantRef,
     ) -> dict[str, Any]:
         count = min(request.target_count, _LLM_MAX_ROWS)
-        examples = request.existing_data[:20] if isinstance(request.existing_data, list) else request.existing_data
-        prompt = (f"Generate {count} realistic, diverse rows of tabular training data for: "
-                  f"{request.model_description}\nData: {json.dumps(examples, default=str)}\n"
-                  f"Schema: {request.data_schema.model_dump_json() if request.data_schema else 'as in the data'}")
+        examples = (
+            request.existing_data[:20]
+            if isinstance(request.existing_data, list)
+            else request.existing_data
+        )
+        schema = request.data_schema
+        schema_text = schema.model_dump_json() if schema else "as in the data"
+        prompt = (
+            f"Generate {count} realistic, diverse rows of tabular training data for: "
+            f"{request.model_description}\nData: {json.dumps(examples, default=str)}\n"
+            f"Schema: {schema_text}"
+        )
         rows = (await self.structured(candidate, timeout_s, prompt, SyntheticRows, tenant)).rows
         source = source_of(request)
         frame = pd.DataFrame(rows)
         expected = [m.name for m in source.copula.marginals]
         if source.kind != "description" and sorted(frame.columns) != sorted(expected):
-            raise ProviderCallError(candidate.provider, candidate.model, "invalid_output",
-                                    f"rows have columns {sorted(frame.columns)}, expected {sorted(expected)}")
+            raise ProviderCallError(
+                candidate.provider,
+                candidate.model,
+                "invalid_output",
+                f"rows have columns {sorted(frame.columns)}, expected {sorted(expected)}",
+            )
         metrics = quality_metrics(frame, source) if source.kind != "description" else {}
-        return {"generated_samples": len(rows), "format": "structured", "fitted_on": "llm",
-                "quality_metrics": metrics, "rows": rows,
-                "data_schema": {"features": list(frame.columns), "target": source.target}}
+        return {
+            "generated_samples": len(rows),
+            "format": "structured",
+            "fitted_on": "llm",
+            "quality_metrics": metrics,
+            "rows": rows,
+            "data_schema": {"features": list(frame.columns), "target": source.target},
+        }
 
-    async def research(self, topic: str, metrics: dict[str, Any] | None, tenant: TenantRef) -> dict[str, Any]:
+    async def research(
+        self, topic: str, metrics: dict[str, Any] | None, tenant: TenantRef
+    ) -> dict[str, Any]:
         """Techniques and benchmark notes for a model; only LLM providers have ``research``."""
-        prompt = (f"Research current techniques to improve this model, with benchmark figures "
-                  f"where known: {topic}. Current metrics: {json.dumps(metrics or {}, default=str)}")
+        prompt = (
+            f"Research current techniques to improve this model, with benchmark figures "
+            f"where known: {topic}. Current metrics: {json.dumps(metrics or {}, default=str)}"
+        )
 
         async def remote(candidate: Candidate, timeout_s: float) -> ResearchInsights:
             return await self.structured(candidate, timeout_s, prompt, ResearchInsights, tenant)
 
         insights, candidate = await self._route("research", None, None, remote, tenant)
-        return {"provider": candidate.provider, "model": candidate.model_id, **insights.model_dump()}
+        return {
+            "provider": candidate.provider,
+            "model": candidate.model_id,
+            **insights.model_dump(),
+        }
 
 
 def synthetic_recommendations(result: dict[str, Any]) -> list[str]:
@@ -152,7 +224,9 @@ def synthetic_recommendations(result: dict[str, Any]) -> list[str]:
     distances = metrics.get("column_distances") or {}
     far = [c for c, d in distances.items() if d > 0.1]
     if far:
-        advice.append(f"Columns {far} differ from the source by more than 0.1; send more rows of them")
+        advice.append(
+            f"Columns {far} differ from the source by more than 0.1; send more rows of them"
+        )
     if (metrics.get("balance_ratio") or 1) < 0.5:
         advice.append("Classes are imbalanced; ask for quality_requirements.balance = 'balanced'")
     if (metrics.get("copies_of_source_rows") or 0) > 0.01:

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from mlaas.errors import ValidationError
 from serve_apps.gateway.context import CurrentPrincipal
 from serve_apps.gateway.routes.ai import tenant_of
 from serve_apps.providers import providers_client
@@ -35,7 +36,9 @@ def _sse(item: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(item, separators=(',', ':'))}\n\n".encode()
 
 
-async def _events(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _events(
+    first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[bytes]:
     if first is not None:
         yield _sse(first)
     try:
@@ -45,14 +48,24 @@ async def _events(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, An
                 return  # the final event of a failed stream: no [DONE]
     except Exception as error:  # the router's replica itself failed midway
         message = getattr(error, "message", None) or "The stream failed midway"
-        yield _sse({"error": {"message": message, "type": "provider_error",
-                              "code": getattr(error, "code", "SERVICE_UNAVAILABLE"), "param": None}})
+        yield _sse(
+            {
+                "error": {
+                    "message": message,
+                    "type": "provider_error",
+                    "code": getattr(error, "code", "SERVICE_UNAVAILABLE"),
+                    "param": None,
+                }
+            }
+        )
         return
     yield b"data: [DONE]\n\n"
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, principal: CurrentPrincipal) -> JSONResponse | StreamingResponse:
+async def chat_completions(
+    body: ChatCompletionRequest, principal: CurrentPrincipal
+) -> JSONResponse | StreamingResponse:
     """A chat completion routed by ``model`` (a route alias such as ``default``, or
     ``provider/model``), with fallbacks, guardrails, caching and cost accounting."""
     tenant = tenant_of(principal, "/v1/chat/completions")
@@ -64,8 +77,14 @@ async def chat_completions(body: ChatCompletionRequest, principal: CurrentPrinci
     # Errors before the first chunk (no provider, budget, all failed) are plain HTTP errors.
     meta = (await anext(items))["meta"]
     first = await anext(items, None)
-    return StreamingResponse(_events(first, items), media_type="text/event-stream",
-                             headers={**_SSE_HEADERS, **_meta_headers(meta)})
+    return StreamingResponse(
+        _events(first, items),
+        media_type="text/event-stream",
+        headers={**_SSE_HEADERS, **_meta_headers(meta)},
+    )
+
+
+_LOCAL_EMBEDDING_MODELS = ("local/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
 class EmbeddingsRequest(BaseModel):
@@ -76,9 +95,23 @@ class EmbeddingsRequest(BaseModel):
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingsRequest, principal: CurrentPrincipal) -> dict[str, Any]:
     """Sentence embeddings from the local MiniLM model (384 dimensions, normalised)."""
+    if body.model not in _LOCAL_EMBEDDING_MODELS:
+        raise ValidationError(
+            f"Embeddings are served by the local model only; use {_LOCAL_EMBEDDING_MODELS[0]!r}",
+            details={
+                "field": "model",
+                "received": body.model,
+                "expected": list(_LOCAL_EMBEDDING_MODELS),
+            },
+        )
     texts = [body.input] if isinstance(body.input, str) else body.input
     vectors = await providers_client.call("embeddings", texts)
     tokens = sum(max(1, len(t) // 4) for t in texts)
-    return {"object": "list", "model": "local/all-MiniLM-L6-v2",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "model": "local/all-MiniLM-L6-v2",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
-
 import anthropic
+import httpx2
 
 from serve_apps.providers.adapters.base import ChatAdapter, ChatCall, Completion, StreamDelta
 from serve_apps.providers.adapters.classify import classify_sdk_error, transport_error
 
-_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                   "tool_use": "tool_calls", "refusal": "content_filter"}
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 
 def _finish_reason(stop_reason: str | None) -> str | None:
@@ -24,7 +28,12 @@ class AnthropicChatAdapter(ChatAdapter):
     """Chat on the Anthropic messages wire format; system messages become ``system``."""
 
     def __init__(
-        self, *, provider: str, api_key: str, base_url: str | None, timeout_s: float,
+        self,
+        *,
+        provider: str,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
         default_max_tokens: int,
     ) -> None:
         super().__init__(provider=provider, default_max_tokens=default_max_tokens)
@@ -36,7 +45,8 @@ class AnthropicChatAdapter(ChatAdapter):
         system = "\n\n".join(m["content"] for m in call.messages if m["role"] == "system")
         messages = [
             {"role": m["role"], "content": m["content"]}
-            for m in call.messages if m["role"] in ("user", "assistant")
+            for m in call.messages
+            if m["role"] in ("user", "assistant")
         ]
         params: dict[str, Any] = {
             "model": model,
@@ -55,7 +65,9 @@ class AnthropicChatAdapter(ChatAdapter):
 
     async def complete(self, model: str, call: ChatCall, timeout_s: float) -> Completion:
         try:
-            message = await self._client.messages.create(**self._params(model, call), timeout=timeout_s)
+            message = await self._client.messages.create(
+                **self._params(model, call), timeout=timeout_s
+            )
         except anthropic.AnthropicError as exc:
             raise classify_sdk_error(self.provider, model, exc, anthropic) from None
         except (OSError, httpx2.HTTPError) as exc:
@@ -68,7 +80,9 @@ class AnthropicChatAdapter(ChatAdapter):
             tokens_out=message.usage.output_tokens,
         )
 
-    async def stream(self, model: str, call: ChatCall, timeout_s: float) -> AsyncIterator[StreamDelta]:
+    async def stream(
+        self, model: str, call: ChatCall, timeout_s: float
+    ) -> AsyncIterator[StreamDelta]:
         try:
             events = await self._client.messages.create(
                 **self._params(model, call), stream=True, timeout=timeout_s

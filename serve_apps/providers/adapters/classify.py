@@ -8,13 +8,22 @@ from serve_apps.providers.adapters.base import retry_after_seconds
 from serve_apps.providers.errors import FailureKind, ProviderCallError
 
 _MAX_MESSAGE_CHARS = 300
-_CONTEXT_HINTS = ("context_length", "context length", "maximum context", "prompt is too long",
-                  "too many tokens")
+_CONTEXT_HINTS = (
+    "context_length",
+    "context length",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+)
 # error.type values sent inside a stream, where the HTTP status was already 200.
 _STREAM_ERROR_KINDS: dict[str, FailureKind] = {
-    "overloaded_error": "server", "api_error": "server", "server_error": "server",
-    "rate_limit_error": "rate_limited", "rate_limit_exceeded": "rate_limited",
-    "timeout_error": "timeout", "authentication_error": "auth",
+    "overloaded_error": "server",
+    "api_error": "server",
+    "server_error": "server",
+    "rate_limit_error": "rate_limited",
+    "rate_limit_exceeded": "rate_limited",
+    "timeout_error": "timeout",
+    "authentication_error": "auth",
     "invalid_request_error": "bad_request",
 }
 
@@ -54,8 +63,12 @@ def classify_sdk_error(provider: str, model: str, exc: Exception, sdk: Any) -> P
     if isinstance(exc, sdk.APIStatusError) and status is not None and status >= 400:
         headers = dict(exc.response.headers) if exc.response is not None else {}
         return ProviderCallError(
-            provider, model, _kind_from_status(status, text), message,
-            status=status, retry_after_s=retry_after_seconds(headers),
+            provider,
+            model,
+            _kind_from_status(status, text),
+            message,
+            status=status,
+            retry_after_s=retry_after_seconds(headers),
         )
     # An error event inside a stream: the status line said 200, the event says what failed.
     error_type = str(body.get("type") or body.get("code") or "")
@@ -69,5 +82,6 @@ def transport_error(provider: str, model: str, exc: BaseException) -> ProviderCa
     """A connection dropped or timed out under the SDK (raised by the HTTP library itself)."""
     if "Timeout" in type(exc).__name__:
         return ProviderCallError(provider, model, "timeout", "the provider did not answer in time")
-    return ProviderCallError(provider, model, "connection",
-                             f"connection to the provider broke: {type(exc).__name__}")
+    return ProviderCallError(
+        provider, model, "connection", f"connection to the provider broke: {type(exc).__name__}"
+    )

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
-
 import openai
 
 from serve_apps.providers.adapters.base import ChatAdapter, ChatCall, Completion, StreamDelta
@@ -18,7 +17,12 @@ class OpenAIChatAdapter(ChatAdapter):
     """Chat on the OpenAI wire format; the SDK's retries are off so the router owns retrying."""
 
     def __init__(
-        self, *, provider: str, api_key: str, base_url: str | None, timeout_s: float,
+        self,
+        *,
+        provider: str,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
         default_max_tokens: int,
     ) -> None:
         super().__init__(provider=provider, default_max_tokens=default_max_tokens)
@@ -59,11 +63,15 @@ class OpenAIChatAdapter(ChatAdapter):
             tokens_out=usage.completion_tokens if usage else 0,
         )
 
-    async def stream(self, model: str, call: ChatCall, timeout_s: float) -> AsyncIterator[StreamDelta]:
+    async def stream(
+        self, model: str, call: ChatCall, timeout_s: float
+    ) -> AsyncIterator[StreamDelta]:
         try:
             chunks = await self._client.chat.completions.create(
-                **self._params(model, call), stream=True,
-                stream_options={"include_usage": True}, timeout=timeout_s,
+                **self._params(model, call),
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=timeout_s,
             )
             async for chunk in chunks:
                 delta = StreamDelta()

@@ -1,7 +1,7 @@
 """Guardrails on what goes to providers and what comes back."""
 
 from serve_apps.providers.guardrails.injection import InjectionVerdict, assess_injection
-from serve_apps.providers.guardrails.input import InputGuard, GuardedInput
+from serve_apps.providers.guardrails.input import GuardedInput, InputGuard
 from serve_apps.providers.guardrails.limits import check_size_limits
 from serve_apps.providers.guardrails.pii import StreamRedactor, find_pii, luhn_valid, redact_pii
 from serve_apps.providers.guardrails.structured import (

@@ -12,20 +12,32 @@ from dataclasses import dataclass
 _SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
     (name, weight, re.compile(pattern, re.IGNORECASE))
     for name, weight, pattern in (
-        ("override_instructions", 1.0,
-         r"\b(ignore|disregard|forget|override)\b.{0,30}\b(previous|prior|above|earlier|all|your|the)"
-         r"\b.{0,20}\b(instructions?|prompts?|rules|guidelines|directives)"),
-        ("reveal_system_prompt", 1.0,
-         r"\b(reveal|print|show|repeat|leak|output)\b.{0,30}\b(system|hidden|initial|original)\s+"
-         r"(prompt|instructions?|message)"),
-        ("persona_jailbreak", 1.0,
-         r"\b(you are now|act as|pretend to be)\b.{0,40}\b(DAN|jailbroken|unrestricted|unfiltered|"
-         r"developer mode|no (rules|restrictions|limits))"),
+        (
+            "override_instructions",
+            1.0,
+            r"\b(ignore|disregard|forget|override)\b.{0,30}\b(previous|prior|above|earlier|all|your|the)"
+            r"\b.{0,20}\b(instructions?|prompts?|rules|guidelines|directives)",
+        ),
+        (
+            "reveal_system_prompt",
+            1.0,
+            r"\b(reveal|print|show|repeat|leak|output)\b.{0,30}\b(system|hidden|initial|original)\s+"
+            r"(prompt|instructions?|message)",
+        ),
+        (
+            "persona_jailbreak",
+            1.0,
+            r"\b(you are now|act as|pretend to be)\b.{0,40}\b(DAN|jailbroken|unrestricted|unfiltered|"  # noqa: E501
+            r"developer mode|no (rules|restrictions|limits))",
+        ),
         ("do_anything_now", 1.0, r"\bdo anything now\b"),
         ("fake_role_tag", 0.7, r"(<\|?/?(system|im_start|im_end)\|?>|^\s*#{2,}\s*system\s*:)"),
         ("new_instructions", 0.5, r"\b(new|updated|real)\s+instructions\s*:"),
-        ("disable_safety", 0.7,
-         r"\b(bypass|disable|turn off|ignore)\b.{0,20}\b(safety|guardrails?|filters?|moderation)"),
+        (
+            "disable_safety",
+            0.7,
+            r"\b(bypass|disable|turn off|ignore)\b.{0,20}\b(safety|guardrails?|filters?|moderation)",  # noqa: E501
+        ),
     )
 )
 THRESHOLD = 1.0

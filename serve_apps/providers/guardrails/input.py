@@ -23,8 +23,10 @@ class GuardedInput:
     injection_signals: tuple[str, ...] = ()
 
     def report(self) -> dict[str, Any]:
-        return {"pii_redacted": dict(self.pii_redacted),
-                "prompt_injection_signals": list(self.injection_signals)}
+        return {
+            "pii_redacted": dict(self.pii_redacted),
+            "prompt_injection_signals": list(self.injection_signals),
+        }
 
 
 class InputGuard:
@@ -43,14 +45,19 @@ class InputGuard:
         check_size_limits(messages, max_tokens, self.spec)
         guarded = GuardedInput(messages=tuple(messages))
         if self.spec.prompt_injection != "off":
-            user_text = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")
+            user_text = "\n".join(
+                m.get("content") or "" for m in messages if m.get("role") == "user"
+            )
             verdict = assess_injection(user_text)
             if verdict.detected:
                 if self.spec.prompt_injection == "block":
                     raise GuardrailViolationError(
                         "The request looks like a prompt injection and was refused",
-                        details={"guardrail": "prompt_injection", "score": verdict.score,
-                                 "signals": list(verdict.signals)},
+                        details={
+                            "guardrail": "prompt_injection",
+                            "score": verdict.score,
+                            "signals": list(verdict.signals),
+                        },
                     )
                 guarded.injection_signals = verdict.signals
         if self.spec.pii != "off":

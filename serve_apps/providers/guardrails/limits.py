@@ -32,6 +32,10 @@ def check_size_limits(
     if max_tokens is not None and max_tokens > spec.max_output_tokens:
         raise RequestValidationError(
             f"max_tokens {max_tokens} is over the limit of {spec.max_output_tokens}",
-            details={"field": "max_tokens", "limit": spec.max_output_tokens, "received": max_tokens},
+            details={
+                "field": "max_tokens",
+                "limit": spec.max_output_tokens,
+                "received": max_tokens,
+            },
         )
     return chars

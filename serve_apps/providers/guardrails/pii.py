@@ -22,7 +22,7 @@ _SECRET = re.compile(
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _PHONE = re.compile(
     # not part of a longer run of digit groups (a card number that failed Luhn, an id)
-    r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"
+    r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"  # noqa: E501
     r"(?![\w])(?![ .-]?\d)"
 )
 PLACEHOLDERS = {"card": "[CARD]", "secret": "[SECRET]", "email": "[EMAIL]", "phone": "[PHONE]"}
@@ -68,7 +68,7 @@ def redact_pii(text: str, matches: list[PiiMatch] | None = None) -> tuple[str, C
     matches = find_pii(text) if matches is None else matches
     pieces, cursor = [], 0
     for match in matches:
-        pieces += [text[cursor:match.start], PLACEHOLDERS[match.kind]]
+        pieces += [text[cursor : match.start], PLACEHOLDERS[match.kind]]
         cursor = match.end
     pieces.append(text[cursor:])
     return "".join(pieces), Counter(m.kind for m in matches)

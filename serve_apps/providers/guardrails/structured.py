@@ -26,7 +26,7 @@ def _json_text(text: str) -> str:
     if fenced:
         return fenced.group(1).strip()
     start, end = text.find("{"), text.rfind("}")
-    return text[start:end + 1] if 0 <= start < end else text.strip()
+    return text[start : end + 1] if 0 <= start < end else text.strip()
 
 
 def parse_structured(text: str, schema: type[SchemaT]) -> SchemaT:
@@ -43,17 +43,20 @@ def parse_structured(text: str, schema: type[SchemaT]) -> SchemaT:
         return schema.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:10]
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+            for e in exc.errors()[:10]
         )
         raise StructuredOutputError(problems) from None
 
 
 def schema_instruction(schema: type[BaseModel]) -> str:
-    return ("Answer with one JSON object only, no prose, matching this JSON schema:\n"
-            + json.dumps(schema.model_json_schema(), separators=(",", ":")))
+    return "Answer with one JSON object only, no prose, matching this JSON schema:\n" + json.dumps(
+        schema.model_json_schema(), separators=(",", ":")
+    )
 
 
 def repair_prompt(schema: type[BaseModel], problems: str) -> str:
     """The follow-up message of the one repair retry."""
-    return (f"Your previous answer did not match the schema: {problems}. "
-            + schema_instruction(schema))
+    return f"Your previous answer did not match the schema: {problems}. " + schema_instruction(
+        schema
+    )

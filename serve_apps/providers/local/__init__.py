@@ -41,15 +41,19 @@ class LocalProvider:
             "format": "structured",
             "fitted_on": source.kind,
             "quality_metrics": quality_metrics(frame, source),
-            "data_schema": {"features": [c for c in frame.columns if c != source.target],
-                            "target": source.target,
-                            "dtypes": {c: str(t) for c, t in frame.dtypes.items()}},
+            "data_schema": {
+                "features": [c for c in frame.columns if c != source.target],
+                "target": source.target,
+                "dtypes": {c: str(t) for c, t in frame.dtypes.items()},
+            },
             "assumptions": source.assumptions,
         }
         if len(frame) > self.inline_rows:
             path = self.artifacts_dir / "synthetic" / f"{uuid.uuid4().hex}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            frame.astype({c: str for c in frame.columns if frame[c].dtype == object}).to_parquet(path)
+            frame.astype({c: str for c in frame.columns if frame[c].dtype == object}).to_parquet(
+                path
+            )
             result["dataset_uri"] = path.as_uri()
             result["rows"] = json_rows(frame.head(20))
             result["rows_are_sample"] = True
@@ -59,7 +63,9 @@ class LocalProvider:
 
     async def synthetic_data(self, request: SyntheticDataRequest) -> dict[str, Any]:
         """Generate off the event loop (a million rows take seconds)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.synthetic_data_now, request)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.synthetic_data_now, request
+        )
 
     async def analyze(self, request: AnalyzeRequest) -> ModelAnalysis:
         return analyze(request)

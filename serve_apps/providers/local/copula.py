@@ -58,12 +58,24 @@ def empirical_marginal(column: pd.Series) -> Marginal:
     name = str(column.name)
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         values = column.astype(float).to_numpy()
-        integer = bool(pd.api.types.is_integer_dtype(column)) or bool(np.all(values == np.round(values)))
-        return Marginal(name, "numeric", integer=integer, sorted_values=np.sort(values),
-                        low=float(values.min()), high=float(values.max()))
+        integer = bool(pd.api.types.is_integer_dtype(column)) or bool(
+            np.all(values == np.round(values))
+        )
+        return Marginal(
+            name,
+            "numeric",
+            integer=integer,
+            sorted_values=np.sort(values),
+            low=float(values.min()),
+            high=float(values.max()),
+        )
     counts = column.value_counts()
-    return Marginal(name, "categorical", categories=list(counts.index),
-                    probabilities=(counts / counts.sum()).to_numpy(dtype=float))
+    return Marginal(
+        name,
+        "categorical",
+        categories=list(counts.index),
+        probabilities=(counts / counts.sum()).to_numpy(dtype=float),
+    )
 
 
 def nearest_correlation(matrix: np.ndarray) -> np.ndarray:
@@ -99,6 +111,6 @@ class GaussianCopula:
         cholesky = np.linalg.cholesky(self.correlation)
         normal = rng.standard_normal((count, len(self.marginals))) @ cholesky.T
         uniform = stats.norm.cdf(normal)
-        return pd.DataFrame({
-            m.name: m.inverse_cdf(uniform[:, i]) for i, m in enumerate(self.marginals)
-        })
+        return pd.DataFrame(
+            {m.name: m.inverse_cdf(uniform[:, i]) for i, m in enumerate(self.marginals)}
+        )

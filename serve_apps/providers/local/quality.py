@@ -39,26 +39,36 @@ def _entropy(shares: pd.Series | np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _column_distance(synthetic: pd.Series, marginal: Marginal, source: pd.DataFrame | None) -> float:
+def _column_distance(
+    synthetic: pd.Series, marginal: Marginal, source: pd.DataFrame | None
+) -> float:
     if marginal.kind == "categorical":
         if source is not None:
             reference = _distribution(source[marginal.name])
         else:
             assert marginal.probabilities is not None
-            reference = pd.Series(marginal.probabilities, index=[str(c) for c in marginal.categories])
+            reference = pd.Series(
+                marginal.probabilities, index=[str(c) for c in marginal.categories]
+            )
         return _total_variation(_distribution(synthetic), reference)
     values = synthetic.astype(float).to_numpy()
     if source is not None:
-        return float(stats.ks_2samp(values, source[marginal.name].astype(float).to_numpy()).statistic)
+        return float(
+            stats.ks_2samp(values, source[marginal.name].astype(float).to_numpy()).statistic
+        )
     return float(stats.kstest(values, stats.norm(marginal.mean, marginal.std).cdf).statistic)
 
 
 def _spread_ratio(synthetic: pd.Series, marginal: Marginal, source: pd.DataFrame | None) -> float:
     if marginal.kind == "categorical":
         assert marginal.probabilities is not None
-        reference = _entropy(_distribution(source[marginal.name]) if source is not None else marginal.probabilities)
+        reference = _entropy(
+            _distribution(source[marginal.name]) if source is not None else marginal.probabilities
+        )
         return 1.0 if reference == 0 else min(1.0, _entropy(_distribution(synthetic)) / reference)
-    reference_std = float(source[marginal.name].astype(float).std()) if source is not None else marginal.std
+    reference_std = (
+        float(source[marginal.name].astype(float).std()) if source is not None else marginal.std
+    )
     if reference_std == 0:
         return 1.0
     return min(1.0, float(synthetic.astype(float).std()) / reference_std)
@@ -68,12 +78,21 @@ def quality_metrics(synthetic: pd.DataFrame, source: Source) -> dict[str, Any]:
     """Every figure computed from the data; see the module docstring for definitions."""
     compared = synthetic.head(_MAX_COMPARED_ROWS)
     rows = source.rows
-    distances = {m.name: round(_column_distance(compared[m.name], m, rows), 4)
-                 for m in source.copula.marginals}
+    distances = {
+        m.name: round(_column_distance(compared[m.name], m, rows), 4)
+        for m in source.copula.marginals
+    }
     if source.target is not None and source.target not in distances:
-        distances[source.target] = round(_total_variation(
-            _distribution(compared[source.target]), _distribution(rows[source.target])), 4
-        ) if rows is not None else 0.0
+        distances[source.target] = (
+            round(
+                _total_variation(
+                    _distribution(compared[source.target]), _distribution(rows[source.target])
+                ),
+                4,
+            )
+            if rows is not None
+            else 0.0
+        )
     spreads = [_spread_ratio(compared[m.name], m, rows) for m in source.copula.marginals]
     distinct_share = len(compared.astype(str).drop_duplicates()) / max(1, len(compared))
     metrics: dict[str, Any] = {

@@ -33,17 +33,32 @@ class Source:
 
 def _schema_marginal(spec: ColumnSpec) -> Marginal:
     if spec.type in ("categorical", "boolean"):
-        categories: list[object] = list(spec.categories or (["false", "true"] if spec.type == "boolean" else []))
+        categories: list[object] = list(
+            spec.categories or (["false", "true"] if spec.type == "boolean" else [])
+        )
         if not categories:
-            raise RequestValidationError(f"column {spec.name!r} is categorical but lists no categories",
-                                         details={"field": f"data_schema.columns.{spec.name}"})
+            raise RequestValidationError(
+                f"column {spec.name!r} is categorical but lists no categories",
+                details={"field": f"data_schema.columns.{spec.name}"},
+            )
         weights = np.asarray(spec.weights or [1.0] * len(categories), dtype=float)
         if len(weights) != len(categories) or weights.min() < 0 or weights.sum() <= 0:
-            raise RequestValidationError(f"column {spec.name!r}: weights must be one non-negative "
-                                         "number per category", details={"field": "weights"})
-        return Marginal(spec.name, "categorical", categories=categories, probabilities=weights / weights.sum())
-    return Marginal(spec.name, "numeric", integer=spec.type == "integer", mean=spec.mean,
-                    std=spec.std, low=spec.min, high=spec.max)
+            raise RequestValidationError(
+                f"column {spec.name!r}: weights must be one non-negative number per category",
+                details={"field": "weights"},
+            )
+        return Marginal(
+            spec.name, "categorical", categories=categories, probabilities=weights / weights.sum()
+        )
+    return Marginal(
+        spec.name,
+        "numeric",
+        integer=spec.type == "integer",
+        mean=spec.mean,
+        std=spec.std,
+        low=spec.min,
+        high=spec.max,
+    )
 
 
 def copula_from_schema(schema: TabularSchema) -> GaussianCopula:
@@ -67,18 +82,31 @@ def schema_from_description(text: str) -> tuple[TabularSchema, list[str]]:
     Every column it invents is standard normal, and it says so in the returned assumptions.
     """
     match = _FEATURES.search(text)
-    names = [re.sub(r"\W+", "_", n.strip().lower()).strip("_") for n in (match.group(1) if match else "").split(",")]
+    names = [
+        re.sub(r"\W+", "_", n.strip().lower()).strip("_")
+        for n in (match.group(1) if match else "").split(",")
+    ]
     names = [n for n in names if n][:50] or ["feature_1", "feature_2", "feature_3"]
     classes_match = _CLASSES.search(text)
-    n_classes = int(classes_match.group(1)) if classes_match else (2 if re.search(r"binary|classif|detect", text, re.I) else 0)
+    n_classes = (
+        int(classes_match.group(1))
+        if classes_match
+        else (2 if re.search(r"binary|classif|detect", text, re.I) else 0)
+    )
     columns = [ColumnSpec(name=n) for n in names]
-    assumptions = [f"no rows or schema were sent: columns {names} were read from the description "
-                   "and each given a standard normal distribution; send existing_data rows or "
-                   "data_schema for data that matches yours"]
+    assumptions = [
+        f"no rows or schema were sent: columns {names} were read from the description "
+        "and each given a standard normal distribution; send existing_data rows or "
+        "data_schema for data that matches yours"
+    ]
     target = None
     if n_classes >= 2:
         target = "label"
-        columns.append(ColumnSpec(name=target, type="categorical", categories=[str(i) for i in range(n_classes)]))
+        columns.append(
+            ColumnSpec(
+                name=target, type="categorical", categories=[str(i) for i in range(n_classes)]
+            )
+        )
         assumptions.append(f"a target 'label' with {n_classes} equally likely classes was assumed")
     return TabularSchema(columns=columns, target=target), assumptions
 
@@ -89,12 +117,15 @@ def source_of(request: SyntheticDataRequest) -> Source:
         frame = pd.DataFrame(request.existing_data).dropna(axis=1, how="all")
         frame = frame.fillna(frame.median(numeric_only=True)).dropna()
         if len(frame) < 2:
-            raise RequestValidationError("existing_data needs at least 2 complete rows",
-                                         details={"field": "existing_data"})
+            raise RequestValidationError(
+                "existing_data needs at least 2 complete rows", details={"field": "existing_data"}
+            )
         target = request.target_column
         if target is not None and target not in frame.columns:
-            raise RequestValidationError(f"target_column {target!r} is not a column of existing_data",
-                                         details={"field": "target_column", "expected": list(frame.columns)})
+            raise RequestValidationError(
+                f"target_column {target!r} is not a column of existing_data",
+                details={"field": "target_column", "expected": list(frame.columns)},
+            )
         return Source("rows", GaussianCopula.fit(frame), target, rows=frame)
     if request.data_schema is not None:
         schema = request.data_schema
@@ -122,7 +153,9 @@ def class_shares(source: Source, balance: str) -> dict[object, float]:
     return shares
 
 
-def _sample_class(source: Source, label: object, count: int, rng: np.random.Generator) -> pd.DataFrame:
+def _sample_class(
+    source: Source, label: object, count: int, rng: np.random.Generator
+) -> pd.DataFrame:
     if source.rows is not None:
         subset = source.rows[source.rows[source.target] == label]
         if len(subset) >= _MIN_ROWS_PER_CLASS:
@@ -143,7 +176,9 @@ def generate(source: Source, count: int, balance: str, rng: np.random.Generator)
     labels = list(shares)
     counts = np.floor(np.asarray([shares[k] for k in labels]) * count).astype(int)
     counts[np.argmax(counts)] += count - int(counts.sum())
-    parts = [_sample_class(source, k, int(n), rng) for k, n in zip(labels, counts, strict=True) if n > 0]
+    parts = [
+        _sample_class(source, k, int(n), rng) for k, n in zip(labels, counts, strict=True) if n > 0
+    ]
     frame = pd.concat(parts, ignore_index=True)
     return frame.sample(frac=1.0, random_state=int(rng.integers(2**31))).reset_index(drop=True)
 

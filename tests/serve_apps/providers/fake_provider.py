@@ -115,7 +115,9 @@ class FakeProvider:
 
     def start(self) -> FakeProvider:
         ready = threading.Event()
-        threading.Thread(target=self._serve, args=(ready,), daemon=True, name="fake-provider").start()
+        threading.Thread(
+            target=self._serve, args=(ready,), daemon=True, name="fake-provider"
+        ).start()
         if not ready.wait(30):
             raise RuntimeError("the fake provider did not start")
         return self
@@ -146,7 +148,9 @@ class FakeProvider:
 
     async def _receive(self, request: web.Request, wire: str) -> tuple[Received, Step]:
         body = await request.json()
-        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        key = request.headers.get("x-api-key") or request.headers.get(
+            "authorization", ""
+        ).removeprefix("Bearer ")
         received = Received(wire=wire, model=str(body.get("model")), body=body, api_key=key)
         step = self._next_step(received)
         if step.delay_s:
@@ -171,11 +175,19 @@ class FakeProvider:
         message = step.error_message.replace("{key}", received.api_key)
         headers = {"retry-after": step.retry_after} if step.retry_after else {}
         if wire == "openai":
-            kind = {429: "rate_limit_exceeded", 401: "invalid_api_key"}.get(step.status or 500, "server_error")
-            body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+            kind = {429: "rate_limit_exceeded", 401: "invalid_api_key"}.get(
+                step.status or 500, "server_error"
+            )
+            body: dict[str, Any] = {
+                "error": {"message": message, "type": kind, "param": None, "code": kind}
+            }
         else:
-            kind = {429: "rate_limit_error", 529: "overloaded_error", 401: "authentication_error",
-                    400: "invalid_request_error"}.get(step.status or 500, "api_error")
+            kind = {
+                429: "rate_limit_error",
+                529: "overloaded_error",
+                401: "authentication_error",
+                400: "invalid_request_error",
+            }.get(step.status or 500, "api_error")
             body = {"type": "error", "error": {"type": kind, "message": message}}
         return web.json_response(body, status=step.status or 500, headers=headers)
 
@@ -192,16 +204,45 @@ class FakeProvider:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         head = {"id": "chatcmpl-fake", "created": int(time.time()), "model": received.model}
         if not received.body.get("stream"):
-            return web.json_response({**head, "object": "chat.completion", "usage": usage, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
-        chunks = [{"role": "assistant", "content": ""}] + [{"content": w + " "} for w in answer.split()]
-        events = [{**head, "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in chunks]
-        events.append({**head, "object": "chat.completion.chunk",
-                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            return web.json_response(
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            )
+        chunks = [{"role": "assistant", "content": ""}] + [
+            {"content": w + " "} for w in answer.split()
+        ]
+        events = [
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": d, "finish_reason": None}],
+            }
+            for d in chunks
+        ]
+        events.append(
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+        )
         if (received.body.get("stream_options") or {}).get("include_usage"):
-            events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
-        error = {"error": {"message": step.error_message, "type": "server_error", "code": "server_error"}}
+            events.append(
+                {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            )
+        error = {
+            "error": {"message": step.error_message, "type": "server_error", "code": "server_error"}
+        }
         return await self._sse(request, [(None, e) for e in events], step, (None, error), done=True)
 
     # ----- Anthropic messages -----
@@ -214,44 +255,107 @@ class FakeProvider:
             return self._error("anthropic", step, received)
         answer = self._answer(received, step)
         tokens_in, tokens_out = _words(received.text), _words(answer)
-        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": received.model,
-                   "stop_sequence": None}
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": received.model,
+            "stop_sequence": None,
+        }
         if not received.body.get("stream"):
-            return web.json_response({**message, "content": [{"type": "text", "text": answer}],
-                                      "stop_reason": "end_turn",
-                                      "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}})
+            return web.json_response(
+                {
+                    **message,
+                    "content": [{"type": "text", "text": answer}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
+                }
+            )
         events: list[tuple[str | None, Any]] = [
-            ("message_start", {"type": "message_start", "message": {
-                **message, "content": [], "stop_reason": None,
-                "usage": {"input_tokens": tokens_in, "output_tokens": 1}}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
+            (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        **message,
+                        "content": [],
+                        "stop_reason": None,
+                        "usage": {"input_tokens": tokens_in, "output_tokens": 1},
+                    },
+                },
+            ),
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
             ("ping", {"type": "ping"}),
         ]
-        events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                            "delta": {"type": "text_delta", "text": w + " "}})
-                   for w in answer.split()]
-        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                   ("message_delta", {"type": "message_delta", "usage": {"output_tokens": tokens_out},
-                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
-                   ("message_stop", {"type": "message_stop"})]
-        error = ("error", {"type": "error", "error": {"type": "overloaded_error", "message": step.error_message}})
-        return await self._sse(request, events, step, error, done=False, text_events=("content_block_delta",))
+        events += [
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": w + " "},
+                },
+            )
+            for w in answer.split()
+        ]
+        events += [
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "usage": {"output_tokens": tokens_out},
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        error = (
+            "error",
+            {"type": "error", "error": {"type": "overloaded_error", "message": step.error_message}},
+        )
+        return await self._sse(
+            request, events, step, error, done=False, text_events=("content_block_delta",)
+        )
 
     async def _sse(
-        self, request: web.Request, events: list[tuple[str | None, Any]], step: Step,
-        error: tuple[str | None, Any], *, done: bool, text_events: tuple[str, ...] = (),
+        self,
+        request: web.Request,
+        events: list[tuple[str | None, Any]],
+        step: Step,
+        error: tuple[str | None, Any],
+        *,
+        done: bool,
+        text_events: tuple[str, ...] = (),
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         texts_sent = 0
         for name, data in events:
-            is_text = name in text_events if text_events else any(
-                c.get("delta", {}).get("content") for c in data.get("choices", []))
-            if is_text and step.fail_after_chunks is not None and texts_sent >= step.fail_after_chunks:
+            is_text = (
+                name in text_events
+                if text_events
+                else any(c.get("delta", {}).get("content") for c in data.get("choices", []))
+            )
+            if (
+                is_text
+                and step.fail_after_chunks is not None
+                and texts_sent >= step.fail_after_chunks
+            ):
                 await response.write(self._event(*error))
                 return response
-            if is_text and step.drop_after_chunks is not None and texts_sent >= step.drop_after_chunks:
+            if (
+                is_text
+                and step.drop_after_chunks is not None
+                and texts_sent >= step.drop_after_chunks
+            ):
                 assert request.transport is not None
                 request.transport.close()
                 return response

@@ -6,18 +6,32 @@ import numpy as np
 import pytest
 
 from tests.conftest import Platform
-from tests.serve_apps.providers.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, REAL_KEY_VARIABLES
+from tests.serve_apps.providers.conftest import (
+    FAKE_ANTHROPIC_KEY,
+    FAKE_OPENAI_KEY,
+    REAL_KEY_VARIABLES,
+)
 from tests.serve_apps.providers.fake_provider import FakeProvider, Step
 
 REAL_PROVIDERS = ("openai", "anthropic", "perplexity", "gemini", "grok")
 CNN = {
     "model_description": "Convolutional Neural Network for image classification",
-    "architecture": {"layers": [
-        {"type": "conv2d", "filters": 32, "kernel_size": 3}, {"type": "maxpool", "pool_size": 2},
-        {"type": "conv2d", "filters": 64, "kernel_size": 3}, {"type": "dense", "units": 128},
-        {"type": "output", "units": 10, "activation": "softmax"}]},
+    "architecture": {
+        "layers": [
+            {"type": "conv2d", "filters": 32, "kernel_size": 3},
+            {"type": "maxpool", "pool_size": 2},
+            {"type": "conv2d", "filters": 64, "kernel_size": 3},
+            {"type": "dense", "units": 128},
+            {"type": "output", "units": 10, "activation": "softmax"},
+        ]
+    },
     "data_sample": "CIFAR-10 dataset, 32x32 RGB images, 10 classes",
-    "performance_metrics": {"accuracy": 0.847, "loss": 0.423, "train_accuracy": 0.95, "val_accuracy": 0.847},
+    "performance_metrics": {
+        "accuracy": 0.847,
+        "loss": 0.423,
+        "train_accuracy": 0.95,
+        "val_accuracy": 0.847,
+    },
 }
 
 
@@ -26,9 +40,14 @@ def fraud_rows(count: int = 200, seed: int = 0) -> list[dict]:
     rows = []
     for _ in range(count):
         fraud = bool(rng.random() < 0.2)
-        rows.append({"amount": round(float(rng.lognormal(5 if fraud else 3.5, 0.8)), 2),
-                     "hour": int(rng.integers(0, 24)),
-                     "merchant": str(rng.choice(["food", "travel", "tech"])), "is_fraud": int(fraud)})
+        rows.append(
+            {
+                "amount": round(float(rng.lognormal(5 if fraud else 3.5, 0.8)), 2),
+                "hour": int(rng.integers(0, 24)),
+                "merchant": str(rng.choice(["food", "travel", "tech"])),
+                "is_fraud": int(fraud),
+            }
+        )
     return rows
 
 
@@ -41,26 +60,44 @@ def test_status_lists_real_providers_as_not_configured_and_local_as_configured(
     body = response.json()
     assert response.status_code == 200, body
     services = body["service_status"]
-    assert {name: services[name]["status"] for name in REAL_PROVIDERS} == dict.fromkeys(REAL_PROVIDERS, "not_configured")
+    assert {name: services[name]["status"] for name in REAL_PROVIDERS} == dict.fromkeys(
+        REAL_PROVIDERS, "not_configured"
+    )
     assert services["local"]["status"] == "configured"
     assert services["fake-openai"]["status"] == "configured"
     assert "synthetic_data" in services["local"]["capabilities"]
-    assert sorted(services["openai"]["capabilities"]) == ["analysis", "chat", "code", "synthetic_data"]
+    assert sorted(services["openai"]["capabilities"]) == [
+        "analysis",
+        "chat",
+        "code",
+        "synthetic_data",
+    ]
     assert body["total_services"] == len(services)
-    assert body["configured_services"] == sum(s["status"] != "not_configured" for s in services.values())
+    assert body["configured_services"] == sum(
+        s["status"] != "not_configured" for s in services.values()
+    )
     assert body["overall_health"] in ("partial_configuration", "degraded")
     assert FAKE_OPENAI_KEY not in response.text and FAKE_ANTHROPIC_KEY not in response.text
     assert {services[p]["api_key_env"] for p in REAL_PROVIDERS} == set(REAL_KEY_VARIABLES)
 
 
-def test_synthetic_data_from_local_is_fitted_on_the_rows_sent(ai_platform: Platform, tenant_key: str) -> None:
+def test_synthetic_data_from_local_is_fitted_on_the_rows_sent(
+    ai_platform: Platform, tenant_key: str
+) -> None:
     rows = fraud_rows()
 
     with ai_platform.client(tenant_key) as client:
-        response = client.post("/v1/ai/synthetic-data", json={
-            "model_description": "Binary classification model for fraud detection",
-            "existing_data": rows, "target_column": "is_fraud", "target_count": 400, "seed": 7,
-            "quality_requirements": {"balance": "balanced"}})
+        response = client.post(
+            "/v1/ai/synthetic-data",
+            json={
+                "model_description": "Binary classification model for fraud detection",
+                "existing_data": rows,
+                "target_column": "is_fraud",
+                "target_count": 400,
+                "seed": 7,
+                "quality_requirements": {"balance": "balanced"},
+            },
+        )
 
     body = response.json()
     assert response.status_code == 200, body
@@ -71,18 +108,26 @@ def test_synthetic_data_from_local_is_fitted_on_the_rows_sent(ai_platform: Platf
     assert set(data["rows"][0]) == {"amount", "hour", "merchant", "is_fraud"}
     assert metrics["class_counts"] == {"0": 200, "1": 200} and metrics["balance_ratio"] == 1.0
     assert set(metrics["column_distances"]) == {"amount", "hour", "merchant", "is_fraud"}
-    assert all(0 <= d < 0.25 for name, d in metrics["column_distances"].items() if name != "is_fraud")
+    assert all(
+        0 <= d < 0.25 for name, d in metrics["column_distances"].items() if name != "is_fraud"
+    )
     assert 0.7 < metrics["realism_score"] <= 1 and 0.5 < metrics["diversity_score"] <= 1
     assert {r["merchant"] for r in data["rows"]} <= {"food", "travel", "tech"}
     assert all(isinstance(r["hour"], int) and 0 <= r["hour"] <= 23 for r in data["rows"])
 
 
-def test_synthetic_data_over_the_inline_limit_is_stored_as_a_dataset(ai_platform: Platform, tenant_key: str) -> None:
+def test_synthetic_data_over_the_inline_limit_is_stored_as_a_dataset(
+    ai_platform: Platform, tenant_key: str
+) -> None:
     with ai_platform.client(tenant_key) as client:
-        response = client.post("/v1/ai/synthetic-data", json={
-            "model_description": "Binary classification model for fraud detection",
-            "existing_data": "Transaction data with features: amount, merchant, time, location",
-            "target_count": 5000})
+        response = client.post(
+            "/v1/ai/synthetic-data",
+            json={
+                "model_description": "Binary classification model for fraud detection",
+                "existing_data": "Transaction data with features: amount, merchant, time, location",
+                "target_count": 5000,
+            },
+        )
 
     body = response.json()
     assert response.status_code == 200, body
@@ -97,7 +142,9 @@ def test_synthetic_data_over_the_inline_limit_is_stored_as_a_dataset(ai_platform
     assert data["assumptions"], "columns read from prose are declared as assumptions"
 
 
-def test_analyze_from_local_counts_parameters_and_flags_missing_layers(ai_platform: Platform, tenant_key: str) -> None:
+def test_analyze_from_local_counts_parameters_and_flags_missing_layers(
+    ai_platform: Platform, tenant_key: str
+) -> None:
     with ai_platform.client(tenant_key) as client:
         response = client.post("/v1/ai/analyze", json=CNN)
 
@@ -110,16 +157,23 @@ def test_analyze_from_local_counts_parameters_and_flags_missing_layers(ai_platfo
     assert assessment["parameter_count"] == 1_405_258
     assert failed == {"normalization", "regularization", "dense_after_conv", "overfitting"}
     assert body["analysis"]["performance_analysis"]["overfitting_risk"] == "high"
-    assert {s["category"] for s in body["analysis"]["optimization_suggestions"]} >= {"architecture", "regularization"}
+    assert {s["category"] for s in body["analysis"]["optimization_suggestions"]} >= {
+        "architecture",
+        "regularization",
+    }
 
 
 def test_analyze_repairs_an_llm_answer_that_does_not_match_the_schema(
     ai_platform: Platform, tenant_key: str, fake_provider: FakeProvider
 ) -> None:
-    valid = ('{"architecture_assessment": {"strengths": ["small"], "weaknesses": [], "overall_score": 0.8},'
-             ' "performance_analysis": {"accuracy_assessment": "fine", "convergence_quality": "ok",'
-             ' "overfitting_risk": "low"}, "optimization_suggestions": []}')
-    fake_provider.script("analyst-fake", Step(content="Sure! The model looks fine."), Step(content=valid))
+    valid = (
+        '{"architecture_assessment": {"strengths": ["small"], "weaknesses": [], "overall_score": 0.8},'  # noqa: E501
+        ' "performance_analysis": {"accuracy_assessment": "fine", "convergence_quality": "ok",'
+        ' "overfitting_risk": "low"}, "optimization_suggestions": []}'
+    )
+    fake_provider.script(
+        "analyst-fake", Step(content="Sure! The model looks fine."), Step(content=valid)
+    )
 
     with ai_platform.client(tenant_key) as client:
         response = client.post("/v1/ai/analyze", json={**CNN, "provider": "fake-analyst"})
@@ -144,17 +198,27 @@ def test_analyze_falls_back_to_local_when_the_repair_fails_too(
     assert response.json()["provider"] == "local"
 
 
-def test_enhance_reports_research_as_failed_and_returns_the_other_parts(ai_platform: Platform, tenant_key: str) -> None:
+def test_enhance_reports_research_as_failed_and_returns_the_other_parts(
+    ai_platform: Platform, tenant_key: str
+) -> None:
     with ai_platform.client(tenant_key) as client:
-        response = client.post("/v1/ai/enhance", json={
-            **{k: CNN[k] for k in ("model_description", "architecture", "performance_metrics")},
-            "training_data": fraud_rows(60), "synthetic_count": 100})
+        response = client.post(
+            "/v1/ai/enhance",
+            json={
+                **{k: CNN[k] for k in ("model_description", "architecture", "performance_metrics")},
+                "training_data": fraud_rows(60),
+                "synthetic_count": 100,
+            },
+        )
 
     body = response.json()
     assert response.status_code == 200, body
     parts = body["enhancements"]
     assert body["status"] == "partial"
-    assert parts["synthetic_data"]["status"] == "success" and parts["synthetic_data"]["generated_samples"] == 100
+    assert (
+        parts["synthetic_data"]["status"] == "success"
+        and parts["synthetic_data"]["generated_samples"] == 100
+    )
     assert parts["architecture_optimization"]["status"] == "success"
     assert parts["research_insights"]["status"] == "failed"
     assert parts["research_insights"]["error"]["code"] == "MISSING_API_KEY"
@@ -165,16 +229,23 @@ def test_enhance_reports_research_as_failed_and_returns_the_other_parts(ai_platf
     assert [p["phase"] for p in body["implementation_roadmap"]][:1] == ["data_enhancement"]
 
 
-@pytest.mark.parametrize(("path", "payload", "field"), [
-    ("/v1/ai/synthetic-data", {"target_count": 10}, "model_description"),
-    ("/v1/ai/synthetic-data", {"model_description": "x", "target_count": 0}, "target_count"),
-    ("/v1/ai/synthetic-data", {"model_description": "x", "existing_data": [{"a": 1}]}, "existing_data"),
-    ("/v1/ai/analyze", {"architecture": {"layers": []}}, "model_description"),
-    ("/v1/ai/enhance", {"config": {}}, "model_description"),
-    ("/v1/chat/completions", {"model": "fake-openai/gpt-fake"}, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "model"),
-    ("/v1/chat/completions", {"model": "fake-openai/gpt-fake", "messages": []}, "messages"),
-])
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/v1/ai/synthetic-data", {"target_count": 10}, "model_description"),
+        ("/v1/ai/synthetic-data", {"model_description": "x", "target_count": 0}, "target_count"),
+        (
+            "/v1/ai/synthetic-data",
+            {"model_description": "x", "existing_data": [{"a": 1}]},
+            "existing_data",
+        ),
+        ("/v1/ai/analyze", {"architecture": {"layers": []}}, "model_description"),
+        ("/v1/ai/enhance", {"config": {}}, "model_description"),
+        ("/v1/chat/completions", {"model": "fake-openai/gpt-fake"}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ("/v1/chat/completions", {"model": "fake-openai/gpt-fake", "messages": []}, "messages"),
+    ],
+)
 def test_missing_or_bad_fields_are_422(
     ai_platform: Platform, tenant_key: str, path: str, payload: dict, field: str
 ) -> None:
@@ -188,8 +259,14 @@ def test_missing_or_bad_fields_are_422(
 
 def test_target_column_not_in_the_rows_is_422(ai_platform: Platform, tenant_key: str) -> None:
     with ai_platform.client(tenant_key) as client:
-        response = client.post("/v1/ai/synthetic-data", json={
-            "model_description": "x", "existing_data": fraud_rows(10), "target_column": "nope"})
+        response = client.post(
+            "/v1/ai/synthetic-data",
+            json={
+                "model_description": "x",
+                "existing_data": fraud_rows(10),
+                "target_column": "nope",
+            },
+        )
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["details"]["field"] == "target_column"
