@@ -1,5 +1,5 @@
-"""OpenAI-compatible ``POST /v1/chat/completions`` (streaming as SSE in OpenAI's wire format)
-and ``POST /v1/embeddings``, so the official ``openai`` SDK works against the platform."""
+"""OpenAI-compatible ``POST /v1/chat/completions`` (streaming as SSE in OpenAI's wire format),
+so the official ``openai`` SDK works against the platform."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 
-from mlaas.errors import ValidationError
 from serve_apps.gateway.context import CurrentPrincipal
 from serve_apps.gateway.routes.ai import tenant_of
 from serve_apps.providers import providers_client
@@ -82,36 +80,3 @@ async def chat_completions(
         media_type="text/event-stream",
         headers={**_SSE_HEADERS, **_meta_headers(meta)},
     )
-
-
-_LOCAL_EMBEDDING_MODELS = ("local/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
-
-
-class EmbeddingsRequest(BaseModel):
-    model: str = Field(default="local/all-MiniLM-L6-v2", min_length=1)
-    input: str | list[str] = Field(min_length=1)
-
-
-@router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingsRequest, principal: CurrentPrincipal) -> dict[str, Any]:
-    """Sentence embeddings from the local MiniLM model (384 dimensions, normalised)."""
-    if body.model not in _LOCAL_EMBEDDING_MODELS:
-        raise ValidationError(
-            f"Embeddings are served by the local model only; use {_LOCAL_EMBEDDING_MODELS[0]!r}",
-            details={
-                "field": "model",
-                "received": body.model,
-                "expected": list(_LOCAL_EMBEDDING_MODELS),
-            },
-        )
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    vectors = await providers_client.call("embeddings", texts)
-    tokens = sum(max(1, len(t) // 4) for t in texts)
-    return {
-        "object": "list",
-        "model": "local/all-MiniLM-L6-v2",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
-        ],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }

@@ -428,17 +428,3 @@ def test_keys_never_appear_in_errors_status_or_logs(
     assert "provider call failed" in logs, "the router's logs were read"
     for text in (failed.text, status.text, logs):
         assert FAKE_OPENAI_KEY not in text and FAKE_ANTHROPIC_KEY not in text
-
-
-def test_local_embeddings_are_normalised_minilm_vectors(
-    ai_platform: Platform, tenant_key: str
-) -> None:
-    result = sdk(ai_platform, tenant_key).embeddings.create(
-        model="local/all-MiniLM-L6-v2", input=["a cat", "a kitten", "tax law"]
-    )
-
-    vectors = [d.embedding for d in result.data]
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
-    assert [len(v) for v in vectors] == [384, 384, 384]
-    assert abs(dot(vectors[0], vectors[0]) - 1) < 1e-4
-    assert dot(vectors[0], vectors[1]) > dot(vectors[0], vectors[2])
