@@ -100,6 +100,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unhandled)
-    for module in (health, auth, keys, tenants, usage, ai, chat, predict, models, embeddings, train):
+    routers = (health, auth, keys, tenants, usage, ai, chat, predict, models, embeddings, train)
+    for module in routers:
         app.include_router(module.router)
     return app

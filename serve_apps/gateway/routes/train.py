@@ -1,0 +1,238 @@
+"""``/v1/train``: submit a training job, follow its progress, read its logs, cancel it.
+
+``POST /v1/models/train`` takes the request body of the API documentation
+(``model_config`` and ``training_config``) and submits the same kind of job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from cluster.errors import SpecError
+from cluster.spec import BUILTIN_DATASETS
+from mlaas import registry, training_jobs
+from mlaas.auth import Principal
+from serve_apps.gateway import training
+from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
+
+router = APIRouter(tags=["training"])
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="A retried submission with the same key returns the same job",
+    ),
+]
+_job_servers: dict[int, training.JobServer] = {}
+
+
+def _job_server(ctx: Any) -> training.JobServer:
+    # One lazily connected client per replica (the context lives as long as the replica).
+    return _job_servers.setdefault(id(ctx), training.JobServer())
+
+
+async def _submit(
+    raw: Any, principal: Principal, ctx: Any, request: Request, idempotency_key: str | None
+) -> training.Submission:
+    """Validate, charge one training job to the tenant (not for a replay), write and submit."""
+    spec = await run_in_threadpool(
+        training.checked_spec,
+        raw,
+        settings=ctx.settings,
+        database_url=ctx.database_url,
+        tenant_id=principal.tenant_id,
+    )
+    if idempotency_key:
+        earlier = await run_in_threadpool(
+            training_jobs.find_by_idempotency_key,
+            ctx.database_url,
+            principal.tenant_id,
+            idempotency_key,
+        )
+        if earlier is not None:
+            # The same request again: same job, no second charge (a different body is a 409).
+            return await run_in_threadpool(_replay, ctx, principal, spec, idempotency_key)
+    await consume_quota(ctx, principal, "training_jobs", 1, endpoint_of(request))
+    return await run_in_threadpool(
+        training.submit,
+        spec,
+        settings=ctx.settings,
+        database_url=ctx.database_url,
+        tenant_id=principal.tenant_id,
+        idempotency_key=idempotency_key,
+        job_server=_job_server(ctx),
+    )
+
+
+def _replay(ctx: Any, principal: Principal, spec: Any, key: str) -> training.Submission:
+    job, _ = training_jobs.create_job(
+        ctx.database_url,
+        tenant_id=principal.tenant_id,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        idempotency_key=key,
+    )
+    return training.Submission(job, False)
+
+
+def _accepted(submission: training.Submission) -> dict[str, Any]:
+    job = submission.job
+    return {
+        "status": "training_started" if submission.created else "already_submitted",
+        "training_job_id": job.id,
+        "model_id": job.model_id,
+        "model_name": job.spec.get("registry", {}).get("model_name") or job.name,
+        "job_status": job.status,
+        "monitoring_url": f"/v1/train/{job.id}/status",
+        "logs_url": f"/v1/train/{job.id}/logs",
+        "estimated_completion": None,
+    }
+
+
+@router.post("/v1/train", status_code=202)
+async def submit_training(
+    request: Request,
+    principal: CurrentPrincipal,
+    ctx: Context,
+    idempotency_key: IdempotencyKey = None,
+    spec: dict[str, Any] = Body(  # noqa: B008 - FastAPI's way to declare a JSON body
+        ..., description="A job spec, the same fields as configs/train/*.yaml"
+    ),
+) -> dict[str, Any]:
+    """Validate a job spec, count it against the monthly quota, and submit it to Ray."""
+    return _accepted(await _submit(spec, principal, ctx, request, idempotency_key))
+
+
+@router.get("/v1/train")
+async def list_training_jobs(principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    jobs = await run_in_threadpool(training_jobs.list_jobs, ctx.database_url, principal.tenant_id)
+    return {"jobs": [training.status_body(j) for j in jobs], "total": len(jobs)}
+
+
+async def _own_job(job_id: str, principal: Principal, ctx: Any) -> training_jobs.TrainingJobInfo:
+    # Another tenant's job is a 404, indistinguishable from a missing one.
+    return await run_in_threadpool(
+        training_jobs.get_job, ctx.database_url, job_id, principal.tenant_id
+    )
+
+
+@router.get("/v1/train/{job_id}/status")
+async def training_status(job_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """State, progress (percent, epoch, step), latest and past metrics, ETA, error, version."""
+    job = await _own_job(job_id, principal, ctx)
+    job = await run_in_threadpool(training.reconciled, job, ctx.database_url, _job_server(ctx))
+    body = training.status_body(job)
+    if job.status == "SUCCEEDED":
+        versions = await run_in_threadpool(registry.versions_of_job, ctx.database_url, job.id)
+        body["model_version"] = asdict(versions[-1]) if versions else None
+    return body
+
+
+@router.post("/v1/train/{job_id}/cancel")
+async def cancel_training(job_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """Stop a job that has not ended; it ends as STOPPED and registers nothing."""
+    job = await _own_job(job_id, principal, ctx)
+    job = await run_in_threadpool(training.cancel, job, ctx.database_url, _job_server(ctx))
+    return training.status_body(job)
+
+
+@router.get("/v1/train/{job_id}/logs")
+async def training_logs(
+    job_id: str,
+    principal: CurrentPrincipal,
+    ctx: Context,
+    tail: Annotated[int, Query(ge=1, le=10_000, description="last lines")] = 500,
+) -> dict[str, Any]:
+    job = await _own_job(job_id, principal, ctx)
+    logs = await run_in_threadpool(training.job_logs, job, _job_server(ctx), tail)
+    return {"training_job_id": job.id, "status": job.status, "logs": logs}
+
+
+class ModelConfig(BaseModel):
+    """``model_config`` of the documented request; unknown keys are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=100)
+    architecture: str = Field(default="mlp", description="mlp, cnn or gpt")
+    dataset: str = Field(min_length=1, description=f"one of {BUILTIN_DATASETS} or a data file")
+    target: str | None = Field(default=None, description="label column of a CSV/Parquet file")
+
+
+class TrainingConfig(BaseModel):
+    """``training_config`` of the documented request; unknown keys are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    epochs: int = Field(default=5, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    strategy: str = "ddp"
+    num_workers: int = Field(default=1, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+
+
+class ModelsTrainRequest(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_config_: ModelConfig = Field(alias="model_config")
+    training_config: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+# Where each job spec field came from in the documented request, for 422 details.
+_DOCUMENTED_FIELDS = {
+    "name": "model_config.name",
+    "model": "model_config.architecture",
+    "model.type": "model_config.architecture",
+    "data.source": "model_config.dataset",
+    "data.target": "model_config.target",
+    "epochs": "training_config.epochs",
+    "hyperparameters.batch_size": "training_config.batch_size",
+    "hyperparameters.lr": "training_config.learning_rate",
+    "strategy": "training_config.strategy",
+    "scaling.num_workers": "training_config.num_workers",
+}
+
+
+def documented_to_spec(body: ModelsTrainRequest) -> dict[str, Any]:
+    """The job spec a documented ``/v1/models/train`` request stands for."""
+    model, train = body.model_config_, body.training_config
+    dataset = f"builtin:{model.dataset}" if model.dataset in BUILTIN_DATASETS else model.dataset
+    return {
+        "name": re.sub(r"[^A-Za-z0-9._-]+", "-", model.name).strip("-.") or "model",
+        "model": {"type": model.architecture},
+        "data": {"source": dataset, "target": model.target},
+        "strategy": {"type": train.strategy},
+        "scaling": {
+            "num_workers": train.num_workers,
+            "resources_per_worker": {"CPU": train.cpus_per_worker},
+        },
+        "hyperparameters": {"lr": train.learning_rate, "batch_size": train.batch_size},
+        "epochs": train.epochs,
+    }
+
+
+@router.post("/v1/models/train", status_code=202)
+async def submit_documented_training(
+    body: ModelsTrainRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    ctx: Context,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    """The documented request shape (``model_config``, ``training_config``) of ``/v1/train``."""
+    try:
+        submission = await _submit(
+            documented_to_spec(body), principal, ctx, request, idempotency_key
+        )
+    except SpecError as exc:
+        field = _DOCUMENTED_FIELDS.get(exc.field, exc.field)
+        raise SpecError("<request>", field, exc.reason) from exc
+    return _accepted(submission)

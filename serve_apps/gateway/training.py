@@ -1,0 +1,221 @@
+"""Training jobs behind the API: validate a spec, write its record, submit it to Ray, and keep
+the record in step with what Ray knows about the job.
+
+Jobs are submitted through Ray's ``JobSubmissionClient`` with the entrypoint
+``python -m cluster.train --job-id <id>``; the job reads its spec from the record and
+reports progress into it. Blocking calls (database, job server, file checks) run in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.data import check_data, resolve_data_source
+from cluster.errors import SpecError
+from cluster.spec import JobSpec, deepspeed_config, validate_spec
+from mlaas import registry, training_jobs
+from mlaas.errors import ConflictError, NotFoundError, ServiceUnavailableError
+from mlaas.settings import Settings
+
+WORKER_START_TIMEOUT_S = "600"
+_RAY_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def tenant_data_dir(settings: Settings, tenant_id: str) -> Path:
+    """Where a tenant's own data files live; API specs may read only there (and sample data)."""
+    return settings.home / "data" / tenant_id
+
+
+def checked_spec(raw: Any, *, settings: Settings, database_url: str, tenant_id: str) -> JobSpec:
+    """Validate a spec from a request, including its data, DeepSpeed config and teacher.
+
+    Raises:
+        SpecError: a 422 naming the field.
+    """
+    spec = validate_spec(raw, "<request>")
+    spec = resolve_data_source(
+        spec, tenant_data_dir(settings, tenant_id), confine=True, source="<request>"
+    )
+    check_data(spec, "<request>")
+    if spec.strategy.type == "deepspeed":
+        deepspeed_config(spec, "<request>")
+    if spec.distill is not None:
+        ref = spec.distill.teacher
+        try:
+            registry.get_version(database_url, tenant_id, ref.model, ref.version)
+        except NotFoundError as exc:
+            raise SpecError(
+                "<request>", "distill.teacher", exc.message, received=ref.model
+            ) from exc
+    return spec
+
+
+class JobServer:
+    """The cluster's Ray job server, reached lazily and shared by the routes of a replica."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self._address = address
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from ray.job_submission import JobSubmissionClient
+
+                try:
+                    self._client = JobSubmissionClient(self._address)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ServiceUnavailableError(
+                        f"The Ray job server is not reachable: {exc}"
+                    ) from exc
+            return self._client
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: training_jobs.TrainingJobInfo
+    created: bool
+
+
+def submit(
+    spec: JobSpec,
+    *,
+    settings: Settings,
+    database_url: str,
+    tenant_id: str,
+    idempotency_key: str | None,
+    job_server: JobServer,
+) -> Submission:
+    """Write the job record (or find the one of an earlier request with this key) and submit it.
+
+    Raises:
+        ConflictError: the key was used for a different spec.
+        ServiceUnavailableError: the job server refused the job (the record ends FAILED).
+    """
+    model = registry.ensure_model(database_url, tenant_id, spec.model_name, task=spec.task)
+    job, created = training_jobs.create_job(
+        database_url,
+        tenant_id=tenant_id,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        model_id=model.id,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        return Submission(job, False)
+    training_jobs.set_ray_job_id(database_url, job.id, job.id)
+    try:
+        job_server.client().submit_job(
+            entrypoint=f"{shlex.quote(sys.executable)} -m cluster.train --job-id {job.id}",
+            submission_id=job.id,
+            runtime_env={"env_vars": job_env(settings)},
+            metadata={"tenant_id": tenant_id, "training_job_id": job.id, "name": spec.name},
+        )
+    except Exception as exc:  # noqa: BLE001 - any refusal leaves a FAILED record, not a PENDING one
+        training_jobs.finish_job(
+            database_url, job.id, "FAILED", error_message=f"submission failed: {exc}"
+        )
+        if isinstance(exc, ServiceUnavailableError):
+            raise
+        raise ServiceUnavailableError(f"The Ray job server refused the job: {exc}") from exc
+    return Submission(training_jobs.get_job(database_url, job.id), True)
+
+
+def job_env(settings: Settings) -> dict[str, str]:
+    """What the job process needs to reach the same database and artifact store."""
+    env = {
+        "MLAAS_HOME": str(settings.home),
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S,
+    }
+    if settings.database_url:
+        env["MLAAS_DATABASE_URL"] = settings.database_url
+    if os.environ.get("MLAAS_TIERS_FILE"):
+        env["MLAAS_TIERS_FILE"] = os.environ["MLAAS_TIERS_FILE"]
+    return env
+
+
+def reconciled(
+    job: training_jobs.TrainingJobInfo, database_url: str, job_server: JobServer
+) -> training_jobs.TrainingJobInfo:
+    """The record, corrected when Ray saw the job end but the job could not say so itself
+    (killed, out of memory, or its process never started)."""
+    if job.is_terminal or not job.ray_job_id:
+        return job
+    try:
+        info = job_server.client().get_job_info(job.ray_job_id)
+    except Exception:  # noqa: BLE001 - the job server being away must not break status reads
+        return job
+    ray_status = str(getattr(info.status, "value", info.status))
+    if ray_status not in _RAY_TERMINAL:
+        return job
+    job = training_jobs.get_job(database_url, job.id)  # the job may have just written its end
+    if job.is_terminal:
+        return job
+    status = "FAILED" if ray_status == "SUCCEEDED" else ray_status
+    message = info.message or f"the Ray job ended {ray_status} without reporting a result"
+    return training_jobs.finish_job(database_url, job.id, status, error_message=message)
+
+
+def cancel(
+    job: training_jobs.TrainingJobInfo, database_url: str, job_server: JobServer
+) -> training_jobs.TrainingJobInfo:
+    """Mark the job STOPPED, then ask Ray to stop it (SIGTERM, then SIGKILL).
+
+    Raises:
+        ConflictError: the job had already ended.
+    """
+    if job.is_terminal:
+        raise ConflictError(
+            f"Training job {job.id} already ended ({job.status})",
+            details={"training_job_id": job.id, "status": job.status},
+        )
+    stopped = training_jobs.finish_job(
+        database_url, job.id, "STOPPED", error_message="cancelled on request"
+    )
+    if stopped.status == "STOPPED" and job.ray_job_id:
+        # The record is STOPPED already; a job that is gone by now is fine.
+        with contextlib.suppress(Exception):
+            job_server.client().stop_job(job.ray_job_id)
+    return stopped
+
+
+def job_logs(job: training_jobs.TrainingJobInfo, job_server: JobServer, tail_lines: int) -> str:
+    if not job.ray_job_id:
+        return ""
+    try:
+        text = str(job_server.client().get_job_logs(job.ray_job_id))
+    except Exception:  # noqa: BLE001 - logs of a job that never started are empty
+        return ""
+    return "\n".join(text.splitlines()[-tail_lines:])
+
+
+def status_body(job: training_jobs.TrainingJobInfo) -> dict[str, Any]:
+    """The status document of ``GET /v1/train/{id}/status``."""
+    return {
+        "training_job_id": job.id,
+        "name": job.name,
+        "model_id": job.model_id,
+        "status": job.status,
+        "progress": {
+            "percent": job.progress,
+            "epoch": job.epoch,
+            "total_epochs": job.total_epochs,
+            "step": job.step,
+        },
+        "metrics": job.metrics,
+        "metrics_history": job.metrics_history,
+        "eta_seconds": job.eta_seconds,
+        "error_message": job.error_message,
+        "model_version_id": job.model_version_id,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
