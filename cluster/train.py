@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from cluster.data import resolve_data_source
 from cluster.errors import SpecError
 from cluster.job import JobContext, run_job
 from cluster.spec import JobSpec, apply_overrides, read_spec_file, validate_spec
@@ -38,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cluster.train", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("spec", help="job spec YAML, e.g. configs/train/digits-mlp-ddp.yaml")
+    parser.add_argument(
+        "spec",
+        nargs="?",
+        help="job spec YAML, e.g. configs/train/digits-mlp-ddp.yaml "
+        "(default with --job-id: the spec stored in the job record)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -51,23 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tenant", help="tenant id or name owning the model (default: the admin tenant)"
     )
-    parser.add_argument("--spec-json", action="store_true", help="SPEC is inline JSON, not a file")
     return parser
 
 
-def _read_spec(args: argparse.Namespace) -> tuple[JobSpec, str]:
-    if args.spec_json:
-        source = "<request>"
-        try:
-            raw = json.loads(args.spec)
-        except json.JSONDecodeError as exc:
-            raise SpecError(source, "(root)", f"not valid JSON: {exc}") from exc
-    else:
+def _read_spec(args: argparse.Namespace, url: str) -> tuple[JobSpec, str]:
+    if args.spec:
         source, raw = args.spec, read_spec_file(args.spec)
+    elif args.job_id:
+        source, raw = f"<job {args.job_id}>", dict(training_jobs.get_job(url, args.job_id).spec)
+    else:
+        raise SpecError("<command line>", "spec", "give a spec file, or --job-id of a job record")
     raw = apply_overrides(raw, args.overrides, source)
     spec = validate_spec(raw, source)
-    from cluster.data import resolve_data_source
-
     return resolve_data_source(spec, Path.cwd(), confine=False, source=source), source
 
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.resolved_database_url
     job_id = args.job_id
     try:
-        spec, source = _read_spec(args)
+        spec, source = _read_spec(args, url)
         migrate(url)
         job = _job_record(url, spec, args)
         job_id = job.id
