@@ -44,6 +44,18 @@ def _usage(tokens_in: int, tokens_out: int) -> dict[str, int]:
     }
 
 
+def _stream_error(provider: str, message: str) -> dict[str, Any]:
+    """The final item of a stream that failed midway, in OpenAI's stream error shape."""
+    return {
+        "error": {
+            "message": f"The {provider} stream failed midway: {message}",
+            "type": "provider_error",
+            "code": "SERVICE_UNAVAILABLE",
+            "param": None,
+        }
+    }
+
+
 class ChatService:
     """``complete`` answers in one piece; ``stream`` yields OpenAI chunks, and on a failure after
     the first chunk a final ``{"error": ...}`` item instead of hanging or vanishing."""
@@ -194,15 +206,7 @@ class ChatService:
             tail = redactor.flush() if redactor else ""
             if tail:
                 yield _chunk(*head, {"content": tail}, None)
-            yield {
-                "error": {
-                    "message": f"The {candidate.provider} stream failed midway: "
-                    f"{self.router.scrub(error.message)}",
-                    "type": "provider_error",
-                    "code": "SERVICE_UNAVAILABLE",
-                    "param": None,
-                }
-            }
+            yield _stream_error(candidate.provider, self.router.scrub(error.message))
             return
         finally:
             prompt = sum(len(m["content"]) for m in request.call_messages())

@@ -172,18 +172,20 @@ def _checks(layers: list[dict[str, Any]], metrics: dict[str, Any]) -> list[Layer
             else "convolutions reduce before dense layers",
         ),
     ]
+    return [*checks, _overfitting_check(metrics)]
+
+
+def _overfitting_check(metrics: dict[str, Any]) -> LayerCheck:
+    """Passed when every train/validation gap is under 0.05 (or none was reported)."""
     gaps = _gaps(metrics)
     worst = max((g for _, g in gaps), default=None)
-    checks.append(
-        LayerCheck(
-            check="overfitting",
-            passed=worst is None or worst < 0.05,
-            detail="no train/validation pairs in the metrics"
-            if worst is None
-            else "largest train/validation gap " + ", ".join(f"{n} {g:.3f}" for n, g in gaps),
-        )
+    return LayerCheck(
+        check="overfitting",
+        passed=worst is None or worst < 0.05,
+        detail="no train/validation pairs in the metrics"
+        if worst is None
+        else "largest train/validation gap " + ", ".join(f"{n} {g:.3f}" for n, g in gaps),
     )
-    return checks
 
 
 _SUGGESTIONS = {
