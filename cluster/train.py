@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         signal.signal(signal.SIGTERM, _on_sigterm)
-        _connect_ray()
+        ray_job_id = _connect_ray()
+        if not job.ray_job_id:
+            training_jobs.set_ray_job_id(url, job.id, ray_job_id)
         context = JobContext(url, settings.artifacts_dir, job.tenant_id, job.id, source)
         version = run_job(spec, context)
     except SpecError as exc:
@@ -170,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _connect_ray() -> None:
+def _connect_ray() -> str:
+    """Join (or start) the cluster; returns this run's Ray job id (the submission id if any)."""
     os.environ.setdefault(*WORKER_START_TIMEOUT)  # Ray Train passes it on to its controller
     import ray
 
     if not ray.is_initialized():
         ray.init(namespace="mlaas", log_to_driver=True, logging_level="WARNING")
+    return _submission_id() or ray.get_runtime_context().get_job_id()
 
 
 def _fail(url: str, job_id: str | None, message: str, code: int) -> int:
