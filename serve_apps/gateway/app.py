@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import mlaas
 from mlaas.errors import MlaasError, error_body
 from serve_apps.gateway.routes import ai, auth, chat, health, keys, tenants, usage
-from serve_apps.gateway.routes import embeddings, models, predict  # inference serving
+from serve_apps.gateway.routes import batch, embeddings, models, predict  # inference serving
 from serve_apps.gateway.routes import train  # training jobs
 
 _HTTP_CODES = {
@@ -100,7 +100,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unhandled)
-    routers = (health, auth, keys, tenants, usage, ai, chat, predict, models, embeddings, train)
+    routers = (health, auth, keys, tenants, usage, ai, chat, predict, batch, models, embeddings,
+               train)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -113,3 +113,28 @@ def ensure_demo_model(database_url: str, artifacts_dir: Any, tenant_id: str) -> 
         database_url, artifacts_dir, tenant_id, DEMO_MODEL, model, architecture,
         {"val_accuracy": accuracy}, stage="production",
     )
+
+
+def register_demo_when_admin_exists(
+    database_url: str, artifacts_dir: Any, *, timeout_s: float = 900, poll_s: float = 2.0
+) -> ModelVersionInfo | None:
+    """Wait for the admin tenant (``mlaas up`` makes it once the platform is healthy), then
+    make sure it owns ``digits-demo@production``. Runs in a replica's background thread."""
+    import time
+
+    from mlaas import accounts
+    from mlaas.errors import ConflictError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            admin = accounts.admin_tenant(database_url)
+        except Exception:  # database not migrated yet
+            admin = None
+        if admin is not None:
+            try:
+                return ensure_demo_model(database_url, artifacts_dir, admin.id)
+            except ConflictError:  # another replica registered it at the same moment
+                return registry.get_version(database_url, admin.id, DEMO_MODEL, "production")
+        time.sleep(poll_s)
+    return None

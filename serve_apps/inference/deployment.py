@@ -33,6 +33,9 @@ class InferenceArgs(BaseModel):
     batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=1)
     torch_threads: int = Field(default=1, ge=1, description="Intra-op threads per replica")
     embeddings: bool = Field(default=True, description="Also deploy the MiniLM embedder")
+    demo_model: bool = Field(
+        default=True, description="Register digits-demo@production for the admin tenant"
+    )
 
 
 @serve.deployment(
@@ -63,6 +66,23 @@ class Inference:
         self._forward_batch.set_max_batch_size(parsed.max_batch_size)
         self._forward_batch.set_batch_wait_timeout_s(parsed.batch_wait_timeout_s)
         self.loads = 0
+        if parsed.demo_model:
+            self._start_demo_registration(parsed)
+
+    @staticmethod
+    def _start_demo_registration(parsed: InferenceArgs) -> None:
+        import threading
+
+        from mlaas.settings import Settings
+        from serve_apps.inference.demo import register_demo_when_admin_exists
+
+        settings = Settings(**parsed.settings)
+        threading.Thread(
+            target=register_demo_when_admin_exists,
+            args=(settings.resolved_database_url, settings.artifacts_dir),
+            name="demo-model",
+            daemon=True,
+        ).start()
 
     async def _load(self, version_id: str) -> Runner:
         spec = self._specs.get(version_id)

@@ -191,3 +191,19 @@ def test_a_corrupt_artifact_is_503_for_that_model_only(
     assert gone.status_code == 503, gone.text
     assert "missing" in gone.json()["error"]["message"]
     assert healthy.status_code == 200, healthy.text
+
+
+def test_a_fresh_platform_serves_the_demo_model_to_the_admin(
+    platform: Platform, digit_rows: Any
+) -> None:
+    # Execute: the inference replica registers digits-demo once `mlaas up` made the admin
+    with platform.client(platform.admin_key) as client:
+        response = post_until(
+            client, "/v1/predict",
+            {"model": "digits-demo@production", "inputs": digit_rows[0][:10].tolist()},
+            lambda r: r.status_code == 200, deadline_s=120,
+        )
+    # Assert
+    assert response.status_code == 200, response.text
+    predicted = np.asarray(response.json()["predictions"], dtype=int)
+    assert (predicted == digit_rows[1][:10]).mean() >= 0.7

@@ -1,0 +1,131 @@
+"""``/v1/batch_predict``: inline for small batches; a file, or more rows than the inline
+limit, becomes a Ray Data job whose Parquet predictions land in the artifact store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import Platform
+from tests.serve_apps.inference.conftest import Store, Tenant, post_until
+
+
+@pytest.fixture(scope="module")
+def owner(platform: Platform, register_mlp: Any, register_tiny: Any) -> Tenant:
+    tenant = Tenant(*platform.new_tenant("pro"))
+    register_mlp(tenant.id, "digits")
+    register_tiny(tenant.id, "tiny")
+    return tenant
+
+
+def _poll(client: httpx.Client, job_id: str, deadline_s: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        status = client.get(f"/v1/batch_predict/{job_id}").json()
+        if status.get("status") in ("SUCCEEDED", "FAILED") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def _expected_classes(trained_mlp: Any, rows: np.ndarray) -> list[str]:
+    import torch
+
+    with torch.inference_mode():
+        return [str(int(c)) for c in trained_mlp[0](torch.from_numpy(rows)).argmax(1)]
+
+
+def test_small_batch_is_answered_inline(
+    platform: Platform, owner: Tenant, digit_rows: Any, trained_mlp: Any
+) -> None:
+    rows = digit_rows[0][:8]
+    with platform.client(owner.key) as client:
+        response = post_until(client, "/v1/batch_predict",
+                              {"model": "digits", "inputs": rows.tolist()},
+                              lambda r: r.status_code != 503)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "inline" and body["rows"] == 8
+    assert body["predictions"] == _expected_classes(trained_mlp, rows)
+
+
+def test_a_file_becomes_a_ray_data_job_with_parquet_predictions(
+    platform: Platform, owner: Tenant, store: Store, digit_rows: Any, trained_mlp: Any
+) -> None:
+    # Prepare: 300 digits as a Parquet file with one column per feature
+    rows = digit_rows[0][:300]
+    features = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    folder = store.artifacts_dir / "datasets" / owner.id
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=features).to_parquet(folder / "digits.parquet")
+    with platform.client(owner.key) as client:
+        before = client.get("/v1/usage").json()["quotas"]["inference_requests"]["used"]
+        # Execute
+        submitted = client.post("/v1/batch_predict",
+                                json={"model": "digits", "input_uri": "digits.parquet"})
+        status = _poll(client, submitted.json().get("id", "bp_x"))
+        after = client.get("/v1/usage").json()["quotas"]["inference_requests"]["used"]
+    # Assert
+    assert submitted.status_code == 202, submitted.text
+    assert status["status"] == "SUCCEEDED", status
+    assert status["rows"] == 300
+    predictions = pd.read_parquet(status["output_uri"].removeprefix("file://"))
+    assert predictions["prediction"].tolist() == _expected_classes(trained_mlp, rows)
+    assert after - before == 300
+
+
+def test_more_rows_than_the_inline_limit_run_asynchronously(
+    platform: Platform, owner: Tenant
+) -> None:
+    rows = np.random.default_rng(0).normal(size=(1500, 2)).round(3).tolist()
+    with platform.client(owner.key) as client:
+        submitted = client.post("/v1/batch_predict", json={"model": "tiny", "inputs": rows})
+        status = _poll(client, submitted.json().get("id", "bp_x"))
+    assert submitted.status_code == 202, submitted.text
+    assert status["status"] == "SUCCEEDED", status
+    predictions = pd.read_parquet(status["output_uri"].removeprefix("file://"))
+    assert len(predictions) == 1500
+    assert set(predictions["prediction"]) <= {"no", "yes"}
+
+
+def test_an_unreadable_file_ends_failed_with_the_reason(
+    platform: Platform, owner: Tenant, store: Store
+) -> None:
+    folder = store.artifacts_dir / "datasets" / owner.id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "garbage.parquet").write_bytes(b"this is not parquet")
+    with platform.client(owner.key) as client:
+        submitted = client.post("/v1/batch_predict",
+                                json={"model": "digits", "input_uri": "garbage.parquet"})
+        missing = client.post("/v1/batch_predict",
+                              json={"model": "digits", "input_uri": "nothere.csv"})
+        status = _poll(client, submitted.json()["id"])
+        missing_status = _poll(client, missing.json()["id"])
+    assert status["status"] == "FAILED" and status["error"], status
+    assert missing_status["status"] == "FAILED", missing_status
+    assert "nothere.csv" in missing_status["error"] or "No such file" in missing_status["error"]
+
+
+def test_files_outside_the_tenants_datasets_and_other_tenants_jobs_are_refused(
+    platform: Platform, owner: Tenant, digit_rows: Any
+) -> None:
+    _, other_key = platform.new_tenant("pro")
+    with platform.client(owner.key) as client:
+        escape = client.post("/v1/batch_predict",
+                             json={"model": "digits", "input_uri": "../../../mlaas.db"})
+        absolute = client.post("/v1/batch_predict",
+                               json={"model": "digits", "input_uri": "/etc/passwd",
+                                     "format": "csv"})
+        both = client.post("/v1/batch_predict",
+                           json={"model": "digits", "input_uri": "a.csv", "inputs": [[0] * 64]})
+        job = client.post("/v1/batch_predict",
+                          json={"model": "tiny", "inputs": [[0, 1]] * 1001}).json()["id"]
+    with platform.client(other_key) as client:
+        foreign = client.get(f"/v1/batch_predict/{job}")
+    assert escape.status_code == 403 and absolute.status_code == 403
+    assert both.status_code == 422
+    assert foreign.status_code == 404
