@@ -60,6 +60,7 @@ class Inference:
             return await self._load(version_id)
 
         # Built here, not as a class decorator, so the LRU size comes from the config.
+        self._load_fn = load  # Serve keeps its LRU wrapper on this function
         self._model = serve.multiplexed(max_num_models_per_replica=parsed.max_models_per_replica)(
             load
         )
@@ -138,7 +139,7 @@ class Inference:
 
     async def loaded_models(self) -> dict[str, Any]:
         """The replica's loaded version ids (most recently used last) and load count."""
-        wrapper = getattr(self._model, "__serve_multiplex_wrapper", None)
+        wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
         ids = list(wrapper.models.keys()) if wrapper is not None else []
         return {
             "replica": serve.get_replica_context().replica_id.unique_id,
