@@ -16,6 +16,7 @@ from rich.table import Table
 from mlaas import accounts
 from mlaas.db import migrate
 from mlaas.errors import MlaasError
+from mlaas.hub_cli import hub_app
 from mlaas.settings import Settings
 from mlaas.tiers import load_tiers
 
@@ -24,6 +25,7 @@ tenants_app = typer.Typer(help="Tenants (operator commands, run on the platform'
 keys_app = typer.Typer(help="API keys (operator commands, run on the platform's host).")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
+app.add_typer(hub_app, name="hub")
 console = Console()
 err = Console(stderr=True)
 

@@ -1,0 +1,91 @@
+"""``mlaas hub import``: a local folder or a hub repo id (through ``huggingface_hub``, which
+honours ``HF_HUB_OFFLINE`` and its cache) copied into the artifact store and registered."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlaas import registry
+from mlaas.errors import NotFoundError, ValidationError
+from mlaas.registry import ModelVersionInfo
+
+FRAMEWORK = "huggingface"
+
+
+def _fetch(source: str, revision: str | None) -> Path:
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return folder
+    if source.startswith((".", "/", "~")):
+        raise NotFoundError(f"No folder {source!r}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=source, revision=revision))
+    except Exception as exc:  # offline and not cached, unknown repo, no network...
+        raise NotFoundError(
+            f"Could not get {source!r} from the hub ({type(exc).__name__}); with "
+            "HF_HUB_OFFLINE=1 it must be in the cache, or give a local folder"
+        ) from exc
+
+
+def describe(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Architecture, input and output schema of a transformers / sentence-transformers folder."""
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise ValidationError(f"{folder} has no config.json: not a transformers model folder")
+    config = json.loads(config_file.read_text())
+    library = "sentence-transformers" if (folder / "modules.json").exists() else "transformers"
+    architecture = {
+        "type": "huggingface",
+        "library": library,
+        "model_type": config.get("model_type"),
+        "architectures": config.get("architectures", []),
+        "hidden_size": config.get("hidden_size"),
+    }
+    output: dict[str, Any] = {"type": "embedding", "dimensions": config.get("hidden_size")}
+    if config.get("id2label") and library == "transformers" and len(config["id2label"]) > 2:
+        output = {"type": "classification", "classes": list(config["id2label"].values())}
+    return architecture, {"type": "text"}, output
+
+
+def import_model(
+    source: str,
+    *,
+    database_url: str,
+    artifacts_dir: Path,
+    tenant_id: str,
+    name: str | None = None,
+    revision: str | None = None,
+) -> ModelVersionInfo:
+    """Copy the model's files into the artifact store and register them as a new version."""
+    folder = _fetch(source, revision)
+    architecture, input_schema, output_schema = describe(folder)
+    model_name = name or folder.name.replace("models--", "").split("/")[-1]
+    number = registry.next_version_number(database_url, tenant_id, model_name)
+    uri = registry.artifact_uri_for(artifacts_dir, tenant_id, model_name, number)
+    target = registry.artifact_path(uri)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".git*", "*.md"))
+    architecture["source"] = {"id": source, "revision": revision}
+    return registry.register_version(
+        database_url, tenant_id=tenant_id, model_name=model_name, framework=FRAMEWORK,
+        artifact_uri=uri, architecture=architecture, input_schema=input_schema,
+        output_schema=output_schema, metrics={}, version=number, task="huggingface",
+    )
+
+
+def push_folder(
+    folder: Path, repo_id: str, *, token: str | None = None, endpoint: str | None = None,
+    private: bool = True,
+) -> str:
+    """Upload a folder to a hub repo (created when missing); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    return str(getattr(info, "commit_url", info))
