@@ -80,5 +80,8 @@ async def embeddings(body: EmbeddingsRequest, principal: CurrentPrincipal) -> di
             for i, v in enumerate(vectors)
         ],
         "model": MODEL_ID,
-        "usage": {"prompt_tokens": result["prompt_tokens"], "total_tokens": result["prompt_tokens"]},
+        "usage": {
+            "prompt_tokens": result["prompt_tokens"],
+            "total_tokens": result["prompt_tokens"],
+        },
     }
