@@ -144,9 +144,13 @@ def main() -> None:
                     "target": "gateway_minus_trivial_p50_ms <= 2.0",
                 },
                 indent=2,
-            )
+            ),
+            flush=True,
         )
     finally:
+        import ray
+
+        ray.shutdown()  # before `mlaas down`, so this driver does not outlive its cluster
         bare.terminate()
         subprocess.run([MLAAS, "down"], env=env, capture_output=True)
 
