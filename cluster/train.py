@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -178,7 +179,9 @@ def _connect_ray() -> str:
     import ray
 
     if not ray.is_initialized():
-        ray.init(namespace="mlaas", log_to_driver=True, logging_level="WARNING")
+        # MLAAS_RAY_ADDRESS (set by the gateway) wins over the job supervisor's RAY_ADDRESS.
+        address = os.environ.get("MLAAS_RAY_ADDRESS") or None
+        ray.init(address, namespace="mlaas", log_to_driver=True, logging_level=logging.WARNING)
     return _submission_id() or ray.get_runtime_context().get_job_id()
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -286,6 +287,49 @@ def keys_revoke(key_id: str) -> None:
     except MlaasError as exc:
         _fail(exc.message)
     console.print(f"[green]✔[/] Key {info.id} revoked")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Job spec, e.g. configs/train/wine-keras.yaml")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: --set epochs=3")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MLAAS_API_KEY", help="Default: the admin key file")
+    ] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key")] = None,
+    detach: Annotated[bool, typer.Option(help="Submit and return without following")] = False,
+) -> None:
+    """Submit a training job to the platform (POST /v1/train) and show its progress live."""
+    from mlaas import train_client
+
+    settings = _settings()
+    key = api_key or _admin_key(settings)
+    try:
+        spec = train_client.read_spec(config, set_ or [])
+        with httpx.Client(base_url=settings.url, headers={"Authorization": f"Bearer {key}"},
+                          timeout=60) as client:
+            accepted = train_client.submit(client, spec, idempotency_key)
+            console.print(f"Submitted {accepted['training_job_id']} ({accepted['status']}); "
+                          f"status at {settings.url}{accepted['monitoring_url']}", highlight=False)
+            if detach:
+                return
+            final = train_client.follow(client, accepted["training_job_id"], console)
+    except (MlaasError, httpx.HTTPError) as exc:
+        _fail(getattr(exc, "message", None) or str(exc))
+    if final["status"] != "SUCCEEDED":
+        _fail(f"job {final['status']}: {final.get('error_message') or 'no message'}")
+    version = final.get("model_version") or {}
+    console.print(f"[green]✔[/] Registered {version.get('model_name')} version "
+                  f"{version.get('version')} ({version.get('id')})", highlight=False)
+
+
+def _admin_key(settings: Settings) -> str:
+    path = settings.home / "admin_key"
+    if not path.exists():
+        _fail(f"No API key: pass --api-key or MLAAS_API_KEY (no admin key in {path})")
+    return path.read_text().strip()
 
 
 def main() -> None:

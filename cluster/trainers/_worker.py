@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.train
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn

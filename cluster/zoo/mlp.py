@@ -19,6 +19,9 @@ class MLPConfig:
 class Standardize(nn.Module):
     """``(x - mean) / std`` with the training set's statistics as buffers (saved with weights)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_features))

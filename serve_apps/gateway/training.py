@@ -57,8 +57,19 @@ def checked_spec(raw: Any, *, settings: Settings, database_url: str, tenant_id: 
     return spec
 
 
+def cluster_address() -> str | None:
+    """The GCS address of the cluster this process belongs to (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+
+
 class JobServer:
-    """The cluster's Ray job server, reached lazily and shared by the routes of a replica."""
+    """The cluster's Ray job server, reached lazily and shared by the routes of a replica.
+
+    It is found through this cluster's GCS, never by Ray's "latest cluster on this machine"
+    guess, which picks another cluster when several share a machine.
+    """
 
     def __init__(self, address: str | None = None) -> None:
         self._address = address
@@ -71,7 +82,7 @@ class JobServer:
                 from ray.job_submission import JobSubmissionClient
 
                 try:
-                    self._client = JobSubmissionClient(self._address)
+                    self._client = JobSubmissionClient(self._address or cluster_address())
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise ServiceUnavailableError(
                         f"The Ray job server is not reachable: {exc}"
@@ -116,7 +127,7 @@ def submit(
         job_server.client().submit_job(
             entrypoint=f"{shlex.quote(sys.executable)} -m cluster.train --job-id {job.id}",
             submission_id=job.id,
-            runtime_env={"env_vars": job_env(settings)},
+            runtime_env={"env_vars": job_env(settings, cluster_address())},
             metadata={"tenant_id": tenant_id, "training_job_id": job.id, "name": spec.name},
         )
     except Exception as exc:  # noqa: BLE001 - any refusal leaves a FAILED record, not a PENDING one
@@ -129,12 +140,18 @@ def submit(
     return Submission(training_jobs.get_job(database_url, job.id), True)
 
 
-def job_env(settings: Settings) -> dict[str, str]:
-    """What the job process needs to reach the same database and artifact store."""
+def job_env(settings: Settings, ray_address: str | None) -> dict[str, str]:
+    """What the job process needs: the same database, artifact store and Ray cluster.
+
+    ``MLAAS_RAY_ADDRESS`` pins the cluster: Ray's job supervisor hands the driver an address
+    it resolves as "the latest cluster started on this machine", wrong when there are several.
+    """
     env = {
         "MLAAS_HOME": str(settings.home),
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S,
     }
+    if ray_address:
+        env["MLAAS_RAY_ADDRESS"] = ray_address
     if settings.database_url:
         env["MLAAS_DATABASE_URL"] = settings.database_url
     if os.environ.get("MLAAS_TIERS_FILE"):
@@ -159,7 +176,7 @@ def reconciled(
     job = training_jobs.get_job(database_url, job.id)  # the job may have just written its end
     if job.is_terminal:
         return job
-    status = "FAILED" if ray_status == "SUCCEEDED" else ray_status
+    status: training_jobs.JobStatus = "STOPPED" if ray_status == "STOPPED" else "FAILED"
     message = info.message or f"the Ray job ended {ray_status} without reporting a result"
     return training_jobs.finish_job(database_url, job.id, status, error_message=message)
 

@@ -79,7 +79,11 @@ def ray_job_submit(platform: Platform, submission_id: str, *args: str, timeout: 
         "--address", f"http://127.0.0.1:{TEST_DASHBOARD_PORT}",
         "--working-dir", ".",
         "--submission-id", submission_id,
-        "--runtime-env-json", json.dumps({"env_vars": {"MLAAS_HOME": str(platform.home)}}),
+        "--runtime-env-json", json.dumps({"env_vars": {
+            "MLAAS_HOME": str(platform.home),
+            # Other Ray clusters share this machine; see serve_apps.gateway.training.job_env.
+            "MLAAS_RAY_ADDRESS": f"127.0.0.1:{TEST_RAY_PORT}",
+        }}),
         "--", sys.executable, "-m", "cluster.train", *args,
     ]  # fmt: skip
     result = subprocess.run(

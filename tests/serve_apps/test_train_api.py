@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -9,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
+import yaml
+from sklearn.datasets import load_digits
 
 from mlaas import registry
 from tests.conftest import Platform
@@ -67,8 +71,14 @@ def test_submitted_job_reports_progress_and_registers_a_version(
     platform: Platform, tenant: tuple[str, str], database_url: str
 ) -> None:
     tenant_id, key = tenant
+    # The digits as a CSV file in the tenant's data folder, read by the job with Ray Data.
+    frame = load_digits(as_frame=True).frame.rename(columns={"target": "digit"})
+    data_dir = platform.home / "data" / tenant_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(data_dir / "digits.csv", index=False)
+    spec = tiny_spec(data={"source": "digits.csv", "target": "digit"})
     with platform.client(key) as client:
-        accepted = client.post("/v1/train", json=tiny_spec())
+        accepted = client.post("/v1/train", json=spec)
         job_id = accepted.json()["training_job_id"]
 
         final = poll(client, job_id, lambda b: b["status"] in TERMINAL)
@@ -95,6 +105,8 @@ def test_submitted_job_reports_progress_and_registers_a_version(
         registry.get_version(database_url, tenant_id, "api-digits").id == final["model_version_id"]
     )
     assert Path(version["artifact_uri"].removeprefix("file://"), "model.safetensors").is_file()
+    assert version["input_schema"]["features"][:2] == ["pixel_0_0", "pixel_0_1"]
+    assert version["output_schema"]["classes"] == [str(d) for d in range(10)]
     assert "[progress]" in logs and "registered api-digits version 1" in logs
     assert job_id in {j["training_job_id"] for j in listed["jobs"]}
 
@@ -244,24 +256,31 @@ def test_documented_request_shape_is_accepted_and_its_errors_name_its_fields(
 
 
 def test_a_job_that_crashes_ends_failed_with_its_error_and_registers_nothing(
-    platform: Platform, tenant: tuple[str, str], database_url: str
+    platform: Platform, tenant: tuple[str, str], database_url: str, tmp_path: Path
 ) -> None:
+    """Submitted with ``mlaas train``, which follows the job live and reports how it ended."""
     tenant_id, key = tenant
     data_dir = platform.home / "data" / tenant_id
     data_dir.mkdir(parents=True, exist_ok=True)
-    # The header is fine (so the request is accepted); a value deep in the file is not a number.
-    (data_dir / "broken.csv").write_text("a,b,label\n" + "1,2,x\n" * 50 + "1,oops,y\n")
-    with platform.client(key) as client:
-        accepted = client.post(
-            "/v1/train",
-            json=tiny_spec("api-crash", data={"source": "broken.csv", "target": "label"}),
-        )
-        final = poll(client, accepted.json()["training_job_id"], lambda b: b["status"] in TERMINAL)
+    # The columns are there (so the request is accepted), but feature b holds text.
+    rows = pd.DataFrame({"a": [1.0] * 40, "b": ["oops"] * 40, "label": ["x", "y"] * 20})
+    rows.to_parquet(data_dir / "broken.parquet")
+    spec_file = tmp_path / "crash.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec("api-crash")))
+    broken = ["--set", "data.source=broken.parquet", "--set", "data.target=label"]
 
-    assert accepted.status_code == 202, accepted.text
+    followed = platform.cli("train", str(spec_file), *broken, MLAAS_API_KEY=key)
+    refused = platform.cli("train", str(spec_file), "--set", "epochs=0", MLAAS_API_KEY=key)
+    job_id = re.search(r"Submitted (job_\w+)", followed.stdout).group(1)  # type: ignore[union-attr]
+    with platform.client(key) as client:
+        final = client.get(f"/v1/train/{job_id}/status").json()
+
+    assert followed.returncode == 1, followed.stdout + followed.stderr
+    assert "job FAILED" in followed.stderr and "not numeric" in followed.stderr
     assert final["status"] == "FAILED"
     assert "not numeric" in final["error_message"] and "'b'" in final["error_message"]
-    assert registry.versions_of_job(database_url, final["training_job_id"]) == []
+    assert registry.versions_of_job(database_url, job_id) == []
+    assert refused.returncode == 1 and "field epochs" in refused.stderr
 
 
 def test_another_tenants_job_is_not_found(platform: Platform, tenant: tuple[str, str]) -> None:
