@@ -24,7 +24,7 @@ from cluster.trainers._plan import TrainingPlan, TrainOutcome
 from cluster.trainers._worker import ARCHITECTURE_FILE
 from cluster.zoo import architecture_for, build_model, count_parameters
 from mlaas import registry
-from mlaas.errors import NotFoundError
+from mlaas.errors import ConflictError, NotFoundError
 
 TRAINER_MODULES = {
     "ddp": "cluster.trainers.ddp",
@@ -194,42 +194,58 @@ def schemas(plan: TrainingPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     return input_schema, {"type": "classification", "classes": info.class_names}
 
 
-def publish(
-    outcome: TrainOutcome, plan: TrainingPlan, ctx: JobContext, *, train_seconds: float
-) -> registry.ModelVersionInfo:
-    """Copy the final weights into the artifact store and register the version."""
-    spec = plan.spec
-    number = registry.next_version_number(ctx.database_url, ctx.tenant_id, spec.model_name)
-    uri = registry.artifact_uri_for(ctx.artifacts_dir, ctx.tenant_id, spec.model_name, number)
-    folder = registry.artifact_path(uri)
-    shutil.rmtree(folder, ignore_errors=True)  # a half-copied folder of an earlier attempt
-    folder.mkdir(parents=True)
+def _stage_files(outcome: TrainOutcome, plan: TrainingPlan, staging: Path) -> dict[str, Any]:
+    """Write the version's files into a private folder; returns the architecture."""
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier attempt of this job
+    staging.mkdir(parents=True)
     with outcome.checkpoint.as_directory() as checkpoint_dir:
         for name in (outcome.weights_file, *outcome.extra_files):
             source = Path(checkpoint_dir) / name
             if source.is_dir():
-                shutil.copytree(source, folder / name)
+                shutil.copytree(source, staging / name)
             elif source.exists():
-                shutil.copy2(source, folder / name)
+                shutil.copy2(source, staging / name)
     for name, text in outcome.extra_artifacts.items():
-        (folder / name).write_text(text)
-    if not (folder / outcome.weights_file).exists():
+        (staging / name).write_text(text)
+    if not (staging / outcome.weights_file).exists():
         raise TrainingFailed(f"The final checkpoint has no {outcome.weights_file}")
-    architecture = {**plan.architecture, "strategy": spec.strategy.type}
-    (folder / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2))
+    architecture = {**plan.architecture, "strategy": plan.spec.strategy.type}
+    (staging / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2))
+    return architecture
+
+
+def publish(
+    outcome: TrainOutcome, plan: TrainingPlan, ctx: JobContext, *, train_seconds: float
+) -> registry.ModelVersionInfo:
+    """Move the final weights into the artifact store as the next version, and register it.
+
+    The files are written to a private folder first and renamed into ``v<N>`` (a rename
+    never overwrites another job's version); a number taken meanwhile is skipped.
+    """
+    spec = plan.spec
+    staging = ctx.artifacts_dir / "models" / ctx.tenant_id / f".staging-{ctx.job_id}"
+    architecture = _stage_files(outcome, plan, staging)
     input_schema, output_schema = schemas(plan)
-    return registry.register_version(
-        ctx.database_url,
-        tenant_id=ctx.tenant_id,
-        model_name=spec.model_name,
-        framework=outcome.framework,
-        artifact_uri=uri,
-        architecture=architecture,
-        input_schema=input_schema,
-        output_schema=output_schema,
-        metrics=version_metrics(outcome, plan, train_seconds),
-        training_job_id=ctx.job_id,
-        version=number,
-        stage=spec.registry.stage,
-        task=spec.task,
-    )
+    metrics = version_metrics(outcome, plan, train_seconds)
+    number = 0
+    for _ in range(10):
+        latest = registry.next_version_number(ctx.database_url, ctx.tenant_id, spec.model_name)
+        number = max(number + 1, latest)
+        uri = registry.artifact_uri_for(ctx.artifacts_dir, ctx.tenant_id, spec.model_name, number)
+        folder = registry.artifact_path(uri)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.rename(folder)
+        except OSError:
+            continue  # the folder of that number exists: another job is publishing it
+        try:
+            return registry.register_version(
+                ctx.database_url, tenant_id=ctx.tenant_id, model_name=spec.model_name,
+                framework=outcome.framework, artifact_uri=uri, architecture=architecture,
+                input_schema=input_schema, output_schema=output_schema, metrics=metrics,
+                training_job_id=ctx.job_id, version=number, stage=spec.registry.stage,
+                task=spec.task,
+            )  # fmt: skip
+        except ConflictError:
+            folder.rename(staging)
+    raise TrainingFailed(f"Could not find a free version number for {spec.model_name}")
