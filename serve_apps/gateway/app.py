@@ -39,7 +39,9 @@ def _json_error(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        error_body(code, message, details, _request_id(request)), status_code=status, headers=headers
+        error_body(code, message, details, _request_id(request)),
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -57,7 +59,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
-            "field": "body" if e.get("type") == "json_invalid" else _field_of(tuple(e.get("loc", ()))),
+            "field": "body"
+            if e.get("type") == "json_invalid"
+            else _field_of(tuple(e.get("loc", ()))),
             "message": e.get("msg", ""),
             "type": e.get("type", ""),
         }
@@ -78,13 +82,18 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
     message = "No such route" if exc.status_code == 404 else str(exc.detail)
     details = {"path": request.url.path} if exc.status_code in (404, 405) else {}
-    return _json_error(request, exc.status_code, code, message, details, getattr(exc, "headers", None))
+    return _json_error(
+        request, exc.status_code, code, message, details, getattr(exc, "headers", None)
+    )
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's outermost layer answers with this, then re-raises for the logs.
     return _json_error(
-        request, 500, "INTERNAL_ERROR", "Internal server error; quote the request id when reporting it"
+        request,
+        500,
+        "INTERNAL_ERROR",
+        "Internal server error; quote the request id when reporting it",
     )
 
 
