@@ -1,0 +1,99 @@
+"""Masks expanded by ChaCha20 keyed with the full 32-byte derived key, and modular sums.
+
+Vectors are ``uint64`` arrays of residues modulo ``2**modulus_bits``; the modulus is a power
+of two, so a 64-bit word of the stream masked to ``modulus_bits`` is uniform. Expansion can
+start at any multiple of 8 elements (one 64-byte ChaCha20 block), which is what lets the
+aggregation actors each expand only their slice of a mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+BLOCK_ELEMENTS = 8  # 64-byte ChaCha20 block / 8-byte words
+_NONCE = bytes(12)  # every key is used for one stream only, so a fixed nonce is safe
+
+
+def expand_mask(key: bytes, length: int, modulus_bits: int, *, start: int = 0) -> np.ndarray:
+    """Elements ``start .. start + length`` of the mask stream of ``key``.
+
+    Args:
+        key: 32 bytes, the full derived key (pairwise) or self-mask seed.
+        length: number of elements.
+        modulus_bits: the mask is reduced modulo ``2**modulus_bits``.
+        start: first element; a multiple of 8.
+    """
+    if len(key) != 32:
+        raise ValueError("mask keys are 32 bytes")
+    if start % BLOCK_ELEMENTS:
+        raise ValueError(f"start must be a multiple of {BLOCK_ELEMENTS}")
+    counter = (start // BLOCK_ELEMENTS).to_bytes(4, "little")
+    encryptor = Cipher(algorithms.ChaCha20(key, counter + _NONCE), mode=None).encryptor()
+    stream = encryptor.update(bytes(8 * length))
+    return np.frombuffer(stream, dtype="<u8").astype(np.uint64) & mask_of(modulus_bits)
+
+
+def mask_of(modulus_bits: int) -> np.uint64:
+    return np.uint64((1 << modulus_bits) - 1)
+
+
+def add_mod(a: np.ndarray, b: np.ndarray, modulus_bits: int) -> np.ndarray:
+    """``(a + b) mod 2**modulus_bits`` (uint64 wraps mod 2**64, a multiple of the modulus)."""
+    return (a + b) & mask_of(modulus_bits)
+
+
+def sub_mod(a: np.ndarray, b: np.ndarray, modulus_bits: int) -> np.ndarray:
+    return (a - b) & mask_of(modulus_bits)
+
+
+def pair_sign(me: int, other: int) -> int:
+    """+1 when ``me`` adds the pair's mask, -1 when it subtracts it (by index order)."""
+    return 1 if me < other else -1
+
+
+def apply_masks(
+    vector: np.ndarray,
+    *,
+    self_seed: bytes,
+    pair_keys: dict[int, bytes],
+    me: int,
+    modulus_bits: int,
+) -> np.ndarray:
+    """``vector + PRG(self_seed) + sum(+-PRG(pair key))`` modulo the modulus."""
+    length = len(vector)
+    out = add_mod(vector.astype(np.uint64), expand_mask(self_seed, length, modulus_bits),
+                  modulus_bits)
+    for other, key in pair_keys.items():
+        stream = expand_mask(key, length, modulus_bits)
+        out = (add_mod if pair_sign(me, other) > 0 else sub_mod)(out, stream, modulus_bits)
+    return out
+
+
+def encode_vector(vector: np.ndarray, modulus_bits: int) -> bytes:
+    """Residues packed little-endian in the fewest whole bytes the modulus needs."""
+    width = (modulus_bits + 7) // 8
+    raw = vector.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :width]
+    return raw.tobytes()
+
+
+def decode_vector(data: bytes, modulus_bits: int) -> np.ndarray:
+    width = (modulus_bits + 7) // 8
+    if len(data) % width:
+        raise ValueError(f"vector bytes must be a multiple of {width}")
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
+    padded = np.zeros((raw.shape[0], 8), dtype=np.uint8)
+    padded[:, :width] = raw
+    return padded.view("<u8").reshape(-1).astype(np.uint64)
+
+
+def remove_masks(
+    total: np.ndarray, removals: list[tuple[bytes, int]], modulus_bits: int, *, start: int
+) -> np.ndarray:
+    """``total - sum(sign * PRG(key))`` over the slice of ``total`` that begins at ``start``."""
+    out = total.copy()
+    for key, sign in removals:
+        stream = expand_mask(key, len(total), modulus_bits, start=start)
+        out = sub_mod(out, stream, modulus_bits) if sign > 0 else add_mod(out, stream,
+                                                                           modulus_bits)
+    return out

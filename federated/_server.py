@@ -1,0 +1,294 @@
+"""The server side of one secure-aggregation round (Bonawitz et al. 2017, SecAgg+ option).
+
+Stages: ``advertise`` (U1 sends two X25519 public keys and a commitment to its self-mask
+seed) -> ``share`` (U2 sends encrypted Shamir shares, relayed to their holders) ->
+``masked_input`` (U3 sends its masked vector) -> ``unmask`` (survivors send shares of the
+survivors' self-mask seeds and of the dropped nodes' mask keys) -> the sum.
+
+The server never holds an individual input: masked vectors go straight into a running sum
+(``VectorSum``), which may be split over several actors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from federated import _shamir
+from federated._graph import neighbours, share_holders
+from federated._keys import KeyPair, verify_signature
+from federated._masking import add_mod, decode_vector, pair_sign
+from federated._messages import STAGES, message_signature_ok, share_record_bytes, unb64
+from federated.errors import (
+    BadSignatureError,
+    DuplicateMessageError,
+    MalformedMessageError,
+    NotSelectedError,
+    RoundAbortedError,
+    StaleMessageError,
+)
+
+log = logging.getLogger("mlaas.federated")
+
+
+def mask_info(pool_id: str, round_number: int, a: int, b: int) -> bytes:
+    low, high = sorted((a, b))
+    return f"mlaas-secagg/v1|mask|{pool_id}|{round_number}|{low}|{high}".encode()
+
+
+def commitment(seed: bytes, pool_id: str, round_number: int, node: int) -> str:
+    return hashlib.sha256(f"{pool_id}|{round_number}|{node}|".encode() + seed).hexdigest()
+
+
+class VectorSum(Protocol):
+    """Where masked vectors are summed; only the sum ever leaves it."""
+
+    def add(self, vector: np.ndarray) -> None: ...
+
+    def unmask(self, removals: list[tuple[bytes, int]]) -> np.ndarray: ...
+
+
+class LocalVectorSum:
+    """A running modular sum in this process."""
+
+    def __init__(self, length: int, modulus_bits: int) -> None:
+        self.modulus_bits = modulus_bits
+        self.total = np.zeros(length, dtype=np.uint64)
+
+    def add(self, vector: np.ndarray) -> None:
+        self.total = add_mod(self.total, vector, self.modulus_bits)
+
+    def unmask(self, removals: list[tuple[bytes, int]]) -> np.ndarray:
+        from federated._masking import remove_masks
+
+        return remove_masks(self.total, removals, self.modulus_bits, start=0)
+
+
+@dataclass
+class RoundConfig:
+    pool_id: str
+    round_number: int
+    threshold: int
+    neighbours: int | None
+    vector_length: int  # including the weight coordinate
+    modulus_bits: int
+    identities: dict[int, bytes]  # node index -> Ed25519 public key; the selected nodes
+
+
+@dataclass
+class RoundServer:
+    """The state machine of one round on the server; ``receive`` checks every message."""
+
+    config: RoundConfig
+    vector_sum: VectorSum
+    stage: str = "advertise"
+    advertised: dict[int, dict[str, Any]] = field(default_factory=dict)
+    shares: dict[int, dict[int, str]] = field(default_factory=dict)
+    masked: set[int] = field(default_factory=set)
+    unmask_replies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    node_claims: dict[int, dict[str, Any]] = field(default_factory=dict)
+    graph: dict[int, set[int]] = field(default_factory=dict)
+    aborted: str | None = None
+
+    # ---- checking and receiving -------------------------------------------------------
+    def receive(self, message: dict[str, Any]) -> None:
+        """Check a message (pool, round, stage, sender, signature, duplicate) and take it.
+
+        Raises:
+            ProtocolError: a subclass naming the reason; the round state is unchanged.
+        """
+        node = self._check_envelope(message)
+        payload = message["payload"]
+        if not isinstance(payload, dict):
+            raise MalformedMessageError("malformed", "payload must be an object")
+        handler = getattr(self, f"_take_{self.stage}")
+        handler(node, payload)
+        if self.stage == "advertise":
+            self.advertised[node]["message"] = message  # relayed, so peers can verify it
+
+    def _check_envelope(self, message: dict[str, Any]) -> int:
+        cfg = self.config
+        if not isinstance(message, dict) or not {"pool_id", "round", "stage", "node",
+                                                 "payload", "signature"} <= set(message):
+            raise MalformedMessageError("malformed", "a message needs pool_id, round, stage, "
+                                        "node, payload and signature")
+        node = message["node"]
+        if message["pool_id"] != cfg.pool_id or message["round"] != cfg.round_number:
+            raise StaleMessageError(
+                "wrong_round", f"message is for pool {message['pool_id']} round "
+                f"{message['round']}, not round {cfg.round_number} of pool {cfg.pool_id}")
+        if message["stage"] != self.stage:
+            raise StaleMessageError(
+                "wrong_stage", f"message is for stage {message['stage']!r}; the round is at "
+                f"{self.stage!r}", stage=self.stage)
+        if not isinstance(node, int) or node not in cfg.identities:
+            raise NotSelectedError("not_selected", f"node {node} is not selected for this round")
+        if not message_signature_ok(message, cfg.identities[node]):
+            raise BadSignatureError("bad_signature", f"signature of node {node} does not verify")
+        if node in self._received_at_stage():
+            raise DuplicateMessageError(
+                "duplicate", f"node {node} already sent its {self.stage} message")
+        return node
+
+    def _received_at_stage(self) -> set[int] | dict[int, Any]:
+        return {"advertise": self.advertised, "share": self.shares,
+                "masked_input": self.masked, "unmask": self.unmask_replies}[self.stage]
+
+    def _take_advertise(self, node: int, payload: dict[str, Any]) -> None:
+        try:
+            keys = {name: unb64(payload[name]) for name in ("c_pk", "s_pk")}
+            commit = str(payload["b_commit"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise MalformedMessageError("malformed", "advertise needs c_pk, s_pk, b_commit") \
+                from exc
+        if any(len(k) != 32 for k in keys.values()) or len(commit) != 64:
+            raise MalformedMessageError("malformed", "public keys are 32 bytes")
+        self.advertised[node] = {"message": None, **keys, "b_commit": commit}
+
+    def _take_share(self, node: int, payload: dict[str, Any]) -> None:
+        holders = share_holders(self.graph, node) if node in self.graph else []
+        sealed = payload.get("shares")
+        try:
+            sent_to = sorted(int(h) for h in sealed) if isinstance(sealed, dict) else None
+        except ValueError:
+            sent_to = None
+        if node not in self.advertised or sent_to != holders or sealed is None:
+            raise MalformedMessageError(
+                "wrong_holders", f"node {node} must send one sealed share to each of {holders}")
+        self.shares[node] = {int(h): str(v) for h, v in sealed.items()}
+
+    def _take_masked_input(self, node: int, payload: dict[str, Any]) -> None:
+        if node not in self.shares:
+            raise NotSelectedError("not_in_round", f"node {node} did not share its keys")
+        try:
+            vector = decode_vector(unb64(str(payload["vector"])), self.config.modulus_bits)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise MalformedMessageError("malformed", "masked_input needs a base64 vector") \
+                from exc
+        if len(vector) != self.config.vector_length:
+            raise MalformedMessageError(
+                "wrong_length", f"vector has {len(vector)} elements, expected "
+                f"{self.config.vector_length}", expected=self.config.vector_length)
+        self.vector_sum.add(vector)
+        self.masked.add(node)
+        self.node_claims[node] = {k: payload.get(k) for k in ("samples", "epsilon")}
+
+    def _take_unmask(self, node: int, payload: dict[str, Any]) -> None:
+        if node not in self.masked:
+            raise NotSelectedError("not_survivor", f"node {node} sent no masked input")
+        self.unmask_replies[node] = payload
+
+    # ---- what nodes read ----------------------------------------------------------------
+    def view_for(self, node: int) -> dict[str, Any]:
+        """What ``node`` needs to take part in the current stage."""
+        view: dict[str, Any] = {"stage": self.stage, "index": node,
+                                "threshold": self.config.threshold,
+                                "neighbours": self.config.neighbours}
+        if self.stage == "share":
+            view["advertised"] = {str(i): {"message": a["message"],
+                                           "identity": _b64(self.config.identities[i])}
+                                  for i, a in self.advertised.items()}
+        elif self.stage == "masked_input":
+            view["sealed_shares"] = {str(d): s[node] for d, s in self.shares.items()
+                                     if node in s}
+            view["u2"] = sorted(self.shares)
+        elif self.stage == "unmask":
+            view["survivors"] = sorted(self.masked)
+            view["dropped"] = sorted(set(self.shares) - self.masked)
+        return view
+
+    # ---- stage transitions --------------------------------------------------------------
+    def close_stage(self) -> str:
+        """Move to the next stage with what has arrived; abort below the threshold.
+
+        Returns:
+            The new stage, or ``"done"`` once the sum can be computed.
+        """
+        arrived = len(self._received_at_stage())
+        if arrived < self.config.threshold:
+            self._abort(f"only {arrived} nodes at stage {self.stage}, threshold is "
+                        f"{self.config.threshold}")
+        if self.stage == "advertise":
+            self.graph = neighbours(sorted(self.advertised), k=self.config.neighbours,
+                                    pool_id=self.config.pool_id,
+                                    round_number=self.config.round_number)
+        position = STAGES.index(self.stage)
+        self.stage = STAGES[position + 1] if position + 1 < len(STAGES) else "done"
+        return self.stage
+
+    def _abort(self, reason: str) -> None:
+        self.aborted = reason
+        self.stage = "aborted"
+        log.warning("round aborted: %s", reason)
+        raise RoundAbortedError(reason, details={"round": self.config.round_number})
+
+    def aggregate(self) -> np.ndarray:
+        """The unmasked sum of the survivors' inputs (stage must be ``done``).
+
+        Raises:
+            RoundAbortedError: a needed secret has fewer than ``t`` valid shares, or
+                rebuilds to a value that does not match its commitment.
+        """
+        survivors = sorted(self.masked)
+        dropped = sorted(set(self.shares) - self.masked)
+        removals: list[tuple[bytes, int]] = []
+        for node in survivors:
+            seed = self._rebuild(node, "b")
+            if commitment(seed, self.config.pool_id, self.config.round_number, node) != \
+                    self.advertised[node]["b_commit"]:
+                self._abort(f"self-mask seed of node {node} does not match its commitment")
+            removals.append((seed, 1))
+        for node in dropped:
+            secret = self._rebuild(node, "sk")
+            keys = KeyPair.from_private_bytes(secret)
+            if keys.public_bytes != self.advertised[node]["s_pk"]:
+                self._abort(f"mask key of node {node} does not match its public key")
+            for other in sorted(self.graph[node] & set(survivors)):
+                key = keys.agree(self.advertised[other]["s_pk"],
+                                 info=mask_info(self.config.pool_id,
+                                                self.config.round_number, node, other))
+                removals.append((key, pair_sign(other, node)))
+        return self.vector_sum.unmask(removals)
+
+    def _rebuild(self, dealer: int, kind: str) -> bytes:
+        shares = self._valid_shares(dealer, kind)
+        if len(shares) < self.config.threshold:
+            self._abort(f"only {len(shares)} valid shares of node {dealer}'s {kind} secret, "
+                        f"threshold is {self.config.threshold}")
+        try:
+            return _shamir.combine(shares, threshold=self.config.threshold)
+        except ValueError:
+            self._abort(f"shares of node {dealer}'s {kind} secret do not combine")
+            raise  # unreachable: _abort raises
+
+    def _valid_shares(self, dealer: int, kind: str) -> dict[int, int]:
+        """Shares of ``dealer``'s secret whose dealer signature verifies; others are logged."""
+        field_name = "b_shares" if kind == "b" else "sk_shares"
+        valid: dict[int, int] = {}
+        for holder, reply in self.unmask_replies.items():
+            record = (reply.get(field_name) or {}).get(str(dealer))
+            if record is None:
+                continue
+            try:
+                value = int(record["value"], 16)
+                signed = share_record_bytes(self.config.pool_id, self.config.round_number,
+                                            dealer, holder, kind, value)
+                ok = verify_signature(self.config.identities[dealer], unb64(record["sig"]),
+                                      signed)
+            except (KeyError, ValueError, TypeError, AttributeError):
+                ok = False
+            if not ok:
+                log.warning("dropped a bad share of node %s from node %s", dealer, holder)
+                continue
+            valid[holder] = value
+        return valid
+
+
+def _b64(data: bytes) -> str:
+    from federated._messages import b64
+
+    return b64(data)

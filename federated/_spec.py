@@ -1,0 +1,138 @@
+"""The pool spec, and the checks that refuse parameters which cannot be secure.
+
+Every refusal names the field and says how to fix it, e.g. "threshold must be more than half
+of the 10 share holders (got 5); raise it to at least 6".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from federated._quantize import max_aggregate
+from federated.errors import PoolSpecError
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["mlp"] = "mlp"
+    hidden_sizes: list[int] = Field(default_factory=lambda: [32], max_length=8)
+    num_features: int = Field(ge=1, le=100_000)
+    num_classes: int = Field(ge=2, le=10_000)
+    feature_scale: float = Field(
+        default=1.0, gt=0, description="inputs are divided by this before the first layer"
+    )
+
+
+class SecureAggregationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: int = Field(ge=2, description="t: shares needed to rebuild a node's secrets")
+    neighbours: int | None = Field(
+        default=None, ge=2, description="k of the SecAgg+ k-regular graph; None = everyone"
+    )
+    clip_range: float = Field(default=0.5, gt=0, le=1e6)
+    quantization_bits: int = Field(default=16, ge=1, le=32)
+    modulus_bits: int = Field(default=32, ge=8, le=63)
+    sample_cap: int = Field(default=1000, ge=1, le=10_000_000)
+
+
+class PrivacySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    noise_multiplier: float = Field(default=1.0, ge=0.3, le=100)
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1e4)
+    target_epsilon: float = Field(default=8.0, gt=0, le=100)
+    delta: float = Field(default=1e-5, gt=0, lt=0.1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
+class LocalTrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    local_epochs: int = Field(default=1, ge=1, le=100)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    lr: float = Field(default=0.1, gt=0, le=10)
+
+
+class PoolSpec(BaseModel):
+    """What a tenant asks for when creating a pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelSpec
+    rounds: int = Field(default=3, ge=1, le=10_000)
+    min_nodes: int = Field(default=3, ge=2, le=10_000)
+    target_nodes: int = Field(default=5, ge=2, le=10_000)
+    round_deadline_s: float = Field(default=120.0, ge=2, le=86_400)
+    secure_aggregation: SecureAggregationSpec
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
+
+    @model_validator(mode="after")
+    def _secure(self) -> PoolSpec:
+        problem = security_problem(self)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
+        return self
+
+    @property
+    def holders(self) -> int:
+        """How many nodes hold shares of each node's secrets in a full round."""
+        k = self.secure_aggregation.neighbours
+        return self.target_nodes if k is None else min(k + 1, self.target_nodes)
+
+
+def security_problem(spec: PoolSpec) -> tuple[str, str] | None:
+    """The first (field, reason) that makes the spec unusable or insecure, or None."""
+    sa = spec.secure_aggregation
+    if spec.target_nodes < spec.min_nodes:
+        return "target_nodes", f"must be at least min_nodes ({spec.min_nodes}); raise it"
+    if sa.neighbours is not None and sa.neighbours % 2:
+        return "secure_aggregation.neighbours", f"must be even (got {sa.neighbours})"
+    if sa.neighbours is not None and sa.neighbours + 1 > spec.min_nodes:
+        return "secure_aggregation.neighbours", (
+            f"k + 1 = {sa.neighbours + 1} is more than min_nodes ({spec.min_nodes}); "
+            "lower k or raise min_nodes"
+        )
+    holders = spec.holders
+    if 2 * sa.threshold <= holders:
+        return "secure_aggregation.threshold", (
+            f"must be more than half of the {holders} share holders (got {sa.threshold}); "
+            f"raise it to at least {holders // 2 + 1}, or a minority could unmask a node"
+        )
+    smallest = spec.min_nodes if sa.neighbours is None else sa.neighbours + 1
+    if sa.threshold > smallest:
+        return "secure_aggregation.threshold", (
+            f"is more than the {smallest} holders a round can have (got {sa.threshold}); "
+            "lower it or raise min_nodes"
+        )
+    bound = max_aggregate(nodes=spec.target_nodes, sample_cap=sa.sample_cap,
+                          bits=sa.quantization_bits)
+    if bound >= 1 << sa.modulus_bits:
+        needed = bound.bit_length()
+        return "secure_aggregation.modulus_bits", (
+            f"2**{sa.modulus_bits} is too small for {spec.target_nodes} nodes x sample_cap "
+            f"{sa.sample_cap} x {sa.quantization_bits}-bit values (sum up to {bound}); use "
+            f"modulus_bits >= {needed}, or lower sample_cap, quantization_bits or target_nodes"
+        )
+    return None
+
+
+def parse_pool_spec(raw: Any) -> PoolSpec:
+    """A checked spec, or ``PoolSpecError`` naming the first bad field and how to fix it."""
+    try:
+        return PoolSpec.model_validate(raw)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "spec"
+        message = str(first.get("msg", "invalid"))
+        if message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+            if ": " in message:
+                field, message = message.split(": ", 1)
+        raise PoolSpecError(field, message) from None
