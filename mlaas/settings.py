@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     tiers_file: Path = REPO_ROOT / "configs" / "tiers.yaml"
     serve_config: Path = REPO_ROOT / "configs" / "serve" / "mlaas.yaml"
     usage_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    providers_file: Path | None = Field(
+        default=None, description="Provider catalogue; default configs/providers.yaml"
+    )
+    max_predict_rows: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Rows per /v1/predict (more: 413)"
+    )
+    batch_inline_rows: int = Field(
+        default=1000, ge=1, description="/v1/batch_predict rows answered inline; more run as a job"
+    )
+    batch_max_rows: int = Field(
+        default=1_000_000, ge=1, description="Rows of inline JSON a /v1/batch_predict may carry"
+    )
     log_level: str = "INFO"
 
     @field_validator("home")

@@ -18,7 +18,6 @@ from mlaas.errors import ConfigurationError
 from mlaas.settings import REPO_ROOT
 
 DEFAULT_CATALOGUE = REPO_ROOT / "configs" / "providers.yaml"
-CATALOGUE_ENV = "MLAAS_PROVIDERS_FILE"
 
 Capability = Literal[
     "synthetic_data",
@@ -162,7 +161,9 @@ class Catalogue(_Strict):
 
 def catalogue_path(explicit: str | Path | None = None) -> Path:
     """The catalogue file: an explicit path, else ``MLAAS_PROVIDERS_FILE``, else the default."""
-    chosen = explicit or os.environ.get(CATALOGUE_ENV) or DEFAULT_CATALOGUE
+    from mlaas.settings import Settings
+
+    chosen = explicit or Settings().providers_file or DEFAULT_CATALOGUE
     return Path(chosen).expanduser()
 
 

@@ -5,7 +5,6 @@ counts against the tenant's inference quota."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 import numpy as np
@@ -21,8 +20,6 @@ from serve_apps.inference.batch_jobs import format_of, new_job, read_status, res
 from serve_apps.inference.schema import validate_inputs
 
 router = APIRouter(tags=["inference"])
-INLINE_ROWS = int(os.environ.get("MLAAS_BATCH_INLINE_ROWS", "1000"))
-MAX_ROWS = int(os.environ.get("MLAAS_BATCH_MAX_ROWS", "1000000"))
 
 
 class BatchPredictRequest(BaseModel):
@@ -58,16 +55,19 @@ def _launch(folder: Any, spec: dict[str, Any], schema: dict[str, Any], source: s
 async def batch_predict(
     body: BatchPredictRequest, request: Request, principal: CurrentPrincipal, ctx: Context
 ) -> Any:
-    """Inline outputs for up to ``INLINE_ROWS`` rows; otherwise 202 with a job id to poll."""
+    """Inline outputs for up to ``settings.batch_inline_rows`` rows; otherwise 202 with a job
+    id to poll."""
     version = await run_in_threadpool(
         resolve_version, ctx.database_url, principal.tenant_id, body.model
     )
     spec = version_spec(version)
     artifacts = ctx.settings.artifacts_dir
     if body.inputs is not None:
-        rows = validate_inputs(version.input_schema, body.inputs, max_rows=MAX_ROWS)
+        rows = validate_inputs(
+            version.input_schema, body.inputs, max_rows=ctx.settings.batch_max_rows
+        )
         await count_rows(ctx, principal, request, len(rows))
-        if len(rows) <= INLINE_ROWS:
+        if len(rows) <= ctx.settings.batch_inline_rows:
             result = await inference_client.predict(spec, rows)
             return {"mode": "inline", **version_header(version), "rows": len(rows), **result}
         job_id, folder = await run_in_threadpool(
