@@ -77,3 +77,35 @@ def hub_export(
     if report.max_abs_diff is not None:
         console.print(f"max abs diff vs PyTorch: {report.max_abs_diff:.3e} "
                       f"on {report.samples} samples", highlight=False)
+
+
+@hub_app.command("push")
+def hub_push(
+    model: Annotated[str, typer.Argument(help="<name>@<version> (or @production)")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo, <user or org>/<name>")],
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else huggingface.co)")
+    ] = None,
+    public: Annotated[bool, typer.Option(help="Create the repo public (default private)")] = False,
+    tenant: Annotated[str | None, typer.Option(help="Owner tenant id (default: admin)")] = None,
+) -> None:
+    """Upload a version's safetensors export to a hub repo; the token comes from HF_TOKEN
+    (or `hf auth login`), never from the command line."""
+    import tempfile
+
+    from mlaas.model_store import resolve_version
+
+    settings = Settings()
+    url = settings.resolved_database_url
+    try:
+        version = resolve_version(url, _tenant(url, tenant), model)
+        with tempfile.TemporaryDirectory(prefix="mlaas-push-") as staging:
+            _hub().export_version(version, "safetensors", Path(staging))
+            commit_url = _hub().push_folder(
+                Path(staging), repo_id, endpoint=endpoint, private=not public
+            )
+    except MlaasError as exc:
+        console.print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    console.print(f"Pushed {version.model_name}@{version.version} to {commit_url}",
+                  highlight=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas import registry
-from mlaas.errors import NotFoundError, ValidationError
+from mlaas.errors import NotFoundError, ServiceUnavailableError, ValidationError
 from mlaas.registry import ModelVersionInfo
 
 FRAMEWORK = "huggingface"
@@ -82,10 +82,51 @@ def push_folder(
     folder: Path, repo_id: str, *, token: str | None = None, endpoint: str | None = None,
     private: bool = True,
 ) -> str:
-    """Upload a folder to a hub repo (created when missing); returns the commit URL."""
+    """Upload a folder to a hub repo (created when missing); returns the commit URL.
+
+    Raises:
+        ValidationError: the hub refused the request (bad token, bad repo id); the message
+            carries the hub's reason, never the token.
+        ServiceUnavailableError: the hub could not be reached, or offline mode is on.
+    """
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except OfflineModeIsEnabled as exc:
+        raise ServiceUnavailableError(
+            "HF_HUB_OFFLINE is set: unset it to push to a hub", details={"repo_id": repo_id}
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        raise ValidationError(
+            f"The hub refused the push ({status}): {_hub_reason(exc)}",
+            details={"repo_id": repo_id, "status": status},
+        ) from exc
+    except Exception as exc:
+        if not _is_transport_error(exc):
+            raise
+        raise ServiceUnavailableError(
+            f"The hub at {endpoint or 'huggingface.co'} could not be reached "
+            f"({exc.__class__.__name__})",
+            details={"repo_id": repo_id},
+        ) from exc
     return str(getattr(info, "commit_url", info))
+
+
+def _is_transport_error(error: Exception) -> bool:
+    # huggingface_hub's HTTP client (httpx or its fork httpx2) raises its own TransportError.
+    return isinstance(error, ConnectionError) or any(
+        cls.__name__ == "TransportError" for cls in type(error).__mro__
+    )
+
+
+def _hub_reason(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    try:
+        return str(response.json().get("error")) if response is not None else str(error)
+    except ValueError:
+        return (response.text or "")[:200]
