@@ -38,6 +38,9 @@ class SecureAggregationSpec(BaseModel):
     quantization_bits: int = Field(default=16, ge=1, le=32)
     modulus_bits: int = Field(default=32, ge=8, le=63)
     sample_cap: int = Field(default=1000, ge=1, le=10_000_000)
+    aggregator_actors: int = Field(
+        default=1, ge=1, le=64, description="Ray actors the masked vectors are split over"
+    )
 
 
 class PrivacySpec(BaseModel):

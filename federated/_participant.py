@@ -1,0 +1,66 @@
+"""A node's part in the rounds of a pool, independent of transport and training.
+
+``Participant.respond`` takes what the coordinator answered to a poll and returns the
+message to send for the current stage (or None). The update is asked for once per round,
+through ``make_input``, when the node is first seen selected: that is where it trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from federated._client import RoundClient
+from federated._keys import Identity
+
+# make_input(round_number, global_version) -> (vector to mask, claims sent with it)
+MakeInput = Callable[[int, int], tuple[np.ndarray, dict[str, Any]]]
+
+
+@dataclass
+class Participant:
+    identity: Identity
+    node_id: str
+    pool_id: str
+    spec: dict[str, Any]
+    make_input: MakeInput
+    client: RoundClient | None = None
+    answered: set[tuple[int, str]] = field(default_factory=set)
+    vector: np.ndarray | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    def respond(self, view: dict[str, Any]) -> dict[str, Any] | None:
+        """The message for the stage ``view`` shows, once per (round, stage)."""
+        if not view.get("selected"):
+            return None
+        number, stage = int(view["round"]), str(view["stage"])
+        if (number, stage) in self.answered:
+            return None
+        if self.client is None or self.client.round != number:
+            if stage != "advertise":
+                return None  # joined this round too late (e.g. after a restart): skip it
+            self._begin(number, int(view["index"]), int(view["global_version"]))
+        assert self.client is not None
+        protocol = view["protocol"]
+        self.answered.add((number, stage))
+        if stage == "advertise":
+            return self.client.advertise()
+        if stage == "share":
+            return self.client.share_keys(protocol)
+        if stage == "masked_input":
+            assert self.vector is not None
+            return self.client.masked_input(protocol, self.vector, self.claims)
+        if self.client.index not in protocol["survivors"]:
+            return None  # this node's input did not make it: nothing to unmask
+        return self.client.unmask(protocol)
+
+    def _begin(self, number: int, index: int, global_version: int) -> None:
+        sa = self.spec["secure_aggregation"]
+        self.vector, self.claims = self.make_input(number, global_version)
+        self.client = RoundClient(identity=self.identity, pool_id=self.pool_id,
+                                  round_number=number, index=index,
+                                  threshold=sa["threshold"], neighbours_k=sa.get("neighbours"),
+                                  modulus_bits=sa["modulus_bits"])

@@ -1,0 +1,237 @@
+"""Pools, nodes, rounds and per-round node states in the platform database.
+
+A round is written ``running`` when it starts and becomes ``completed`` (with its model
+version) or ``aborted`` (with the reason) in one transaction; credits are written only for
+completed rounds, so an interrupted round is never half-counted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mlaas.db import Base, session_scope, utcnow
+from mlaas.errors import NotFoundError
+
+
+class FederatedPool(Base):
+    __tablename__ = "fed_pools"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open|finished|failed
+    completed_rounds: Mapped[int] = mapped_column(Integer, default=0)
+    global_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FederatedNode(Base):
+    __tablename__ = "fed_nodes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("fed_pools.id", ondelete="CASCADE"),
+                                         index=True)
+    identity_key: Mapped[str] = mapped_column(String(100))  # Ed25519 public key, base64
+    api_key_id: Mapped[str] = mapped_column(String(40), default="")
+    label: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[str] = mapped_column(String(20), default="active")  # active|budget_spent
+    joined_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FederatedRound(Base):
+    __tablename__ = "fed_rounds"
+    __table_args__ = (UniqueConstraint("pool_id", "number", name="uq_fed_round_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("fed_pools.id", ondelete="CASCADE"),
+                                         index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    stage: Mapped[str] = mapped_column(String(20), default="advertise")
+    selected: Mapped[list[str]] = mapped_column(JSON, default=list)  # node ids, index - 1
+    survivors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    abort_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epsilon_spent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class FederatedRoundNode(Base):
+    """One selected node in one round: how far it got, and what it claimed."""
+
+    __tablename__ = "fed_round_nodes"
+    __table_args__ = (UniqueConstraint("round_id", "node_id", name="uq_fed_round_node"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("fed_rounds.id", ondelete="CASCADE"),
+                                          index=True)
+    node_id: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(20), default="selected")
+    samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+def create_pool(url: str, tenant_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    with session_scope(url) as session:
+        pool = FederatedPool(id="pool_" + secrets.token_hex(8), tenant_id=tenant_id,
+                             name=spec["name"], spec=spec)
+        session.add(pool)
+        session.flush()
+        return pool_dict(pool)
+
+
+def pool_dict(pool: FederatedPool) -> dict[str, Any]:
+    return {"id": pool.id, "tenant_id": pool.tenant_id, "name": pool.name, "spec": pool.spec,
+            "status": pool.status, "completed_rounds": pool.completed_rounds,
+            "global_version": pool.global_version,
+            "created_at": pool.created_at.isoformat() + "Z"}
+
+
+def get_pool(url: str, pool_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    """A pool; another tenant's pool is a 404 like a missing one."""
+    with session_scope(url) as session:
+        pool = session.get(FederatedPool, pool_id)
+        if pool is None or (tenant_id is not None and pool.tenant_id != tenant_id):
+            raise NotFoundError(f"Pool {pool_id!r} not found", details={"pool_id": pool_id})
+        return pool_dict(pool)
+
+
+def list_pools(url: str, tenant_id: str) -> list[dict[str, Any]]:
+    with session_scope(url) as session:
+        rows = session.scalars(select(FederatedPool).where(FederatedPool.tenant_id == tenant_id)
+                               .order_by(FederatedPool.created_at)).all()
+        return [pool_dict(p) for p in rows]
+
+
+def add_node(url: str, pool_id: str, identity_key: str, api_key_id: str, label: str) -> str:
+    """The node id of this identity in the pool (the same one when a node joins again)."""
+    with session_scope(url) as session:
+        row = session.scalar(select(FederatedNode).where(
+            FederatedNode.pool_id == pool_id, FederatedNode.identity_key == identity_key))
+        if row is None:
+            row = FederatedNode(id="node_" + secrets.token_hex(6), pool_id=pool_id,
+                                identity_key=identity_key, api_key_id=api_key_id, label=label)
+            session.add(row)
+        row.status = "active"
+        return row.id
+
+
+def nodes_of(url: str, pool_id: str) -> dict[str, dict[str, Any]]:
+    with session_scope(url) as session:
+        rows = session.scalars(select(FederatedNode).where(FederatedNode.pool_id == pool_id))
+        return {r.id: {"identity_key": r.identity_key, "label": r.label, "status": r.status,
+                       "api_key_id": r.api_key_id} for r in rows}
+
+
+def set_node_status(url: str, node_id: str, status: str) -> None:
+    with session_scope(url) as session:
+        row = session.get(FederatedNode, node_id)
+        if row is not None:
+            row.status = status
+
+
+def start_round(url: str, pool_id: str, number: int, selected: list[str]) -> int:
+    with session_scope(url) as session:
+        row = FederatedRound(pool_id=pool_id, number=number, selected=selected)
+        session.add(row)
+        session.flush()
+        session.add_all(FederatedRoundNode(round_id=row.id, node_id=n) for n in selected)
+        return row.id
+
+
+def set_stage(url: str, round_id: int, stage: str, reached: dict[str, str]) -> None:
+    """Record the stage and how far each node got (``reached``: node id -> state)."""
+    with session_scope(url) as session:
+        row = session.get(FederatedRound, round_id)
+        assert row is not None
+        row.stage = stage
+        for state in session.scalars(select(FederatedRoundNode)
+                                     .where(FederatedRoundNode.round_id == round_id)):
+            if state.node_id in reached:
+                state.state = reached[state.node_id]
+
+
+def end_round(
+    url: str, round_id: int, *, status: str, reason: str | None = None,
+    survivors: list[str] | None = None, model_version: int | None = None,
+    epsilon: float | None = None, claims: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Complete or abort a round; a completion also advances the pool, in one transaction."""
+    with session_scope(url) as session:
+        row = session.get(FederatedRound, round_id)
+        assert row is not None
+        row.status, row.abort_reason, row.ended_at = status, reason, utcnow()
+        row.survivors = survivors or []
+        row.model_version, row.epsilon_spent = model_version, epsilon
+        for state in session.scalars(select(FederatedRoundNode)
+                                     .where(FederatedRoundNode.round_id == round_id)):
+            claim = (claims or {}).get(state.node_id, {})
+            state.samples = _int_or_none(claim.get("samples"))
+            state.epsilon = _float_or_none(claim.get("epsilon"))
+            if status == "completed":
+                state.state = "in_time" if state.node_id in row.survivors else "dropped"
+            elif state.state != "dropped":
+                state.state = "aborted"
+        if status == "completed":
+            pool = session.get(FederatedPool, row.pool_id)
+            assert pool is not None and model_version is not None
+            pool.completed_rounds += 1
+            pool.global_version = model_version
+            if pool.completed_rounds >= int(pool.spec.get("rounds", 1)):
+                pool.status = "finished"
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def set_pool_status(url: str, pool_id: str, status: str) -> None:
+    with session_scope(url) as session:
+        row = session.get(FederatedPool, pool_id)
+        if row is not None:
+            row.status = status
+
+
+def rounds_of(url: str, pool_id: str) -> list[dict[str, Any]]:
+    with session_scope(url) as session:
+        rows = session.scalars(select(FederatedRound).where(FederatedRound.pool_id == pool_id)
+                               .order_by(FederatedRound.number)).all()
+        return [round_dict(r) for r in rows]
+
+
+def round_dict(row: FederatedRound) -> dict[str, Any]:
+    return {"number": row.number, "status": row.status, "stage": row.stage,
+            "selected": list(row.selected), "survivors": list(row.survivors),
+            "abort_reason": row.abort_reason, "model_version": row.model_version,
+            "epsilon_spent": row.epsilon_spent, "id": row.id,
+            "started_at": row.started_at.isoformat() + "Z",
+            "ended_at": row.ended_at.isoformat() + "Z" if row.ended_at else None}
+
+
+def node_round_states(url: str, pool_id: str) -> list[dict[str, Any]]:
+    """Every (round, node) state of a pool, for contribution scoring."""
+    query = (select(FederatedRound.number, FederatedRound.status, FederatedRoundNode.node_id,
+                    FederatedRoundNode.state, FederatedRoundNode.samples)
+             .join(FederatedRoundNode, FederatedRoundNode.round_id == FederatedRound.id)
+             .where(FederatedRound.pool_id == pool_id))
+    with session_scope(url) as session:
+        return [{"round": n, "round_status": s, "node_id": node, "state": st, "samples": sm}
+                for n, s, node, st, sm in session.execute(query)]

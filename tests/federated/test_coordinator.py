@@ -1,0 +1,119 @@
+"""The coordinator's state machine on a real SQLite database, without Ray or HTTP: rounds
+complete with dropouts, credits are written, and a restart aborts the round in flight."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated import Identity, weighted_input
+from federated._coordinator import PoolCoordinator
+from federated._messages import b64
+from federated._participant import Participant
+from federated._pools import create_pool
+from federated._scoring import contributors
+from federated._store import rounds_of
+from mlaas import accounts, registry
+from mlaas.db import migrate
+
+SPEC: dict[str, Any] = {
+    "name": "iris-fl",
+    "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
+    "rounds": 2, "min_nodes": 4, "target_nodes": 5, "round_deadline_s": 4,
+    "secure_aggregation": {"threshold": 3, "clip_range": 0.5, "quantization_bits": 12,
+                           "modulus_bits": 40, "sample_cap": 100},
+}
+
+
+@pytest.fixture()
+def pool(tmp_path: Path) -> tuple[str, str, Path]:
+    url = f"sqlite:///{tmp_path / 'mlaas.db'}"
+    migrate(url)
+    tenant = accounts.create_tenant(url, "fl-owner", tier="pro")
+    created = create_pool(url, tmp_path / "artifacts", tenant.id, SPEC)
+    return url, created["id"], tmp_path / "artifacts"
+
+
+def _nodes(
+    coordinator: PoolCoordinator, n: int, inputs: dict[str, np.ndarray]
+) -> list[Participant]:
+    nodes = []
+    for i in range(n):
+        identity = Identity()
+        node_id = coordinator.join(b64(identity.public_bytes), "key", f"n{i}")["node_id"]
+        rng = np.random.default_rng(i)
+
+        def make(number: int, version: int, node_id: str = node_id, rng: Any = rng) -> Any:
+            update = rng.normal(0, 0.1, 4 * 4 + 4 + 4 * 3 + 3)
+            vector = weighted_input(update, samples=40 + number, sample_cap=100, clip=0.5,
+                                    bits=12, rng=rng)
+            inputs[f"{number}:{node_id}"] = vector
+            return vector, {"samples": 40 + number, "epsilon": 0.5 * number}
+
+        nodes.append(Participant(identity, node_id, coordinator.pool_id, SPEC, make))
+    return nodes
+
+
+def _drive(coordinator: PoolCoordinator, nodes: list[Participant], *, until: Any,
+           silent: set[str] = frozenset(), limit_s: float = 20) -> None:
+    deadline = time.monotonic() + limit_s
+    while not until() and time.monotonic() < deadline:
+        coordinator.tick()
+        for node in nodes:
+            view = coordinator.poll(node.node_id, None, 0)
+            message = node.respond(view)
+            if message is not None and not (node.node_id in silent and
+                                            view["stage"] == "masked_input"):
+                coordinator.submit(node.node_id, message)
+        time.sleep(0.02)
+    assert until(), "the pool did not get there in time"
+
+
+def test_round_completes_without_a_dropped_node_and_credits_the_rest(pool: Any) -> None:
+    url, pool_id, artifacts = pool
+    coordinator = PoolCoordinator(pool_id, url, str(artifacts), use_ray_slices=False)
+    inputs: dict[str, np.ndarray] = {}
+    nodes = _nodes(coordinator, 5, inputs)
+    quiet = nodes[0].node_id
+
+    _drive(coordinator, nodes, silent={quiet},
+           until=lambda: coordinator.status()["completed_rounds"] >= 1)
+
+    first = rounds_of(url, pool_id)[0]
+    assert first["status"] == "completed" and quiet not in first["survivors"]
+    version = registry.get_version(url, coordinator.pool["tenant_id"], "iris-fl", 2)
+    aggregate = np.load(version.artifact_path / "aggregate.npy")
+    expected = sum(inputs[f"1:{n}"] for n in first["survivors"]) % (1 << 40)
+    assert np.array_equal(aggregate, expected)
+    assert version.metrics["federated"]["participants"] == 4
+    assert version.metrics["epsilon_spent"] == 0.5
+    scores = {c["node_id"]: c for c in contributors(url, coordinator.pool["tenant_id"],
+                                                    pool_id)}
+    assert scores[quiet]["dropouts"] == 1 and scores[quiet]["credits"] == 0
+    assert all(scores[n]["credits"] == pytest.approx(1.41) for n in first["survivors"])
+
+
+def test_a_restart_aborts_the_round_in_flight_and_the_pool_goes_on(pool: Any) -> None:
+    url, pool_id, artifacts = pool
+    coordinator = PoolCoordinator(pool_id, url, str(artifacts), use_ray_slices=False)
+    nodes = _nodes(coordinator, 4, {})
+    _drive(coordinator, nodes, until=lambda: coordinator.active is not None and
+           coordinator.active.server.stage == "masked_input")
+
+    restarted = PoolCoordinator(pool_id, url, str(artifacts), use_ray_slices=False)
+    for node in nodes:
+        restarted.poll(node.node_id, None, 0)
+    _drive(restarted, nodes, until=lambda: restarted.status()["status"] == "finished")
+
+    history = rounds_of(url, pool_id)
+    assert history[0]["status"] == "aborted"
+    assert "restarted" in history[0]["abort_reason"]
+    assert [r["status"] for r in history[1:]] == ["completed", "completed"]
+    versions = registry.list_versions(url, coordinator.pool["tenant_id"], "iris-fl")
+    assert [v.metrics["round"] for v in versions] == [0, 2, 3]
+    scores = contributors(url, coordinator.pool["tenant_id"], pool_id)
+    assert all(s["rounds_in_time"] == 2 for s in scores)  # the aborted round counts nothing
