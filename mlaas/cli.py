@@ -18,6 +18,7 @@ from mlaas import accounts
 from mlaas.db import migrate
 from mlaas.errors import MlaasError
 from mlaas.hub_cli import hub_app
+from mlaas.knowledge_cli import knowledge_app
 from mlaas.settings import Settings
 from mlaas.tiers import load_tiers
 
@@ -27,6 +28,7 @@ keys_app = typer.Typer(help="API keys (operator commands, run on the platform's 
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(hub_app, name="hub")
+app.add_typer(knowledge_app, name="knowledge")
 console = Console()
 err = Console(stderr=True)
 
