@@ -24,12 +24,13 @@ def test_factory_strings_follow_the_documented_thresholds() -> None:
     policy = IndexPolicy()
     assert policy.factory_for(10) == "IDMap2,Flat"
     assert policy.factory_for(19_999) == "IDMap2,Flat"
-    assert policy.factory_for(20_000) == "IVF512,Flat"
-    assert policy.factory_for(100_000) == "IVF1024,Flat"
-    assert policy.factory_for(1_000_000) == "IVF4096,Flat"
-    assert policy.nprobe_for("IVF4096,Flat") == 64
-    assert not policy.should_rebuild("IVF512,Flat", 15_000)  # hysteresis: stays IVF
-    assert policy.should_rebuild("IVF512,Flat", 9_000)
+    assert policy.factory_for(20_000) == "IVF256,Flat"
+    assert policy.factory_for(100_000) == "IVF512,Flat"
+    assert policy.factory_for(1_000_000) == "IVF2048,Flat"
+    assert policy.nprobe_for("IVF2048,Flat") == 32
+    assert not policy.should_rebuild("IVF256,Flat", 15_000)  # hysteresis: stays IVF
+    assert policy.should_rebuild("IVF256,Flat", 9_000)
+    assert policy.should_rebuild("IVF256,Flat", 70_000)  # nlist would double
 
 
 def test_index_switches_to_ivf_in_the_background_while_queries_and_writes_go_on() -> None:

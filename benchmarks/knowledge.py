@@ -1,0 +1,204 @@
+"""Knowledge pool: the chosen FAISS index against exact search, and ingest against raw MiniLM.
+
+In one run:
+
+- **index**: for each size (default 100k and 1M) random-but-clustered 384-d unit vectors
+  (``--clusters`` Gaussian clusters), 500 held-out queries from the same mixture; exact
+  search (``IDMap2,Flat``, the baseline) against the index ``IndexPolicy`` chooses for that
+  size (``IVF{nlist},Flat``, trained on a sample), at the policy's ``nprobe`` and a sweep of
+  others: recall@10 against the exact top-10, queries/s (batch of all queries, FAISS on every
+  core), build time and index bytes (``serialize_index``);
+- **ingest**: the same Markdown-like documents ingested end to end by ``KnowledgePool`` with
+  its Ray ``EncoderPool`` (chunking, MiniLM + keyphrases, SQLite rows, FAISS, graph, files)
+  against ``SentenceTransformer.encode`` of the same chunks in one process with as many torch
+  threads as the pool has actors (the raw encode rate).
+
+Starts its own local Ray for the ingest part (``ray.init(address="local")``), stopped at the
+end. Prints one JSON object.
+
+    .venv/bin/python benchmarks/knowledge.py [--sizes 100000,1000000] [--docs 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from knowledge import DIMENSIONS, IndexPolicy, build_index  # noqa: E402
+
+K = 10
+QUERIES = 500
+NPROBES = (8, 16, 32, 64)
+
+
+def clustered(n: int, clusters: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
+    """Unit vectors around random cluster centres (float32, built in blocks to bound memory)."""
+    out = np.empty((n, DIMENSIONS), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        block = centers[rng.integers(0, clusters, m)] + 0.6 * rng.standard_normal(
+            (m, DIMENSIONS), dtype=np.float32) / np.sqrt(DIMENSIONS)
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def timed_search(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    _, ids = index.search(queries, K)
+    return ids, len(queries) / (time.perf_counter() - start)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+
+
+def index_run(n: int, clusters: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, DIMENSIONS), dtype=np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    data = clustered(n, clusters, rng, centers)
+    queries = clustered(QUERIES, clusters, rng, centers)
+    ids = np.arange(n, dtype=np.int64)
+    policy = IndexPolicy()
+    start = time.perf_counter()
+    exact = build_index("IDMap2,Flat", ids, data, policy)
+    exact_build = time.perf_counter() - start
+    truth, exact_qps = timed_search(exact, queries)
+    exact_bytes = len(faiss.serialize_index(exact))
+    del exact
+    factory = policy.factory_for(n)
+    start = time.perf_counter()
+    chosen = build_index(factory, ids, data, policy)
+    build_s = time.perf_counter() - start
+    sweep = {}
+    for nprobe in sorted({*NPROBES, policy.nprobe_for(factory)}):
+        faiss.ParameterSpace().set_index_parameter(chosen, "nprobe", nprobe)
+        found, qps = timed_search(chosen, queries)
+        sweep[str(nprobe)] = {"recall_at_10": round(recall(found, truth), 4),
+                              "queries_per_s": round(qps, 1), "speedup": round(qps / exact_qps, 1)}
+    at_policy = sweep[str(policy.nprobe_for(factory))]
+    return {
+        "vectors": n, "clusters": clusters, "factory": factory,
+        "nprobe": policy.nprobe_for(factory), "train_sample": policy.train_per_list * int(
+            factory.split(",")[0][3:]),
+        "exact": {"build_s": round(exact_build, 2), "queries_per_s": round(exact_qps, 1),
+                  "index_mb": round(exact_bytes / 2**20, 1)},
+        "chosen": {"build_s": round(build_s, 2), "index_mb": round(
+            len(faiss.serialize_index(chosen)) / 2**20, 1), **at_policy},
+        "nprobe_sweep": sweep,
+    }
+
+
+def documents(count: int) -> list[Any]:
+    from knowledge import DocumentInput
+
+    words = [
+        "ray", "serve", "deployment", "replica", "autoscaling", "handle", "faiss",
+        "index", "vector", "cluster", "inverted", "list", "graph", "concept", "pagerank",
+        "tenant", "quota", "gateway", "request", "latency", "training", "checkpoint",
+        "worker", "gradient", "optimizer", "shard", "actor", "embedding", "model",
+    ]
+    rng = np.random.default_rng(1)
+    docs = []
+    for i in range(count):
+        paragraphs = [" ".join(rng.choice(words, 60)) + "." for _ in range(6)]
+        docs.append(DocumentInput(content=f"# Note {i}\n\n" + "\n\n".join(paragraphs),
+                                  contributor="bench", title=f"note-{i}",
+                                  content_type="text/markdown"))
+    return docs
+
+
+def ingest_run(count: int, actors: int) -> dict[str, Any]:
+    import ray
+    import torch
+
+    from knowledge import (
+        ChunkingConfig,
+        EncoderPool,
+        KnowledgePool,
+        PhraseEncoder,
+        chunk_text,
+        plain_text,
+    )
+    from mlaas.db import Tenant, migrate, session_scope
+
+    docs = documents(count)
+    chunks = [c for d in docs for c in chunk_text(plain_text(d.content, d.content_type),
+                                                  ChunkingConfig())]
+    raw = PhraseEncoder(threads=actors)
+    torch.set_num_threads(actors)
+    raw.model.encode(chunks[:32], batch_size=32)  # warm up
+    start = time.perf_counter()
+    raw.model.encode(chunks, batch_size=32, normalize_embeddings=True)
+    raw_s = time.perf_counter() - start
+    del raw
+    torch.set_num_threads(1)
+    ray.init(address="local", num_cpus=actors, include_dashboard=False, log_to_driver=False)
+    try:
+        encoder = EncoderPool(actors=actors, num_cpus=1, batch_size=32)
+        encoder.encode_chunks(chunks[: 32 * actors])  # actors load the model
+        with tempfile.TemporaryDirectory() as home:
+            url = f"sqlite:///{home}/bench.db"
+            migrate(url)
+            with session_scope(url) as session:
+                session.add(Tenant(id="t_bench", name="bench"))
+            pool = KnowledgePool(database_url=url, home=Path(home), encoder=encoder)
+            start = time.perf_counter()
+            for i in range(0, count, 16):  # as the CLI sends them: batches of documents
+                pool.ingest("t_bench", docs[i : i + 16])
+            ingest_s = time.perf_counter() - start
+            stats = pool.stats("t_bench")
+    finally:
+        ray.shutdown()
+    return {"documents": count, "chunks": len(chunks), "encoder_actors": actors,
+            "raw_encode_docs_per_s": round(count / raw_s, 2),
+            "raw_encode_chunks_per_s": round(len(chunks) / raw_s, 2),
+            "ingest_docs_per_s": round(count / ingest_s, 2), "indexed_chunks": stats["chunks"],
+            "graph_nodes": stats["graph_nodes"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--docs", type=int, default=96)
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--skip-ingest", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs = []
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        runs.append(index_run(n, args.clusters, seed=n))
+        print(json.dumps({"progress": runs[-1]}), file=sys.stderr, flush=True)
+    ingest = None if args.skip_ingest else ingest_run(args.docs, args.actors)
+    result = {
+        "name": "knowledge",
+        "config": {"sizes": args.sizes, "clusters": args.clusters, "queries": QUERIES, "k": K,
+                   "docs": args.docs, "actors": args.actors, "cpus": os.cpu_count(),
+                   "faiss_threads": faiss.omp_get_max_threads()},
+        "baseline": "exact IDMap2,Flat search; raw SentenceTransformer.encode of the same chunks",
+        "figures": {"index": runs, "ingest": ingest},
+        "ratio": {
+            **{f"speedup_at_{r['vectors']}": r["chosen"]["speedup"] for r in runs},
+            **{f"recall_at_{r['vectors']}": r["chosen"]["recall_at_10"] for r in runs},
+            **({"ingest_vs_raw_encode": round(ingest["ingest_docs_per_s"]
+                                              / ingest["raw_encode_docs_per_s"], 3)}
+               if ingest else {}),
+        },
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
