@@ -3,7 +3,8 @@
 Ray Train writes ``TF_CONFIG`` for each worker; the strategy all-reduces gradients between
 them. The workers run Keras 2 (``tf-keras``, with ``TF_USE_LEGACY_KERAS=1``): Keras 3 cannot
 train under this strategy inside Ray Train. Checkpoints hold the whole model as ``.keras``
-plus its weights as NumPy arrays, which a restarted worker loads to resume.
+plus its weights and the optimizer's state (step count, Adam moments) as NumPy arrays, which
+a restarted worker loads to resume exactly where the checkpoint left off.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cluster.trainers._worker import (
 
 KERAS_FILE = "model.keras"
 WEIGHTS_ARRAYS = "weights.npz"
+OPTIMIZER_ARRAYS = "optimizer.npz"
 
 
 def build_keras_mlp(architecture: dict[str, Any], mean: np.ndarray, variance: np.ndarray) -> Any:
@@ -42,6 +44,32 @@ def build_keras_mlp(architecture: dict[str, Any], mean: np.ndarray, variance: np
             x = keras.layers.Dropout(config["dropout"])(x)
     logits = keras.layers.Dense(config["num_classes"], name="logits")(x)
     return keras.Model(inputs, logits, name="mlp")
+
+
+def save_training_state(model: Any, folder: Path) -> None:
+    """Weights and optimizer variables (iterations, slots) as NumPy arrays."""
+    np.savez(folder / WEIGHTS_ARRAYS, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    optimizer = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
+    np.savez(folder / OPTIMIZER_ARRAYS, **optimizer)
+
+
+def restore_training_state(model: Any, folder: Path) -> None:
+    """Load what :func:`save_training_state` wrote into a compiled model of the same shape.
+
+    Raises:
+        ValueError: the checkpoint's optimizer state does not fit this model.
+    """
+    arrays = np.load(folder / WEIGHTS_ARRAYS)
+    model.set_weights([arrays[f"w{i}"] for i in range(len(arrays.files))])
+    state = np.load(folder / OPTIMIZER_ARRAYS)
+    model.optimizer.build(model.trainable_variables)  # slots exist before the first step
+    variables = list(model.optimizer.variables)
+    if len(variables) != len(state.files):
+        raise ValueError(
+            f"checkpoint has {len(state.files)} optimizer arrays, the model {len(variables)}"
+        )
+    for i, variable in enumerate(variables):
+        variable.assign(state[f"o{i}"])
 
 
 def _evaluate(model: Any, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
@@ -85,8 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     with restored_attempt() as attempt:
         if attempt.folder is not None:
-            arrays = np.load(attempt.folder / WEIGHTS_ARRAYS)
-            model.set_weights([arrays[f"w{i}"] for i in range(len(arrays.files))])
+            with strategy.scope():
+                restore_training_state(model, attempt.folder)
     epochs, every, step = config["epochs"], config["checkpoint_every"], attempt.step
     for epoch in range(attempt.start_epoch + 1, epochs + 1):
         started = time.monotonic()
@@ -113,9 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.save(
                 str(folder / KERAS_FILE), save_format="keras_v3"
             )  # not h5 (tf-keras thread bug)
-            np.savez(
-                folder / WEIGHTS_ARRAYS, **{f"w{i}": w for i, w in enumerate(model.get_weights())}
-            )
+            save_training_state(model, folder)
 
         due = is_checkpoint_epoch(epoch, every, epochs)
         report_epoch(

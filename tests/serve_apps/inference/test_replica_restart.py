@@ -54,8 +54,14 @@ def test_requests_succeed_again_after_the_inference_replica_is_killed(
     deadline = time.monotonic() + 60
     while not names and time.monotonic() < deadline:  # the state API lags under load
         names = _replica_names()
+    killed = []
     for name in names:
-        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        try:
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+            killed.append(name)
+        except ValueError:  # already gone (scaled down); the state API lags behind
+            pass
+    names = killed
     killed_at = len(statuses)
     with platform.client(key) as client:
         recovered = post_until(
@@ -66,7 +72,7 @@ def test_requests_succeed_again_after_the_inference_replica_is_killed(
     stop.set()
     worker.join(timeout=60)
     # Assert
-    assert names, "no inference replica was running"
+    assert names, "no inference replica was running (or all were gone before the kill)"
     assert recovered.status_code == 200, recovered.text
     assert set(_replica_names()).isdisjoint(names)
     after_kill = statuses[killed_at:]
