@@ -28,9 +28,10 @@ from mlaas import registry, rewards
 from mlaas.errors import MlaasError
 
 log = logging.getLogger("mlaas.federated")
-# Cumulative share of the round deadline at which each stage closes (training happens
-# before a node advertises, so the first stage gets the most time).
-STAGE_DEADLINES = {"advertise": 0.4, "share": 0.6, "masked_input": 0.8, "unmask": 1.0}
+# Share of the round deadline each stage may last (training happens before a node
+# advertises, so the first stage gets the most time); a stage closes early once every
+# expected node has answered.
+STAGE_SHARES = {"advertise": 0.4, "share": 0.2, "masked_input": 0.2, "unmask": 0.2}
 READY_WITHIN_S = 15.0  # a node that polled this recently can be selected
 MAX_ABORTS_PER_ROUND = 3
 
@@ -47,8 +48,11 @@ class ActiveRound:
     vector_sum: Any
     node_of: dict[int, str] = field(default_factory=dict)
 
+    stage_started: float = 0.0
+
     def stage_deadline(self) -> float:
-        return self.started + STAGE_DEADLINES.get(self.server.stage, 1.0) * self.deadline_s
+        start = self.stage_started or self.started
+        return start + STAGE_SHARES.get(self.server.stage, 0.2) * self.deadline_s
 
 
 class PoolCoordinator:
@@ -245,6 +249,7 @@ class PoolCoordinator:
         except RoundAbortedError as exc:
             self._abort(active, exc.message)
             return
+        active.stage_started = time.monotonic()
         reached = {active.node_of[i]: f"{stage}" for i in self._arrived_before(active)}
         _store.set_stage(self.url, active.round_id, stage, reached)
         self._changed()

@@ -44,6 +44,10 @@ class Participant:
                 return None  # joined this round too late (e.g. after a restart): skip it
             self._begin(number, int(view["index"]), int(view["global_version"]))
         assert self.client is not None
+        order = ("advertise", "share", "masked_input", "unmask")
+        previous = order[order.index(stage) - 1] if stage != "advertise" else None
+        if previous is not None and (number, previous) not in self.answered:
+            return None  # missed a stage (e.g. offline): wait for the next round
         protocol = view["protocol"]
         self.answered.add((number, stage))
         if stage == "advertise":

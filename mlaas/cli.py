@@ -17,6 +17,7 @@ from rich.table import Table
 from mlaas import accounts
 from mlaas.db import migrate
 from mlaas.errors import MlaasError
+from mlaas.federated_cli import federated_app
 from mlaas.hub_cli import hub_app
 from mlaas.knowledge_cli import knowledge_app
 from mlaas.settings import Settings
@@ -28,6 +29,7 @@ keys_app = typer.Typer(help="API keys (operator commands, run on the platform's 
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(hub_app, name="hub")
+app.add_typer(federated_app, name="federated")
 app.add_typer(knowledge_app, name="knowledge")
 console = Console()
 err = Console(stderr=True)

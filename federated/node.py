@@ -1,0 +1,285 @@
+"""A data owner's node: joins a pool over HTTP, trains with DP-SGD, runs secure aggregation.
+
+``run_node`` loops: long-poll the pool, and when selected pull the global model, train
+locally with Opacus, then answer each protocol stage. The node's identity key and privacy
+accountant live in its state folder, so a restarted node is the same node with the same
+spent epsilon. A network failure costs at most the round in flight: the node keeps polling
+and takes part again from the next round's first stage. ``python -m federated.node`` is
+the same as ``mlaas federated join``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from federated._data import load_local_data
+from federated._keys import Identity
+from federated._messages import b64, unb64
+from federated._participant import Participant
+from federated._quantize import weighted_input
+from federated._training import PrivacyBudget, round_plan, train_locally
+from mlaas.errors import MlaasError, ValidationError
+
+log = logging.getLogger("mlaas.federated.node")
+
+
+@dataclass
+class NodeOptions:
+    pool_url: str
+    api_key: str
+    data: str
+    target: str = "target"
+    epsilon: float | None = None
+    state_dir: Path | None = None
+    label: str = ""
+    poll_wait_s: float = 5.0
+    dump_dir: Path | None = None  # test-only: write each round's quantized input here
+    hold_before: str | None = None  # test-only: stop answering from this stage on
+
+
+@dataclass
+class NodeStatus:
+    """What the live display shows."""
+
+    state: str = "starting"
+    node_id: str = ""
+    round: int | None = None
+    stage: str | None = None
+    rounds_done: int = 0
+    epsilon_spent: float = 0.0
+    epsilon_budget: float = 0.0
+    samples: int = 0
+    message: str = ""
+    history: list[str] = field(default_factory=list)
+
+
+def split_pool_url(url: str) -> tuple[str, str]:
+    """``http://host:port/v1/federated/pools/<id>`` -> (base URL, pool id)."""
+    marker = "/v1/federated/pools/"
+    if marker not in url:
+        raise ValidationError(f"--pool must look like http://HOST:PORT{marker}<pool id>",
+                              details={"field": "pool"})
+    base, pool_id = url.split(marker, 1)
+    return base.rstrip("/"), pool_id.strip("/")
+
+
+class PoolConnection:
+    """The pool's HTTP API as the node uses it; errors in the documented shape raise."""
+
+    def __init__(self, base_url: str, pool_id: str, api_key: str) -> None:
+        self.pool_id = pool_id
+        self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(60, connect=5),
+                                 headers={"Authorization": f"Bearer {api_key}"})
+        self.prefix = f"/v1/federated/pools/{pool_id}"
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError):
+                error = {"code": "HTTP_ERROR", "message": response.text[:200], "details": {}}
+            exc = MlaasError(error["message"], details=error.get("details") or {})
+            exc.status_code, exc.code = response.status_code, error["code"]
+            raise exc
+        return response
+
+    def join(self, identity: Identity, label: str) -> dict[str, Any]:
+        body = {"identity_key": b64(identity.public_bytes), "label": label}
+        return self._check(self.http.post(f"{self.prefix}/nodes", json=body)).json()
+
+    def poll(self, node_id: str, known: str | None, wait_s: float) -> dict[str, Any]:
+        params: dict[str, Any] = {"node_id": node_id, "wait": wait_s}
+        if known:
+            params["known"] = known
+        return self._check(self.http.get(f"{self.prefix}/round", params=params)).json()
+
+    def send(self, node_id: str, message: dict[str, Any]) -> None:
+        self._check(self.http.post(f"{self.prefix}/messages",
+                                   json={"node_id": node_id, "message": message}))
+
+    def model(self, version: int) -> bytes:
+        return self._check(self.http.get(f"{self.prefix}/model",
+                                         params={"version": version})).content
+
+    def leave(self, node_id: str, reason: str) -> None:
+        self._check(self.http.post(f"{self.prefix}/nodes/{node_id}/leave",
+                                   json={"reason": reason}))
+
+
+class NodeState:
+    """The node's identity key and privacy history, in a 0600 JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        raw = json.loads(path.read_text()) if path.exists() else {}
+        self.identity = Identity.from_private_bytes(unb64(raw["identity"])) \
+            if "identity" in raw else Identity()
+        self.history: list[tuple[float, float, int]] = [tuple(h) for h in
+                                                         raw.get("history", [])]
+        self.save()
+
+    def save(self) -> None:
+        from mlaas.settings import write_private_file
+
+        write_private_file(self.path, json.dumps(
+            {"identity": b64(self.identity.private_bytes), "history": self.history}))
+
+
+class BudgetSpent(Exception):
+    """The next round would take the node past its own (epsilon, delta)."""
+
+
+class Node:
+    """One node of one pool; ``run`` returns when the pool ends or the budget is spent."""
+
+    def __init__(self, options: NodeOptions,
+                 on_status: Callable[[NodeStatus], None] | None = None) -> None:
+        self.options = options
+        base, self.pool_id = split_pool_url(options.pool_url)
+        self.connection = PoolConnection(base, self.pool_id, options.api_key)
+        self.x, self.y = load_local_data(options.data, target=options.target)
+        state_dir = options.state_dir or _default_state_dir(self.pool_id)
+        self.state = NodeState(state_dir / "node.json")
+        self.status = NodeStatus(samples=len(self.x))
+        self.on_status = on_status or (lambda status: None)
+        self.spec: dict[str, Any] = {}
+        self.budget: PrivacyBudget | None = None
+
+    def _show(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.status, key, value)
+        if self.budget is not None:
+            self.status.epsilon_spent = round(self.budget.spent(), 4)
+        self.on_status(self.status)
+
+    def _join(self) -> Participant:
+        joined = self.connection.join(self.state.identity, self.options.label)
+        self.spec = joined["pool"]["spec"]
+        privacy = self.spec["privacy"]
+        budget = self.options.epsilon or privacy["target_epsilon"]
+        self.budget = PrivacyBudget(budget, privacy["delta"], privacy["accountant"],
+                                    self.state.history)
+        self._show(node_id=joined["node_id"], epsilon_budget=budget, state="joined")
+        return Participant(self.state.identity, joined["node_id"], self.pool_id, self.spec,
+                           self._make_input)
+
+    def _affordable(self) -> bool:
+        assert self.budget is not None
+        rate, steps = round_plan(self.spec, len(self.x))
+        return not self.budget.would_exceed(self.spec["privacy"]["noise_multiplier"], rate,
+                                            steps)
+
+    def _make_input(self, number: int, version: int) -> tuple[np.ndarray, dict[str, Any]]:
+        assert self.budget is not None
+        if not self._affordable():
+            raise BudgetSpent
+        self._show(state="training", round=number)
+        weights = self.connection.model(version)
+        update = train_locally(self.spec, weights, self.x, self.y, self.budget)
+        self.state.history = self.budget.history
+        self.state.save()
+        sa = self.spec["secure_aggregation"]
+        vector = weighted_input(update, samples=len(self.x), sample_cap=sa["sample_cap"],
+                                clip=sa["clip_range"], bits=sa["quantization_bits"],
+                                rng=np.random.default_rng())
+        if self.options.dump_dir is not None:
+            self.options.dump_dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.options.dump_dir / f"round-{number}.npy", vector)
+        return vector, {"samples": len(self.x), "epsilon": round(self.budget.spent(), 6)}
+
+    def run(self) -> str:
+        """Take part until the pool ends; returns why the node stopped."""
+        participant = self._retrying(self._join)
+        known: str | None = None
+        while True:
+            try:
+                view = self.connection.poll(participant.node_id, known,
+                                            self.options.poll_wait_s)
+            except httpx.TransportError as exc:
+                self._offline(exc)
+                continue
+            known = view["marker"]
+            if view["pool_status"] != "open":
+                self._show(state=f"pool {view['pool_status']}", stage=None)
+                return view["pool_status"]
+            if not view["selected"] and not self._affordable():
+                return self._leave(participant, "privacy budget spent")
+            if self.options.hold_before and view.get("stage") == self.options.hold_before \
+                    and view["selected"]:
+                self._show(state=f"holding before {view['stage']}", stage=view["stage"])
+                time.sleep(0.5)
+                continue
+            try:
+                self._step(participant, view)
+            except BudgetSpent:
+                return self._leave(participant, "privacy budget spent")
+
+    def _step(self, participant: Participant, view: dict[str, Any]) -> None:
+        previous = self.status.rounds_done
+        done = int(view["completed_rounds"])
+        self._show(state="in round" if view["selected"] else "waiting", round=view["round"],
+                   stage=view["stage"], rounds_done=max(previous, done))
+        try:
+            message = participant.respond(view)
+            if message is not None:
+                self.connection.send(participant.node_id, message)
+        except (MlaasError, KeyError, ValueError) as exc:  # refused, or an unsafe request
+            text = f"{exc.code}: {exc.message}" if isinstance(exc, MlaasError) else repr(exc)
+            self._show(message=text)
+            log.warning("round %s stage %s: %s", view["round"], view["stage"], text)
+        except httpx.TransportError as exc:
+            self._offline(exc)
+
+    def _offline(self, exc: Exception) -> None:
+        self._show(state="offline, retrying", message=str(exc)[:120])
+        time.sleep(1.0)
+
+    def _retrying(self, action: Callable[[], Participant]) -> Participant:
+        while True:
+            try:
+                return action()
+            except httpx.TransportError as exc:
+                self._offline(exc)
+
+    def _leave(self, participant: Participant, why: str) -> str:
+        self.connection.leave(participant.node_id, "budget")
+        self._show(state=why, stage=None)
+        return why
+
+
+def _default_state_dir(pool_id: str) -> Path:
+    from mlaas.settings import Settings
+
+    return Settings().home / "federated" / pool_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m federated.node --pool URL --api-key KEY --data SOURCE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pool", required=True)
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--target", default="target")
+    parser.add_argument("--epsilon", type=float)
+    parser.add_argument("--state-dir", type=Path)
+    args = parser.parse_args(argv)
+    node = Node(NodeOptions(args.pool, args.api_key, args.data, args.target, args.epsilon,
+                            args.state_dir),
+                on_status=lambda s: print(json.dumps({"state": s.state, "round": s.round,
+                                                      "epsilon": s.epsilon_spent}), flush=True))
+    print(node.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""``/v1/federated``: pools, nodes joining them, round polling, protocol messages, the global
+model, and contributors' credits.
+
+Each pool's coordinator is a named detached Ray actor created on demand here; a pool's
+nodes use keys of the tenant that owns it. Protocol refusals (bad signature, another round
+or stage, replay, duplicate, wrong length, not selected) come back in the documented error
+shape with ``details.reason``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from mlaas import errors
+from mlaas.auth import Principal
+from serve_apps.gateway.context import Context, CurrentPrincipal
+
+router = APIRouter(tags=["federated"])
+_ERRORS = {cls.__name__: cls for cls in (errors.ValidationError, errors.ForbiddenError,
+                                          errors.NotFoundError, errors.ConflictError)}
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    identity_key: str = Field(min_length=40, max_length=60,
+                              description="the node's Ed25519 public key, base64")
+    label: str = Field(default="", max_length=100)
+
+
+class LeaveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Literal["budget", "done", "other"] = "other"
+
+
+class MessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: str = Field(min_length=1, max_length=40)
+    message: dict[str, Any]
+
+
+def _federated() -> Any:
+    import federated._actor as actor
+    import federated._pools as pools
+    import federated._scoring as scoring
+    import federated._store as store
+
+    return actor, pools, scoring, store
+
+
+async def _own_pool(pool_id: str, principal: Principal, ctx: Any) -> dict[str, Any]:
+    store = _federated()[3]
+    return await run_in_threadpool(store.get_pool, ctx.database_url, pool_id, principal.tenant_id)
+
+
+def _raise(error: dict[str, Any]) -> None:
+    """Re-raise a refusal that crossed the actor boundary as data, in the documented shape."""
+    exc = errors.MlaasError(error["message"], details=error.get("details") or {})
+    exc.status_code, exc.code = int(error["status"]), str(error["code"])
+    raise exc
+
+
+async def _call(pool_id: str, ctx: Any, method: str, *args: Any) -> Any:
+    """Call the pool's coordinator, re-creating it once if it died (it recovers from the
+    database)."""
+    import ray.exceptions
+
+    actor_module = _federated()[0]
+    for attempt in range(3):
+        handle = actor_module.coordinator_for(pool_id, ctx.database_url,
+                                              str(ctx.settings.artifacts_dir))
+        try:
+            answer = await handle.call.remote(method, *args)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            await asyncio.sleep(0.5 * (attempt + 1))
+            continue
+        if "error" in answer:
+            _raise(answer["error"])
+        return answer["result"]
+    raise errors.ServiceUnavailableError(f"The coordinator of pool {pool_id} is restarting; "
+                                         "retry shortly", headers={"Retry-After": "2"})
+
+
+@router.post("/v1/federated/pools", status_code=201)
+async def create_pool(
+    principal: CurrentPrincipal, ctx: Context,
+    spec: dict[str, Any] = Body(..., description="a pool spec"),  # noqa: B008
+) -> dict[str, Any]:
+    """Check the spec (insecure parameters are refused with the fix), register the first
+    global model, and start the pool's coordinator."""
+    actor, pools = _federated()[:2]
+    pool = await run_in_threadpool(pools.create_pool, ctx.database_url,
+                                   ctx.settings.artifacts_dir, principal.tenant_id, spec)
+    # Start the coordinator now, without waiting for it: it reads the pool from the database.
+    actor.coordinator_for(pool["id"], ctx.database_url, str(ctx.settings.artifacts_dir))
+    return {**pool, "round": None, "stage": None,
+            "join_url": f"/v1/federated/pools/{pool['id']}"}
+
+
+@router.get("/v1/federated/pools")
+async def list_pools(principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    store = _federated()[3]
+    pools = await run_in_threadpool(store.list_pools, ctx.database_url, principal.tenant_id)
+    return {"pools": pools, "total": len(pools)}
+
+
+@router.get("/v1/federated/pools/{pool_id}")
+async def get_pool(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """The pool, its current round and stage, and every round so far."""
+    await _own_pool(pool_id, principal, ctx)
+    store = _federated()[3]
+    status = await _call(pool_id, ctx, "status")
+    status["rounds"] = await run_in_threadpool(store.rounds_of, ctx.database_url, pool_id)
+    return status
+
+
+@router.post("/v1/federated/pools/{pool_id}/nodes", status_code=201)
+async def join_pool(pool_id: str, body: JoinRequest, principal: CurrentPrincipal,
+                    ctx: Context) -> dict[str, Any]:
+    """Register a node's identity key; joining again with the same key gives the same node."""
+    await _own_pool(pool_id, principal, ctx)
+    return await _call(pool_id, ctx, "join", body.identity_key, principal.key_id, body.label)
+
+
+@router.post("/v1/federated/pools/{pool_id}/nodes/{node_id}/leave")
+async def leave_pool(pool_id: str, node_id: str, body: LeaveRequest,
+                     principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    await _own_pool(pool_id, principal, ctx)
+    return await _call(pool_id, ctx, "leave", node_id, body.reason)
+
+
+@router.get("/v1/federated/pools/{pool_id}/round")
+async def poll_round(
+    pool_id: str, principal: CurrentPrincipal, ctx: Context,
+    node_id: str = Query(..., max_length=40),
+    known: str | None = Query(None, max_length=200, description="the marker last seen"),
+    wait: float = Query(0, ge=0, le=20, description="seconds to wait for a change"),
+) -> dict[str, Any]:
+    """The current round and stage, and what this node needs for it (long-polls)."""
+    await _own_pool(pool_id, principal, ctx)
+    return await _call(pool_id, ctx, "poll", node_id, known, wait)
+
+
+@router.post("/v1/federated/pools/{pool_id}/messages", status_code=202)
+async def post_message(pool_id: str, body: MessageRequest, principal: CurrentPrincipal,
+                       ctx: Context) -> dict[str, Any]:
+    """One signed protocol message for the current stage."""
+    await _own_pool(pool_id, principal, ctx)
+    return await _call(pool_id, ctx, "submit", body.node_id, body.message)
+
+
+@router.get("/v1/federated/pools/{pool_id}/model")
+async def global_model(pool_id: str, principal: CurrentPrincipal, ctx: Context,
+                       version: int | None = Query(None, ge=1)) -> Response:
+    """The global model's weights (safetensors); ``X-Model-Version`` names the version."""
+    pool = await _own_pool(pool_id, principal, ctx)
+    from federated._model import read_version_weights
+
+    number = version or pool["global_version"]
+    data = await run_in_threadpool(read_version_weights, ctx.database_url, principal.tenant_id,
+                                   pool["name"], number)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"X-Model-Version": str(number)})
+
+
+@router.get("/v1/federated/pools/{pool_id}/contributors")
+async def contributors(pool_id: str, principal: CurrentPrincipal,
+                       ctx: Context) -> dict[str, Any]:
+    """Credits per node in the shared rewards ledger, rounds in time, dropouts, samples."""
+    await _own_pool(pool_id, principal, ctx)
+    scoring = _federated()[2]
+    rows = await run_in_threadpool(scoring.contributors, ctx.database_url, principal.tenant_id,
+                                   pool_id)
+    return {"pool_id": pool_id, "contributors": rows}

@@ -1,0 +1,179 @@
+"""A real pool on the test platform: node processes (`mlaas federated join`) over HTTP on
+127.0.0.1, the coordinator and aggregation actors on Ray, versions in the registry."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load
+
+from federated._model import build
+from mlaas import registry
+from tests.conftest import MLAAS, Platform
+
+MODULUS_BITS = 40
+
+
+def _spec(name: str, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name,
+        "model": {"num_features": 64, "num_classes": 10, "hidden_sizes": [32],
+                  "feature_scale": 16.0},
+        "rounds": 3, "min_nodes": 5, "target_nodes": 5, "round_deadline_s": 60,
+        "secure_aggregation": {"threshold": 3, "clip_range": 0.5, "quantization_bits": 16,
+                               "modulus_bits": MODULUS_BITS, "sample_cap": 1000,
+                               "aggregator_actors": 2},
+        "privacy": {"noise_multiplier": 0.8, "max_grad_norm": 1.0, "target_epsilon": 20,
+                    "delta": 1e-5, "accountant": "rdp"},
+        "training": {"local_epochs": 3, "batch_size": 32, "lr": 0.5},
+    }
+    spec.update(changes)
+    return spec
+
+
+def _wait(check: Callable[[], Any], limit_s: float, what: str) -> Any:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Any]:
+    """Five CSV shards of digits for the nodes, and a held-out set for the test."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digits-shards")
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(7).permutation(len(x))
+    held, rest = order[:360], order[360:]
+    header = ",".join([f"x{i}" for i in range(64)] + ["target"])
+    paths = []
+    for i, part in enumerate(np.array_split(rest, 5)):
+        path = folder / f"node{i}.csv"
+        rows = np.column_stack([x[part], y[part]]).astype(int)
+        np.savetxt(path, rows, fmt="%d", delimiter=",", header=header, comments="")
+        paths.append(path)
+    return paths, (x[held].astype(np.float32), y[held])
+
+
+class Nodes:
+    """Node subprocesses of one pool; every one is ended at the end of the test."""
+
+    def __init__(self, platform: Platform, pool_url: str, key: str, root: Path) -> None:
+        self.platform, self.pool_url, self.key, self.root = platform, pool_url, key, root
+        self.procs: dict[int, subprocess.Popen[str]] = {}
+
+    def start(self, i: int, data: Path, *extra: str) -> None:
+        log = (self.root / f"node{i}.log").open("a")
+        self.procs[i] = subprocess.Popen(
+            [MLAAS, "federated", "join", "--pool", self.pool_url, "--api-key", self.key,
+             "--data", str(data), "--label", f"n{i}", "--state-dir", str(self.root / f"s{i}"),
+             "--dump-dir", str(self.root / f"dump{i}"), *extra],
+            env=self.platform.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def log(self, i: int) -> str:
+        return (self.root / f"node{i}.log").read_text()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def nodes_factory(platform: Platform, tmp_path: Path) -> Iterator[Callable[..., Nodes]]:
+    made: list[Nodes] = []
+
+    def make(pool_url: str, key: str) -> Nodes:
+        made.append(Nodes(platform, pool_url, key, tmp_path))
+        return made[-1]
+
+    yield make
+    for nodes in made:
+        nodes.stop_all()
+
+
+def _accuracy(weights: bytes, spec: dict[str, Any], x: np.ndarray, y: np.ndarray) -> float:
+    model = build(spec)
+    model.load_state_dict(load(weights))
+    with torch.no_grad():
+        predictions = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+    return float((predictions == y).mean())
+
+
+def test_round_completes_when_one_node_is_killed_and_the_sum_is_exact(
+    platform: Platform, digits_shards: Any, nodes_factory: Callable[..., Nodes]
+) -> None:
+    # Prepare
+    shards, (x_held, y_held) = digits_shards
+    tenant_id, key = platform.new_tenant("pro")
+    spec = _spec(f"digits-fl-{secrets.token_hex(3)}")
+    with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=180) as client:
+        created = client.post("/v1/federated/pools", json=spec)
+        assert created.status_code == 201, created.text
+        pool_id = created.json()["id"]
+        nodes = nodes_factory(f"{platform.url}/v1/federated/pools/{pool_id}", key)
+        for i in range(4):
+            nodes.start(i, shards[i])
+        nodes.start(4, shards[4], "--hold-before", "masked_input")
+
+        def pool() -> dict[str, Any]:
+            response = client.get(f"/v1/federated/pools/{pool_id}")
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        # Execute: kill node 4 once the round waits for masked inputs
+        _wait(lambda: pool()["stage"] == "masked_input" and "holding" in nodes.log(4), 240,
+              "round 1 to reach masked_input")
+        nodes.procs[4].send_signal(signal.SIGKILL)
+        first = _wait(lambda: next((r for r in pool()["rounds"] if r["status"] != "running"),
+                                   None), 120, "round 1 to end")
+        nodes.start(4, shards[4])  # the same node (same state folder) comes back
+        final = _wait(lambda: (p := pool())["status"] != "open" and p, 300, "the pool to end")
+        labels = {c["node_id"]: c for c in client.get(
+            f"/v1/federated/pools/{pool_id}/contributors").json()["contributors"]}
+        versions = client.get(f"/v1/models/{spec['name']}").json()["versions"]
+        weights = [client.get(f"/v1/federated/pools/{pool_id}/model",
+                              params={"version": v["version"]}).content for v in versions]
+
+    # Assert
+    assert first["status"] == "completed", first
+    assert len(first["survivors"]) == 4 and len(first["selected"]) == 5
+    killed = next(n for n, c in labels.items() if c["label"] == "n4")
+    assert killed not in first["survivors"]
+    stored = registry.get_version(f"sqlite:///{platform.home / 'mlaas.db'}", tenant_id,
+                                  spec["name"], 2)
+    aggregate = np.load(stored.artifact_path / "aggregate.npy")
+    dumps = [np.load(platform_tmp(nodes, labels[n]["label"]) / "round-1.npy")
+             for n in first["survivors"]]
+    assert np.array_equal(aggregate, np.sum(dumps, axis=0) % (1 << MODULUS_BITS))
+    assert final["status"] == "finished" and final["completed_rounds"] == 3
+    assert [v["metrics"]["round"] for v in versions] == [0, 1, 2, 3]
+    epsilons = [v["metrics"]["epsilon_spent"] for v in versions[1:]]
+    assert all(0 < e <= 20 for e in epsilons) and epsilons == sorted(epsilons)
+    assert versions[1]["metrics"]["federated"]["participants"] == 4
+    accuracies = [_accuracy(w, spec, x_held, y_held) for w in weights]
+    assert accuracies[-1] > accuracies[0] + 0.3, accuracies
+    assert labels[killed]["dropouts"] == 1 and labels[killed]["rounds_in_time"] == 2
+    for i in range(5):
+        assert nodes.procs[i].wait(timeout=60) == 0, nodes.log(i)
+
+
+def platform_tmp(nodes: Nodes, label: str) -> Path:
+    return nodes.root / f"dump{label.removeprefix('n')}"
