@@ -13,6 +13,7 @@ import mlaas
 from mlaas.errors import MlaasError, error_body
 from serve_apps.gateway.routes import ai, auth, chat, health, keys, tenants, usage
 from serve_apps.gateway.routes import batch, embeddings, models, predict  # inference serving
+from serve_apps.gateway.routes import experts, knowledge  # knowledge pool
 from serve_apps.gateway.routes import train  # training jobs
 from serve_apps.gateway.routes import federated  # federated pools
 
@@ -111,7 +112,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unhandled)
     routers = (health, auth, keys, tenants, usage, ai, chat, predict, batch, models, embeddings,
-               train, federated)
+               train, knowledge, experts, federated)
     for module in routers:
         app.include_router(module.router)
     return app
