@@ -32,6 +32,7 @@ from mlaas.logs import get_logger
 
 log = get_logger("mlaas.knowledge")
 RETURNED_CREDIT = 1.0
+CITED_CREDIT = 2.0
 ROUTED_CREDIT = 1.0
 
 
@@ -250,6 +251,13 @@ class KnowledgePool:
             for r in results])
         return {"query_id": query_id, "query": text, "k": k, "expand": expand,
                 "index": state.index.factory, "results": results}
+
+    def credit_citations(self, tenant_id: str, query_id: str,
+                         cited: list[dict[str, Any]]) -> int:
+        """Credit the contributors of chunks a generated answer cited (once per query)."""
+        return rewards.credit(self.url, tenant_id, "knowledge", [
+            rewards.Credit(c["contributor"], CITED_CREDIT, "cited", f"{query_id}:{c['chunk_id']}")
+            for c in cited])
 
     def _cite(self, tenant_id: str, hits: list[Any]) -> list[dict[str, Any]]:
         infos = store.chunks_by_id(self.url, tenant_id, [c.chunk_id for c, _ in hits])

@@ -23,6 +23,7 @@ from knowledge import (
     node_link,
     render_svg,
 )
+from knowledge.answer import answer_messages, cited_results
 from knowledge.experts import routing_log
 from knowledge.store import list_documents
 from mlaas.settings import Settings
@@ -72,6 +73,16 @@ class KnowledgeService:
                     expand: bool) -> dict[str, Any]:
         return await asyncio.to_thread(self.pool.query, tenant_id, text, k, domains=domains,
                                        expand=expand)
+
+    async def answer_messages(self, text: str, results: list[dict[str, Any]]) -> list[Any]:
+        return answer_messages(text, results)
+
+    async def cite_answer(self, tenant_id: str, query_id: str, answer: str,
+                          results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sources an answer cites; their contributors are credited."""
+        cited = cited_results(answer, results)
+        await asyncio.to_thread(self.pool.credit_citations, tenant_id, query_id, cited)
+        return cited
 
     async def contributors(self, tenant_id: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.pool.contributors, tenant_id)

@@ -145,6 +145,15 @@ def test_contributors_earn_credits_for_returned_chunks(pool: KnowledgePool) -> N
     assert rows["alice"]["documents"] == 6 and rows["carol"]["documents"] == 3
 
 
+def test_cited_contributors_earn_more_once_per_query(pool: KnowledgePool) -> None:
+    pool.ingest("t_a", documents("alice"))
+    answer = pool.query("t_a", "insulin for diabetes", k=1)
+    cited = [{"chunk_id": answer["results"][0]["chunk_id"], "contributor": "alice"}]
+    assert pool.credit_citations("t_a", answer["query_id"], cited) == 1
+    assert pool.credit_citations("t_a", answer["query_id"], cited) == 0  # a retry
+    assert pool.contributors("t_a")[0]["credits"] == 1.0 + 2.0
+
+
 def test_tenants_never_see_each_others_documents(pool: KnowledgePool) -> None:
     created = pool.ingest("t_a", documents())
     assert pool.query("t_b", "insulin", k=5)["results"] == []

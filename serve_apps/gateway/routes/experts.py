@@ -31,7 +31,7 @@ class ExpertBody(BaseModel):
 class RouteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=4000)
+    query: str = Field(max_length=4000, description="Blank is refused by the router")
 
 
 @router.post("/v1/experts", status_code=201)

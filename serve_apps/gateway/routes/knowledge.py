@@ -10,8 +10,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlaas.errors import MlaasError
 from serve_apps.gateway.context import CurrentPrincipal
 from serve_apps.knowledge import knowledge_client
+from serve_apps.providers.client import providers_client
 
 router = APIRouter(tags=["knowledge"])
 MAX_K = 50
@@ -42,10 +44,14 @@ class IngestBody(BaseModel):
 class QueryBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=4000)
+    query: str = Field(max_length=4000, description="Blank is refused by the pool")
     k: int = Field(default=5, ge=1, le=MAX_K)
     domains: list[str] | None = None
     expand: bool = Field(default=True, description="Expand vector hits through the graph")
+    answer: bool = Field(default=False, description="Also generate an answer citing the "
+                         "results, through the provider router")
+    answer_model: str = Field(default="default", max_length=200,
+                              description="Route alias or provider/model for the answer")
 
 
 @router.post("/v1/knowledge/documents")
@@ -76,9 +82,30 @@ async def delete_document(document_id: str, principal: CurrentPrincipal) -> dict
 
 @router.post("/v1/knowledge/query")
 async def query(body: QueryBody, principal: CurrentPrincipal) -> dict[str, Any]:
-    """The ``k`` best chunks, each with its document, score and why it was included."""
-    return await knowledge_client.call(  # type: ignore[no-any-return]
+    """The ``k`` best chunks, each with its document, score and why it was included; with
+    ``answer``, a generated answer whose ``[n]`` citations point at those results."""
+    result: dict[str, Any] = await knowledge_client.call(
         "query", principal.tenant_id, body.query, body.k, body.domains, body.expand)
+    if body.answer and result.get("results"):
+        result.update(await _answer(body, principal, result))
+    return result
+
+
+async def _answer(body: QueryBody, principal: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The answer and its citations, or the provider router's refusal (results stand)."""
+    messages = await knowledge_client.call("answer_messages", body.query, result["results"])
+    request = {"model": body.answer_model, "messages": messages, "temperature": 0}
+    tenant = {"tenant_id": principal.tenant_id, "tier": principal.tier,
+              "endpoint": "/v1/knowledge/query"}
+    try:
+        outcome = await providers_client.call("chat_completion", request, tenant)
+    except MlaasError as error:
+        return {"answer": None, "answer_error": {"code": error.code, "message": error.message}}
+    text = outcome["body"]["choices"][0]["message"]["content"] or ""
+    citations = await knowledge_client.call("cite_answer", principal.tenant_id,
+                                            result["query_id"], text, result["results"])
+    return {"answer": {"text": text, "model": outcome["body"].get("model"),
+                       "citations": citations}}
 
 
 @router.get("/v1/knowledge/contributors")
