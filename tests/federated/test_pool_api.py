@@ -1,0 +1,153 @@
+"""The pool API on the test platform: refusals in the documented error shape, tenant
+isolation, and a coordinator actor killed mid-pool (Ray restarts it, the round in flight is
+aborted, the pool finishes). The nodes here are in-process protocol participants over HTTP
+(no training), so these tests are quick."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+
+from federated import Identity, weighted_input
+from federated._messages import b64, sign_message
+from federated._participant import Participant
+from tests.conftest import Platform
+
+SPEC: dict[str, Any] = {
+    "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
+    "rounds": 2, "min_nodes": 3, "target_nodes": 3, "round_deadline_s": 30,
+    "secure_aggregation": {"threshold": 2, "clip_range": 0.5, "quantization_bits": 12,
+                           "modulus_bits": 40, "sample_cap": 100},
+}
+PARAMETERS = 4 * 4 + 4 + 4 * 3 + 3
+
+
+def _client(platform: Platform, key: str) -> httpx.Client:
+    return httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {key}"},
+                        timeout=120)
+
+
+def _wait(check: Callable[[], Any], limit_s: float, what: str) -> Any:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _new_pool(client: httpx.Client, **changes: Any) -> str:
+    response = client.post("/v1/federated/pools",
+                           json={**SPEC, "name": f"iris-fl-{secrets.token_hex(3)}", **changes})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _make_input(number: int, version: int) -> tuple[np.ndarray, dict[str, Any]]:
+    rng = np.random.default_rng()
+    update = rng.normal(0, 0.05, PARAMETERS)
+    return weighted_input(update, samples=50, sample_cap=100, clip=0.5, bits=12, rng=rng), \
+        {"samples": 50, "epsilon": 0.1 * number}
+
+
+def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event) -> None:
+    identity = Identity()
+    joined = client.post(f"/v1/federated/pools/{pool_id}/nodes",
+                         json={"identity_key": b64(identity.public_bytes)}).json()
+    node = Participant(identity, joined["node_id"], pool_id, joined["pool"]["spec"],
+                       _make_input)
+    known = None
+    while not stop.is_set():
+        response = client.get(f"/v1/federated/pools/{pool_id}/round",
+                              params={"node_id": node.node_id, "wait": 3,
+                                      **({"known": known} if known else {})})
+        if response.status_code != 200:
+            time.sleep(0.5)
+            continue
+        view = response.json()
+        known = view["marker"]
+        if view["pool_status"] != "open":
+            return
+        message = node.respond(view)
+        if message is not None:
+            client.post(f"/v1/federated/pools/{pool_id}/messages",
+                        json={"node_id": node.node_id, "message": message})
+
+
+def test_an_insecure_spec_is_refused_with_the_fix(platform: Platform) -> None:
+    _, key = platform.new_tenant()
+    bad = {**SPEC, "name": "weak", "min_nodes": 4, "target_nodes": 4,
+           "secure_aggregation": {**SPEC["secure_aggregation"], "threshold": 2}}
+    with _client(platform, key) as client:
+        response = client.post("/v1/federated/pools", json=bad)
+        small = client.post("/v1/federated/pools", json={
+            **SPEC, "name": "small", "secure_aggregation": {
+                **SPEC["secure_aggregation"], "modulus_bits": 16}})
+
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"]["code"] == "VALIDATION_ERROR" and body["request_id"]
+    assert body["error"]["details"]["field"] == "secure_aggregation.threshold"
+    assert "at least 3" in body["error"]["message"]
+    assert small.status_code == 422 and "modulus_bits >=" in small.json()["error"]["message"]
+
+
+def test_protocol_refusals_come_back_in_the_error_shape(platform: Platform) -> None:
+    _, key = platform.new_tenant()
+    _, other_key = platform.new_tenant()
+    with _client(platform, key) as client, _client(platform, other_key) as other:
+        pool_id = _new_pool(client)
+        identity = Identity()
+        node_id = client.post(f"/v1/federated/pools/{pool_id}/nodes",
+                              json={"identity_key": b64(identity.public_bytes)}
+                              ).json()["node_id"]
+        message = sign_message(Identity(), pool_id=pool_id, round_number=1,
+                               stage="advertise", node=1, payload={})
+        refused = client.post(f"/v1/federated/pools/{pool_id}/messages",
+                              json={"node_id": node_id, "message": message})
+        hidden = other.get(f"/v1/federated/pools/{pool_id}")
+        model = client.get(f"/v1/federated/pools/{pool_id}/model")
+
+    assert refused.status_code == 409  # no round is running yet: nothing is taken
+    assert refused.json()["error"]["details"]["reason"] == "no_round"
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "NOT_FOUND"
+    assert model.status_code == 200 and model.headers["X-Model-Version"] == "1"
+
+
+def test_a_killed_coordinator_aborts_the_round_in_flight_and_the_pool_finishes(
+    platform: Platform, ray_driver: None
+) -> None:
+    import ray
+
+    _, key = platform.new_tenant("pro")
+    stop = threading.Event()
+    with _client(platform, key) as client:
+        pool_id = _new_pool(client)
+        threads = [threading.Thread(target=_run_node, args=(client, pool_id, stop), daemon=True)
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            def pool() -> dict[str, Any]:
+                return client.get(f"/v1/federated/pools/{pool_id}").json()
+
+            _wait(lambda: pool()["stage"] in ("share", "masked_input"), 120, "round 1")
+            actor = ray.get_actor(f"federated:{pool_id}", namespace="mlaas")
+            ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor
+            final = _wait(lambda: (p := pool())["status"] != "open" and p, 180, "the pool")
+        finally:
+            stop.set()
+        contributors = client.get(f"/v1/federated/pools/{pool_id}/contributors").json()
+
+    rounds = final["rounds"]
+    assert rounds[0]["status"] == "aborted" and "restarted" in rounds[0]["abort_reason"]
+    assert [r["status"] for r in rounds[1:]] == ["completed", "completed"]
+    assert final["completed_rounds"] == 2 and final["global_version"] == 3
+    assert sorted(c["rounds_in_time"] for c in contributors["contributors"]) == [2, 2, 2]
