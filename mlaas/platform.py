@@ -103,10 +103,15 @@ def start_ray_head(settings: Settings) -> str:
         # Derived from the GCS port so that two platforms can share a machine.
         f"--ray-client-server-port={settings.ray_port + 1}",
         f"--dashboard-agent-listen-port={settings.ray_port + 2}",
+        f"--num-cpus={settings.head_num_cpus}",
         "--disable-usage-stats",
     ]
     env = ray_env()
     env["RAY_AUTH_MODE"] = "token"
+    # Workers inherit the raylet's environment: code in them that looks for "the" cluster
+    # (Ray Train's placement-group cleaner, job supervisors, state API calls) finds this one,
+    # not whichever Ray started last on a machine that runs several.
+    env["RAY_ADDRESS"] = f"127.0.0.1:{settings.ray_port}"
     if not (Path.home() / ".ray" / "auth_token").exists():
         # Token auth guards the job server and GCS; the token lives in ~/.ray/auth_token.
         subprocess.run(

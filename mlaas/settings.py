@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         default=6379, ge=1, le=65_535, description="GCS port of a head `mlaas up` starts"
     )
     dashboard_port: int = Field(default=8265, ge=1, le=65_535)
+    ray_num_cpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="Logical CPUs of a head `mlaas up` starts; default the machine's cores + 2, "
+        "because the platform's own replicas and actors reserve ~1-1.5 CPUs while mostly idle",
+    )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     tiers_file: Path = REPO_ROOT / "configs" / "tiers.yaml"
     serve_config: Path = REPO_ROOT / "configs" / "serve" / "mlaas.yaml"
@@ -77,6 +83,10 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The configured database URL, or SQLite in the home dir."""
         return self.database_url or f"sqlite:///{self.home / 'mlaas.db'}"
+
+    @property
+    def head_num_cpus(self) -> int:
+        return self.ray_num_cpus or (os.cpu_count() or 1) + 2
 
     @property
     def artifacts_dir(self) -> Path:
