@@ -59,6 +59,8 @@ def resolve_data_source(spec: JobSpec, base_dir: Path, *, confine: bool, source:
     ``base_dir`` or the sample data folder: a tenant reads its own data folder, never
     other files of the server.
     """
+    if spec.model.type == "huggingface" and confine:
+        _confine_model_folder(spec.model.path, base_dir, source)
     text = spec.data.source
     if spec.data.builtin is not None or ("://" in text and not text.startswith("file://")):
         return spec
@@ -76,6 +78,19 @@ def resolve_data_source(spec: JobSpec, base_dir: Path, *, confine: bool, source:
         )
     data = spec.data.model_copy(update={"source": str(resolved)})
     return spec.model_copy(update={"data": data})
+
+
+def _confine_model_folder(path: str, base_dir: Path, source: str) -> None:
+    # Through the API a folder must be the tenant's own; packages and cached hub repos are fine.
+    if path.startswith("package:") or not path.startswith((".", "/", "~")):
+        return
+    if not Path(path).expanduser().resolve().is_relative_to(base_dir.resolve()):
+        raise SpecError(
+            source,
+            "model.path",
+            f"a model folder must be in your data folder {base_dir}",
+            received=path,
+        )
 
 
 def _filesystem(source: str) -> tuple[pa_fs.FileSystem, str]:
@@ -100,6 +115,8 @@ def check_data(spec: JobSpec, source: str = "<request>") -> None:
         SpecError: on ``data.source``, ``data.target`` or ``data.features``.
     """
     data = spec.data
+    if spec.model.type == "huggingface":
+        _check_model_folder(spec, source)
     if data.builtin is not None:
         if data.target is not None or data.features is not None:
             raise SpecError(
@@ -124,16 +141,28 @@ def check_data(spec: JobSpec, source: str = "<request>") -> None:
     for name, where in [
         (data.target, "data.target"),
         *((f, "data.features") for f in data.features or []),
+        *([(data.text_column, "data.text_column")] if data.text_column else []),
     ]:
         if name not in columns:
             raise SpecError(source, where, f"column {name!r} not in the file (columns: {columns})")
+
+
+def _check_model_folder(spec: JobSpec, source: str) -> None:
+    from cluster.zoo.hf import resolve_model_folder
+
+    try:
+        resolve_model_folder(spec.model.path)  # type: ignore[union-attr]
+    except (FileNotFoundError, ImportError, AttributeError) as exc:
+        raise SpecError(source, "model.path", str(exc), received=spec.model.path) from exc  # type: ignore[union-attr]
 
 
 def load_data(spec: JobSpec) -> PreparedData:
     """All of the spec's data as NumPy arrays, split with the spec's seed."""
     if spec.data.is_text:
         return _text_data(spec)
-    if spec.data.builtin is not None:
+    if spec.model.type == "huggingface":
+        x, y, info = _text_classification(spec)
+    elif spec.data.builtin is not None:
         x, y, info = _builtin(spec.data.builtin)
     else:
         x, y, info = _tabular(spec)
@@ -185,6 +214,31 @@ def _tabular(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     classes, y = np.unique(frame[data.target].astype(str).to_numpy(), return_inverse=True)
     info = DatasetInfo(
         "classification", x.shape[1], len(classes), list(features), [str(c) for c in classes]
+    )
+    return x, y.astype(np.int64), info
+
+
+def _text_classification(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    """A text column tokenized for the spec's huggingface model, and its labels."""
+    import ray.data
+
+    from cluster.zoo.hf import tokenize
+
+    data = spec.data
+    assert data.text_column is not None and data.target is not None
+    reader = (
+        ray.data.read_parquet
+        if data.source.lower().endswith((".parquet", ".pq"))
+        else ray.data.read_csv
+    )
+    frame = reader(data.source, ray_remote_args={"num_cpus": 0.25}).to_pandas()
+    texts = frame[data.text_column]
+    if texts.isna().any() or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise SpecError(data.source, "data.text_column", "every row needs a non-empty text")
+    x = tokenize(spec.model.path, texts.tolist(), spec.model.max_length).numpy()  # type: ignore[union-attr]
+    classes, y = np.unique(frame[data.target].astype(str).to_numpy(), return_inverse=True)
+    info = DatasetInfo(
+        "classification", 0, len(classes), [data.text_column], [str(c) for c in classes]
     )
     return x, y.astype(np.int64), info
 

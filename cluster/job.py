@@ -21,7 +21,7 @@ from cluster.errors import SpecError, TrainingFailed
 from cluster.progress import ProgressCallback
 from cluster.spec import JobSpec
 from cluster.trainers._plan import TrainingPlan, TrainOutcome
-from cluster.trainers._worker import ARCHITECTURE_FILE
+from cluster.trainers._worker import ARCHITECTURE_FILE, load_registered_model
 from cluster.zoo import architecture_for, build_model, count_parameters
 from mlaas import registry
 from mlaas.errors import ConflictError, NotFoundError
@@ -177,6 +177,12 @@ def version_metrics(
 def schemas(plan: TrainingPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     """Input and output schema of the model, as the registry records them."""
     info = plan.data.info
+    if plan.architecture["type"] == "huggingface":
+        return (
+            {"type": "text", "text_column": info.feature_names[0],
+             "max_length": plan.architecture["config"]["max_length"]},
+            {"type": "classification", "classes": info.class_names},
+        )  # fmt: skip
     if info.task == "language_modeling":
         block = plan.architecture["config"]["block_size"]
         return (
@@ -210,8 +216,27 @@ def _stage_files(outcome: TrainOutcome, plan: TrainingPlan, staging: Path) -> di
     if not (staging / outcome.weights_file).exists():
         raise TrainingFailed(f"The final checkpoint has no {outcome.weights_file}")
     architecture = {**plan.architecture, "strategy": plan.spec.strategy.type}
+    if plan.architecture["type"] == "huggingface":
+        architecture.update(_as_transformers_folder(plan, staging / outcome.weights_file))
     (staging / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2))
     return architecture
+
+
+def _as_transformers_folder(plan: TrainingPlan, weights: Path) -> dict[str, Any]:
+    """Rewrite a fine-tuned huggingface model's checkpoint as a complete transformers folder
+    (served and exported like any imported Hugging Face version)."""
+    from cluster.zoo.hf import save_pretrained
+
+    model = load_registered_model(plan.architecture, weights.parent)
+    weights.unlink()  # replaced by the transformers-keyed model.safetensors
+    save_pretrained(model, weights.parent)  # type: ignore[arg-type]
+    inner = model.inner.config  # type: ignore[union-attr]
+    return {"library": "transformers", "model_type": inner.model_type,
+            "architectures": list(inner.architectures or [])}  # fmt: skip
+
+
+def _framework(outcome: TrainOutcome, plan: TrainingPlan) -> str:
+    return "huggingface" if plan.architecture["type"] == "huggingface" else outcome.framework
 
 
 def publish(
@@ -241,7 +266,7 @@ def publish(
         try:
             return registry.register_version(
                 ctx.database_url, tenant_id=ctx.tenant_id, model_name=spec.model_name,
-                framework=outcome.framework, artifact_uri=uri, architecture=architecture,
+                framework=_framework(outcome, plan), artifact_uri=uri, architecture=architecture,
                 input_schema=input_schema, output_schema=output_schema, metrics=metrics,
                 training_job_id=ctx.job_id, version=number, stage=spec.registry.stage,
                 task=spec.task,

@@ -74,7 +74,22 @@ class GPTModel(_Strict):
         return self
 
 
-ModelSpec = Annotated[MLPModel | CNNModel | GPTModel, Field(discriminator="type")]
+class HuggingFaceModel(_Strict):
+    """A transformers encoder fine-tuned with a classification head on a text column."""
+
+    type: Literal["huggingface"] = "huggingface"
+    path: str = Field(
+        min_length=1,
+        description="a model folder, package:<module> (a folder shipped in a Python package), "
+        "or a hub repo id in the Hugging Face cache",
+    )
+    max_length: int = Field(default=64, ge=8, le=512, description="tokens per text")
+    freeze_encoder: bool = Field(default=False, description="train the head only")
+
+
+ModelSpec = Annotated[
+    MLPModel | CNNModel | GPTModel | HuggingFaceModel, Field(discriminator="type")
+]
 
 
 class DataSpec(_Strict):
@@ -88,6 +103,9 @@ class DataSpec(_Strict):
     target: str | None = Field(default=None, description="label column of a CSV/Parquet file")
     features: list[str] | None = Field(
         default=None, description="feature columns (default: all others)"
+    )
+    text_column: str | None = Field(
+        default=None, description="the text column a huggingface model reads"
     )
 
     @property
@@ -207,10 +225,17 @@ def _combination_problems(spec: JobSpec) -> list[tuple[str, str]]:
         )
     if spec.data.builtin is not None and spec.data.builtin not in BUILTIN_DATASETS:
         problems.append(("data.source", f"unknown builtin dataset; use one of {BUILTIN_DATASETS}"))
+    if spec.model.type == "huggingface" and (spec.data.is_text or spec.data.builtin):
+        problems.append(("data.source", "a huggingface model trains on a .csv/.parquet file"))
+    if spec.model.type == "huggingface" and not spec.data.text_column:
+        problems.append(("data.text_column", "name the text column the huggingface model reads"))
+    if spec.model.type != "huggingface" and spec.data.text_column:
+        problems.append(("data.text_column", "only huggingface models read a text column"))
     if spec.strategy.type == "tensorflow" and spec.model.type != "mlp":
         problems.append(("model.type", "the tensorflow strategy trains Keras MLPs only"))
-    if spec.distill and (spec.task != "classification" or spec.strategy.type == "tensorflow"):
-        problems.append(("distill", "distillation needs a torch (ddp/deepspeed) classifier"))
+    torch_vision_model = spec.model.type in ("mlp", "cnn")
+    if spec.distill and (not torch_vision_model or spec.strategy.type == "tensorflow"):
+        problems.append(("distill", "distillation trains a torch (ddp/deepspeed) MLP or CNN"))
     if spec.tune and spec.strategy.type != "ddp":
         problems.append(("tune", "Tune searches run with the ddp strategy"))
     if spec.scaling.use_gpu and spec.scaling.resources_per_worker.get("GPU", 1) <= 0:
@@ -220,7 +245,7 @@ def _combination_problems(spec: JobSpec) -> list[tuple[str, str]]:
 
 def _field_of(loc: tuple[Any, ...]) -> str:
     # Drop the tag pydantic inserts for discriminated unions: ("model", "mlp", "dropout").
-    tags = {"mlp", "cnn", "gpt", "ddp", "deepspeed", "tensorflow"}
+    tags = {"mlp", "cnn", "gpt", "huggingface", "ddp", "deepspeed", "tensorflow"}
     parts = [
         str(part)
         for i, part in enumerate(loc)

