@@ -44,6 +44,7 @@ class RoundClient:
         self.peers: dict[int, dict[str, bytes]] = {}
         self.graph: dict[int, set[int]] = {}
         self.held: dict[int, dict[str, Any]] = {}
+        self.u1: set[int] = set()
         self.u2: set[int] = set()
         self.answered_unmask = False
 
@@ -57,26 +58,31 @@ class RoundClient:
             "b_commit": commitment(self.seed, self.pool_id, self.round, self.index)})
 
     def share_keys(self, view: dict[str, Any]) -> dict[str, Any]:
-        """Check the peers' signed keys, then deal Shamir shares of the seed and mask key."""
-        for key, entry in view["advertised"].items():
-            message = entry["message"]
-            if (message.get("stage"), message.get("round"), message.get("pool_id"),
-                    message.get("node")) != ("advertise", self.round, self.pool_id, int(key)) \
-                    or not message_signature_ok(message, unb64(entry["identity"])):
-                raise UnsafeRequestError(f"keys of node {key} are not signed by that node")
-            payload = message["payload"]
-            self.peers[int(key)] = {"c_pk": unb64(payload["c_pk"]),
-                                    "s_pk": unb64(payload["s_pk"])}
-        if self.index not in self.peers or len(self.peers) < self.threshold:
-            raise UnsafeRequestError(f"only {len(self.peers)} nodes advertised keys")
-        self.graph = neighbours(sorted(self.peers), k=self.k, pool_id=self.pool_id,
+        """Check the signed keys of this node's neighbours, then deal Shamir shares of the
+        seed and the mask key to them."""
+        advertised = {int(key): entry for key, entry in view["advertised"].items()}
+        if self.index not in advertised or len(advertised) < self.threshold:
+            raise UnsafeRequestError(f"only {len(advertised)} nodes advertised keys")
+        self.u1 = set(advertised)
+        self.graph = neighbours(sorted(advertised), k=self.k, pool_id=self.pool_id,
                                 round_number=self.round)
+        for node in sorted(self.graph[self.index] | {self.index}):
+            self.peers[node] = self._checked_keys(node, advertised[node])
         holders = share_holders(self.graph, self.index)
         b_shares = _shamir.split(self.seed, threshold=self.threshold, xs=holders)
         sk_shares = _shamir.split(self.s_keys.private_bytes, threshold=self.threshold,
                                   xs=holders)
         sealed = {str(h): self._seal_share(h, b_shares[h], sk_shares[h]) for h in holders}
         return self._sign("share", {"shares": sealed})
+
+    def _checked_keys(self, node: int, entry: dict[str, Any]) -> dict[str, bytes]:
+        message = entry["message"]
+        if (message.get("stage"), message.get("round"), message.get("pool_id"),
+                message.get("node")) != ("advertise", self.round, self.pool_id, node) \
+                or not message_signature_ok(message, unb64(entry["identity"])):
+            raise UnsafeRequestError(f"keys of node {node} are not signed by that node")
+        payload = message["payload"]
+        return {"c_pk": unb64(payload["c_pk"]), "s_pk": unb64(payload["s_pk"])}
 
     def _seal_share(self, holder: int, b_share: int, sk_share: int) -> str:
         record = {}
@@ -93,7 +99,7 @@ class RoundClient:
                      claims: dict[str, Any] | None = None) -> dict[str, Any]:
         """Keep the shares dealt to this node, then send the masked vector."""
         self.u2 = {int(i) for i in view["u2"]}
-        if not self.u2 <= set(self.peers) or self.index not in self.u2 \
+        if not self.u2 <= self.u1 or self.index not in self.u2 \
                 or len(self.u2) < self.threshold:
             raise UnsafeRequestError("the set of nodes that shared keys is not acceptable")
         for dealer_key, sealed in view["sealed_shares"].items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-BLOCK_ELEMENTS = 8  # 64-byte ChaCha20 block / 8-byte words
+BLOCK_ELEMENTS = 16  # slices start on a ChaCha20 block for 4- and 8-byte words alike
 _NONCE = bytes(12)  # every key is used for one stream only, so a fixed nonce is safe
 
 
@@ -22,16 +22,19 @@ def expand_mask(key: bytes, length: int, modulus_bits: int, *, start: int = 0) -
         key: 32 bytes, the full derived key (pairwise) or self-mask seed.
         length: number of elements.
         modulus_bits: the mask is reduced modulo ``2**modulus_bits``.
-        start: first element; a multiple of 8.
+        start: first element; a multiple of 16.
     """
     if len(key) != 32:
         raise ValueError("mask keys are 32 bytes")
     if start % BLOCK_ELEMENTS:
         raise ValueError(f"start must be a multiple of {BLOCK_ELEMENTS}")
-    counter = (start // BLOCK_ELEMENTS).to_bytes(4, "little")
+    word = 4 if modulus_bits <= 32 else 8  # a 32-bit word is uniform mod 2**m for m <= 32
+    counter = (start * word // 64).to_bytes(4, "little")
     encryptor = Cipher(algorithms.ChaCha20(key, counter + _NONCE), mode=None).encryptor()
-    stream = encryptor.update(bytes(8 * length))
-    return np.frombuffer(stream, dtype="<u8").astype(np.uint64) & mask_of(modulus_bits)
+    stream = np.frombuffer(encryptor.update(bytes(word * length)), dtype=f"<u{word}")
+    out = stream.astype(np.uint64)
+    out &= mask_of(modulus_bits)
+    return out
 
 
 def mask_of(modulus_bits: int) -> np.uint64:
@@ -94,6 +97,9 @@ def remove_masks(
     out = total.copy()
     for key, sign in removals:
         stream = expand_mask(key, len(total), modulus_bits, start=start)
-        out = sub_mod(out, stream, modulus_bits) if sign > 0 else add_mod(out, stream,
-                                                                           modulus_bits)
+        if sign > 0:
+            np.subtract(out, stream, out=out)  # uint64 wraps mod 2**64, a multiple of 2**m
+        else:
+            np.add(out, stream, out=out)
+    out &= mask_of(modulus_bits)
     return out

@@ -285,6 +285,8 @@ class RoundServer:
                 log.warning("dropped a bad share of node %s from node %s", dealer, holder)
                 continue
             valid[holder] = value
+            if len(valid) == self.config.threshold:
+                break  # enough to rebuild; the rest need not be checked
         return valid
 
 

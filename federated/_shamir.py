@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from functools import lru_cache
 
 PRIME = 2**521 - 1  # a Mersenne prime, larger than any 32-byte secret
 SHARE_BYTES = 66
@@ -28,8 +29,10 @@ def split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> dict[int, int]
     return shares
 
 
-def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """The Lagrange coefficients that rebuild f(0) from f at ``xs`` (computed once per set)."""
+@lru_cache(maxsize=256)
+def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """The Lagrange coefficients that rebuild f(0) from f at ``xs`` (cached: a round
+    rebuilds many secrets from the same holders)."""
     coefficients = []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
@@ -38,7 +41,7 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
                 numerator = numerator * (-xj) % PRIME
                 denominator = denominator * (xi - xj) % PRIME
         coefficients.append(numerator * pow(denominator, -1, PRIME) % PRIME)
-    return coefficients
+    return tuple(coefficients)
 
 
 def combine(shares: dict[int, int], *, threshold: int, length: int = 32) -> bytes:
@@ -50,7 +53,7 @@ def combine(shares: dict[int, int], *, threshold: int, length: int = 32) -> byte
     """
     if len(shares) < threshold:
         raise ValueError(f"need {threshold} shares, got {len(shares)}")
-    xs = sorted(shares)[:threshold]
+    xs = tuple(sorted(shares)[:threshold])
     value = sum(c * shares[x] for c, x in zip(lagrange_at_zero(xs), xs, strict=True)) % PRIME
     if value >= 1 << (8 * length):
         raise ValueError("shares do not combine to a secret of the expected size")
