@@ -39,16 +39,22 @@ from knowledge import DIMENSIONS, IndexPolicy, build_index  # noqa: E402
 
 K = 10
 QUERIES = 500
-NPROBES = (8, 16, 32, 64)
+NPROBES = (8, 16, 32, 64, 128, 256)
+LATENT = 48  # clusters live in a 48-d subspace (like real embeddings, low intrinsic dim)
+SPREAD = 1.0  # within-cluster spread relative to the spread of cluster centres: they overlap
 
 
-def clustered(n: int, clusters: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
-    """Unit vectors around random cluster centres (float32, built in blocks to bound memory)."""
+def clustered(n: int, clusters: int, rng: np.random.Generator,
+              space: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Unit vectors of a Gaussian mixture in a ``LATENT``-d subspace, plus a little isotropic
+    noise in all 384 dimensions (float32, built in blocks to bound memory)."""
+    centers, basis = space
     out = np.empty((n, DIMENSIONS), dtype=np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
-        block = centers[rng.integers(0, clusters, m)] + 0.6 * rng.standard_normal(
-            (m, DIMENSIONS), dtype=np.float32) / np.sqrt(DIMENSIONS)
+        latent = centers[rng.integers(0, clusters, m)] + SPREAD * rng.standard_normal(
+            (m, LATENT), dtype=np.float32)
+        block = latent @ basis + 0.05 * rng.standard_normal((m, DIMENSIONS), dtype=np.float32)
         out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -65,10 +71,10 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def index_run(n: int, clusters: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, DIMENSIONS), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    data = clustered(n, clusters, rng, centers)
-    queries = clustered(QUERIES, clusters, rng, centers)
+    space = (rng.standard_normal((clusters, LATENT), dtype=np.float32),
+             rng.standard_normal((LATENT, DIMENSIONS), dtype=np.float32) / np.sqrt(LATENT))
+    data = clustered(n, clusters, rng, space)
+    queries = clustered(QUERIES, clusters, rng, space)
     ids = np.arange(n, dtype=np.int64)
     policy = IndexPolicy()
     start = time.perf_counter()
