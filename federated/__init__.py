@@ -1,7 +1,12 @@
 """The federated pool: secure aggregation (SecAgg / SecAgg+), pools and rounds, DP nodes.
 
-Public names only; the machinery lives in the underscore modules.
+Public names only; the machinery lives in the underscore modules. The names that need Ray
+or torch (coordinator, pools, node) are imported on first use, so the protocol itself
+stays light.
 """
+
+from importlib import import_module
+from typing import Any
 
 from federated._client import RoundClient
 from federated._graph import neighbours, share_holders
@@ -23,7 +28,28 @@ from federated.errors import (
     UnsafeRequestError,
 )
 
+_LAZY = {
+    "coordinator_for": "federated._actor",
+    "PoolCoordinator": "federated._coordinator",
+    "create_pool": "federated._pools",
+    "get_pool": "federated._store",
+    "list_pools": "federated._store",
+    "rounds_of": "federated._store",
+    "contributors": "federated._scoring",
+    "read_version_weights": "federated._model",
+    "Node": "federated.node",
+    "NodeOptions": "federated.node",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'federated' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "BadSignatureError",
     "DuplicateMessageError",
     "Identity",

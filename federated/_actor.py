@@ -20,7 +20,7 @@ def actor_name(pool_id: str) -> str:
     return f"federated:{pool_id}"
 
 
-@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=0, max_concurrency=64)
+@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=0)
 class CoordinatorActor:
     """Runs a ``PoolCoordinator``; every call returns ``{"result"}`` or ``{"error"}`` (so
     refusals cross the actor boundary as data, not as wrapped exceptions)."""
@@ -54,5 +54,5 @@ def coordinator_for(pool_id: str, database_url: str, artifacts_dir: str) -> Any:
     """The pool's coordinator actor, created when it does not exist (or died for good)."""
     return CoordinatorActor.options(  # type: ignore[attr-defined]
         name=actor_name(pool_id), namespace=NAMESPACE, lifetime="detached",
-        get_if_exists=True,
+        get_if_exists=True, max_concurrency=64,  # long polls wait in threads
     ).remote(pool_id, database_url, artifacts_dir)

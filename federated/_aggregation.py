@@ -36,7 +36,8 @@ class SlicedVectorSum:
 
     def __init__(self, length: int, modulus_bits: int, parts: int) -> None:
         self.bounds = slice_bounds(length, parts)
-        self.slices = [AggregationSlice.remote(s, e - s, modulus_bits) for s, e in self.bounds]
+        self.slices = [AggregationSlice.remote(s, e - s, modulus_bits)  # type: ignore[attr-defined]
+                       for s, e in self.bounds]
 
     def add(self, vector: np.ndarray) -> None:
         ray.get([actor.add.remote(vector[s:e])

@@ -135,8 +135,10 @@ class RoundServer:
         return node
 
     def _received_at_stage(self) -> set[int] | dict[int, Any]:
-        return {"advertise": self.advertised, "share": self.shares,
-                "masked_input": self.masked, "unmask": self.unmask_replies}[self.stage]
+        received: dict[str, set[int] | dict[int, Any]] = {
+            "advertise": self.advertised, "share": self.shares, "masked_input": self.masked,
+            "unmask": self.unmask_replies}
+        return received[self.stage]
 
     def _take_advertise(self, node: int, payload: dict[str, Any]) -> None:
         try:
@@ -237,16 +239,9 @@ class RoundServer:
         dropped = sorted(set(self.shares) - self.masked)
         removals: list[tuple[bytes, int]] = []
         for node in survivors:
-            seed = self._rebuild(node, "b")
-            if commitment(seed, self.config.pool_id, self.config.round_number, node) != \
-                    self.advertised[node]["b_commit"]:
-                self._abort(f"self-mask seed of node {node} does not match its commitment")
-            removals.append((seed, 1))
+            removals.append((self._rebuild(node, "b"), 1))
         for node in dropped:
-            secret = self._rebuild(node, "sk")
-            keys = KeyPair.from_private_bytes(secret)
-            if keys.public_bytes != self.advertised[node]["s_pk"]:
-                self._abort(f"mask key of node {node} does not match its public key")
+            keys = KeyPair.from_private_bytes(self._rebuild(node, "sk"))
             for other in sorted(self.graph[node] & set(survivors)):
                 key = keys.agree(self.advertised[other]["s_pk"],
                                  info=mask_info(self.config.pool_id,
@@ -254,40 +249,73 @@ class RoundServer:
                 removals.append((key, pair_sign(other, node)))
         return self.vector_sum.unmask(removals)
 
-    def _rebuild(self, dealer: int, kind: str) -> bytes:
-        shares = self._valid_shares(dealer, kind)
-        if len(shares) < self.config.threshold:
-            self._abort(f"only {len(shares)} valid shares of node {dealer}'s {kind} secret, "
-                        f"threshold is {self.config.threshold}")
+    def _matches(self, dealer: int, kind: str, secret: bytes) -> bool:
+        """Whether a rebuilt secret is the one the dealer committed to at advertise."""
+        if kind == "b":
+            return commitment(secret, self.config.pool_id, self.config.round_number,
+                              dealer) == self.advertised[dealer]["b_commit"]
         try:
-            return _shamir.combine(shares, threshold=self.config.threshold)
+            return KeyPair.from_private_bytes(secret).public_bytes == \
+                self.advertised[dealer]["s_pk"]
         except ValueError:
-            self._abort(f"shares of node {dealer}'s {kind} secret do not combine")
-            raise  # unreachable: _abort raises
+            return False
 
-    def _valid_shares(self, dealer: int, kind: str) -> dict[int, int]:
-        """Shares of ``dealer``'s secret whose dealer signature verifies; others are logged."""
-        field_name = "b_shares" if kind == "b" else "sk_shares"
-        valid: dict[int, int] = {}
-        for holder, reply in self.unmask_replies.items():
-            record = (reply.get(field_name) or {}).get(str(dealer))
-            if record is None:
-                continue
+    def _rebuild(self, dealer: int, kind: str) -> bytes:
+        """A dealer's secret from its holders' shares.
+
+        The fast path combines the first ``t`` shares as sent and checks the result against
+        the dealer's commitment; only when that fails are the dealer's share signatures
+        checked, bad shares dropped (and logged), and the secret combined again.
+        """
+        threshold = self.config.threshold
+        offered = self._offered_shares(dealer, kind)
+        if len(offered) >= threshold:
+            first = dict(list(offered.items())[:threshold])
             try:
-                value = int(record["value"], 16)
-                signed = share_record_bytes(self.config.pool_id, self.config.round_number,
-                                            dealer, holder, kind, value)
-                ok = verify_signature(self.config.identities[dealer], unb64(record["sig"]),
-                                      signed)
+                secret = _shamir.combine({h: v for h, (v, _) in first.items()},
+                                         threshold=threshold)
+                if self._matches(dealer, kind, secret):
+                    return secret
+            except ValueError:
+                pass
+        valid = {h: v for h, (v, sig) in offered.items()
+                 if self._signed_by_dealer(dealer, h, kind, v, sig)}
+        if len(valid) < threshold:
+            self._abort(f"only {len(valid)} valid shares of node {dealer}'s {kind} secret, "
+                        f"threshold is {threshold}")
+        try:
+            secret = _shamir.combine(valid, threshold=threshold)
+        except ValueError:
+            secret = b""
+        if not self._matches(dealer, kind, secret):
+            self._abort(f"node {dealer}'s {kind} secret does not match its commitment")
+        return secret
+
+    def _offered_shares(self, dealer: int, kind: str) -> dict[int, tuple[int, str]]:
+        """Every well-formed share of ``dealer``'s secret the holders sent, with its signature."""
+        field_name = "b_shares" if kind == "b" else "sk_shares"
+        offered: dict[int, tuple[int, str]] = {}
+        for holder, reply in sorted(self.unmask_replies.items()):
+            record = (reply.get(field_name) or {}).get(str(dealer))
+            try:
+                offered[holder] = (int(record["value"], 16), str(record["sig"]))
             except (KeyError, ValueError, TypeError, AttributeError):
-                ok = False
-            if not ok:
-                log.warning("dropped a bad share of node %s from node %s", dealer, holder)
-                continue
-            valid[holder] = value
-            if len(valid) == self.config.threshold:
-                break  # enough to rebuild; the rest need not be checked
-        return valid
+                if record is not None:
+                    log.warning("dropped a malformed share of node %s from node %s",
+                                dealer, holder)
+        return offered
+
+    def _signed_by_dealer(self, dealer: int, holder: int, kind: str, value: int,
+                          signature: str) -> bool:
+        signed = share_record_bytes(self.config.pool_id, self.config.round_number, dealer,
+                                    holder, kind, value)
+        try:
+            ok = verify_signature(self.config.identities[dealer], unb64(signature), signed)
+        except ValueError:
+            ok = False
+        if not ok:
+            log.warning("dropped a bad share of node %s from node %s", dealer, holder)
+        return ok
 
 
 def _b64(data: bytes) -> str:

@@ -45,7 +45,7 @@ def join(
     hold_before: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Join a pool and take part in its rounds until it ends or your budget is spent."""
-    node_module = importlib.import_module("federated.node")
+    node_module = importlib.import_module("federated")
     options = node_module.NodeOptions(pool, api_key, data, target, epsilon, state_dir, label,
                                       dump_dir=dump_dir, hold_before=hold_before)
     plain = not console.is_terminal

@@ -47,17 +47,14 @@ class MessageRequest(BaseModel):
 
 
 def _federated() -> Any:
-    import federated._actor as actor
-    import federated._pools as pools
-    import federated._scoring as scoring
-    import federated._store as store
+    import federated  # imported on first use: the gateway starts without torch or opacus
 
-    return actor, pools, scoring, store
+    return federated
 
 
 async def _own_pool(pool_id: str, principal: Principal, ctx: Any) -> dict[str, Any]:
-    store = _federated()[3]
-    return await run_in_threadpool(store.get_pool, ctx.database_url, pool_id, principal.tenant_id)
+    return await run_in_threadpool(_federated().get_pool, ctx.database_url, pool_id,
+                                   principal.tenant_id)
 
 
 def _raise(error: dict[str, Any]) -> None:
@@ -72,9 +69,8 @@ async def _call(pool_id: str, ctx: Any, method: str, *args: Any) -> Any:
     database)."""
     import ray.exceptions
 
-    actor_module = _federated()[0]
     for attempt in range(3):
-        handle = actor_module.coordinator_for(pool_id, ctx.database_url,
+        handle = _federated().coordinator_for(pool_id, ctx.database_url,
                                               str(ctx.settings.artifacts_dir))
         try:
             answer = await handle.call.remote(method, *args)
@@ -95,19 +91,19 @@ async def create_pool(
 ) -> dict[str, Any]:
     """Check the spec (insecure parameters are refused with the fix), register the first
     global model, and start the pool's coordinator."""
-    actor, pools = _federated()[:2]
-    pool = await run_in_threadpool(pools.create_pool, ctx.database_url,
+    federated = _federated()
+    pool = await run_in_threadpool(federated.create_pool, ctx.database_url,
                                    ctx.settings.artifacts_dir, principal.tenant_id, spec)
     # Start the coordinator now, without waiting for it: it reads the pool from the database.
-    actor.coordinator_for(pool["id"], ctx.database_url, str(ctx.settings.artifacts_dir))
+    federated.coordinator_for(pool["id"], ctx.database_url, str(ctx.settings.artifacts_dir))
     return {**pool, "round": None, "stage": None,
             "join_url": f"/v1/federated/pools/{pool['id']}"}
 
 
 @router.get("/v1/federated/pools")
 async def list_pools(principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
-    store = _federated()[3]
-    pools = await run_in_threadpool(store.list_pools, ctx.database_url, principal.tenant_id)
+    pools = await run_in_threadpool(_federated().list_pools, ctx.database_url,
+                                    principal.tenant_id)
     return {"pools": pools, "total": len(pools)}
 
 
@@ -115,9 +111,9 @@ async def list_pools(principal: CurrentPrincipal, ctx: Context) -> dict[str, Any
 async def get_pool(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
     """The pool, its current round and stage, and every round so far."""
     await _own_pool(pool_id, principal, ctx)
-    store = _federated()[3]
     status = await _call(pool_id, ctx, "status")
-    status["rounds"] = await run_in_threadpool(store.rounds_of, ctx.database_url, pool_id)
+    status["rounds"] = await run_in_threadpool(_federated().rounds_of, ctx.database_url,
+                                               pool_id)
     return status
 
 
@@ -161,11 +157,9 @@ async def global_model(pool_id: str, principal: CurrentPrincipal, ctx: Context,
                        version: int | None = Query(None, ge=1)) -> Response:
     """The global model's weights (safetensors); ``X-Model-Version`` names the version."""
     pool = await _own_pool(pool_id, principal, ctx)
-    from federated._model import read_version_weights
-
     number = version or pool["global_version"]
-    data = await run_in_threadpool(read_version_weights, ctx.database_url, principal.tenant_id,
-                                   pool["name"], number)
+    data = await run_in_threadpool(_federated().read_version_weights, ctx.database_url,
+                                   principal.tenant_id, pool["name"], number)
     return Response(data, media_type="application/octet-stream",
                     headers={"X-Model-Version": str(number)})
 
@@ -175,7 +169,6 @@ async def contributors(pool_id: str, principal: CurrentPrincipal,
                        ctx: Context) -> dict[str, Any]:
     """Credits per node in the shared rewards ledger, rounds in time, dropouts, samples."""
     await _own_pool(pool_id, principal, ctx)
-    scoring = _federated()[2]
-    rows = await run_in_threadpool(scoring.contributors, ctx.database_url, principal.tenant_id,
+    rows = await run_in_threadpool(_federated().contributors, ctx.database_url, principal.tenant_id,
                                    pool_id)
     return {"pool_id": pool_id, "contributors": rows}
