@@ -4,7 +4,6 @@ monthly inference quota (the request itself is the first)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,7 +19,6 @@ from serve_apps.inference.schema import validate_inputs
 from serve_apps.knowledge import knowledge_client
 
 router = APIRouter(tags=["inference"])
-MAX_PREDICT_ROWS = int(os.environ.get("MLAAS_MAX_PREDICT_ROWS", "1000"))
 QUOTA = "inference_requests"
 EXPERT_AUTO = "expert:auto"
 
@@ -70,7 +68,9 @@ async def predict(
     version = await run_in_threadpool(
         resolve_version, ctx.database_url, principal.tenant_id, reference
     )
-    rows = validate_inputs(version.input_schema, body.inputs, max_rows=MAX_PREDICT_ROWS)
+    rows = validate_inputs(
+        version.input_schema, body.inputs, max_rows=ctx.settings.max_predict_rows
+    )
     await count_rows(ctx, principal, request, len(rows))
     result = await inference_client.predict(version_spec(version), rows)
     extra = {"routing": routing} if routing else {}
