@@ -61,6 +61,8 @@ class PhraseEncoder:
 
     def encode_chunks(self, texts: Sequence[str], batch_size: int = 32) -> list[EncodedChunk]:
         """Vector and scored keyphrases of each chunk."""
+        if not texts:
+            return []
         outputs = self.model.encode(list(texts), batch_size=batch_size, output_value=None)
         return [self._chunk(text, out) for text, out in zip(texts, outputs, strict=True)]
 
@@ -122,11 +124,13 @@ class EncoderPool:
         self._next = itertools.count()
 
     def encode_chunks(self, texts: Sequence[str]) -> list[EncodedChunk]:
-        """Every chunk encoded, in input order, batches spread over the actors."""
+        """Every chunk encoded, in input order, batches spread over the actors (a call
+        smaller than ``batch_size * actors`` is split evenly, so every actor gets work)."""
+        size = max(1, min(self.batch_size, -(-len(texts) // len(self.actors))))
         with self._lock:
             results = list(self.pool.map(
                 lambda actor, batch: actor.encode_chunks.remote(batch),
-                list(_batches(texts, self.batch_size)),
+                list(_batches(texts, size)),
             ))
         return [chunk for batch in results for chunk in batch]
 

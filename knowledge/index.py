@@ -98,6 +98,7 @@ class VectorIndex:
         self._pending: list[tuple[str, np.ndarray, np.ndarray | None]] | None = None
         self._rebuild_thread: threading.Thread | None = None
         self.rebuilds = 0
+        self.on_rebuilt: Callable[[], None] | None = None  # e.g. persist the new index
 
     @property
     def size(self) -> int:
@@ -169,6 +170,8 @@ class VectorIndex:
                     fresh.add_with_ids(op_vectors, op_ids)
             self._index, self.factory, self._pending = fresh, factory, None
             self.rebuilds += 1
+        if self.on_rebuilt is not None:
+            self.on_rebuilt()
 
     def wait_for_rebuild(self, timeout_s: float = 300) -> None:
         if self._rebuild_thread is not None:

@@ -57,6 +57,10 @@ class IngestResult:
     chunks: int
 
 
+def _unchanged(existing: store.DocumentInfo) -> IngestResult:
+    return IngestResult(existing.id, existing.title, "unchanged", existing.chunk_count)
+
+
 class KnowledgePool:
     """Ingest, delete and query, per tenant, over one encoder and one database."""
 
@@ -118,7 +122,13 @@ class KnowledgePool:
         state = TenantState(index=index, graph=graph, recovered=recovered)
         if recovered:
             self._persist(tenant_id, state)
+        index.on_rebuilt = lambda: self._persist_after_rebuild(tenant_id, state)
+        index.maybe_rebuild(self._snapshot(tenant_id))  # e.g. the policy changed meanwhile
         return state
+
+    def _persist_after_rebuild(self, tenant_id: str, state: TenantState) -> None:
+        with state.lock:
+            self._persist(tenant_id, state)
 
     def _rebuilt_index(self, tenant_id: str) -> VectorIndex:
         from knowledge.index import build_index
@@ -165,40 +175,47 @@ class KnowledgePool:
     def ingest(self, tenant_id: str, docs: list[DocumentInput],
                chunking: ChunkingConfig | None = None) -> list[IngestResult]:
         """Chunk, encode and index documents; a document whose content is already in the
-        pool is reported ``unchanged`` and costs nothing."""
+        pool is reported ``unchanged`` and costs nothing. The chunks of every new document
+        of the call are encoded together, so batches fill and spread over the actors."""
         chunking = chunking or ChunkingConfig()
         check_batch(docs)
         for i, doc in enumerate(docs):
             check_document(doc, i, self.max_document_chars)
         state = self.tenant(tenant_id)
-        results = []
+        results: list[IngestResult | None] = [None] * len(docs)
+        plans: list[tuple[int, str, list[str]]] = []
         for i, doc in enumerate(docs):
-            results.append(self._ingest_one(tenant_id, state, doc, i, chunking))
+            digest = content_hash(doc.content)
+            existing = store.document_by_hash(self.url, tenant_id, digest)
+            if existing is not None:
+                results[i] = _unchanged(existing)
+                continue
+            chunks = chunk_text(plain_text(doc.content, doc.content_type), chunking)
+            if not chunks:
+                raise ValidationError(f"documents[{i}]: no text left after parsing", details={
+                    "field": f"documents[{i}].content", "reason": "empty"})
+            plans.append((i, digest, chunks))
+        encoded = self.encoder.encode_chunks([c for _, _, chunks in plans for c in chunks])
+        start = 0
+        for i, digest, chunks in plans:
+            part = encoded[start : start + len(chunks)]
+            start += len(chunks)
+            results[i] = self._write(tenant_id, state, docs[i], digest, chunks, part)
         state.index.maybe_rebuild(self._snapshot(tenant_id))
         with state.lock:
             self._persist(tenant_id, state)
-        return results
+        return [r for r in results if r is not None]
 
-    def _ingest_one(self, tenant_id: str, state: TenantState, doc: DocumentInput, i: int,
-                    chunking: ChunkingConfig) -> IngestResult:
-        digest = content_hash(doc.content)
-        existing = store.document_by_hash(self.url, tenant_id, digest)
-        if existing is not None:
-            return IngestResult(existing.id, existing.title, "unchanged", existing.chunk_count)
+    def _write(self, tenant_id: str, state: TenantState, doc: DocumentInput, digest: str,
+               chunks: list[str], encoded: list[EncodedChunk]) -> IngestResult:
         title = doc.title or doc.source or f"document {digest[:8]}"
-        chunks = chunk_text(plain_text(doc.content, doc.content_type), chunking)
-        if not chunks:
-            raise ValidationError(f"documents[{i}]: no text left after parsing",
-                                  details={"field": f"documents[{i}].content", "reason": "empty"})
-        encoded = self.encoder.encode_chunks(chunks)
         meta = {"content_hash": digest, "title": title[:300], "source": doc.source[:1000],
                 "content_type": doc.content_type, "contributor": doc.contributor,
                 "domains": check_domains(doc.domains)}
         with state.lock:  # encoded outside the lock; written once, whoever finished first
             existing = store.document_by_hash(self.url, tenant_id, digest)
             if existing is not None:
-                return IngestResult(existing.id, existing.title, "unchanged",
-                                    existing.chunk_count)
+                return _unchanged(existing)
             info, ids = store.add_document(self.url, tenant_id, meta, chunks, encoded)
             state.index.add(np.array(ids, dtype=np.int64), np.stack([e.vector for e in encoded]))
             state.graph.add_document(

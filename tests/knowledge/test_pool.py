@@ -10,8 +10,10 @@ import pytest
 from knowledge import (
     ChunkingConfig,
     DocumentInput,
+    IndexPolicy,
     KnowledgePool,
     KnowledgeUnavailableError,
+    PhraseEncoder,
     chunk_text,
     graphml,
     node_link,
@@ -72,6 +74,26 @@ def test_state_survives_a_restart(pool: KnowledgePool, database_url: str, tmp_pa
     assert [r["chunk_id"] for r in after] == [r["chunk_id"] for r in before]
     assert reopened.stats("t_a")["recovered"] == []
     assert reopened.stats("t_a")["graph_nodes"] == pool.stats("t_a")["graph_nodes"]
+
+
+def test_pool_switches_to_ivf_as_it_grows_and_keeps_it_across_a_restart(
+    database_url: str, tmp_path: Path, encoder: PhraseEncoder
+) -> None:
+    policy = IndexPolicy(flat_max=6, min_nlist=2, max_nlist=2, min_nprobe=2)
+    pool = KnowledgePool(database_url=database_url, home=tmp_path, encoder=encoder,
+                         policy=policy)
+    pool.ingest("t_a", documents()[:4])
+    assert pool.stats("t_a")["index"] == "IDMap2,Flat"
+    pool.ingest("t_a", documents()[4:])
+    pool.tenant("t_a").index.wait_for_rebuild()
+    answer = pool.query("t_a", "Which drugs lower high blood pressure?", k=1)
+    assert answer["index"] == "IVF2,Flat"
+    assert answer["results"][0]["document"]["title"] == "medicine-1"
+    pool.forget()
+    reopened = KnowledgePool(database_url=database_url, home=tmp_path, encoder=encoder,
+                             policy=policy)
+    stats = reopened.stats("t_a")
+    assert stats["index"] == "IVF2,Flat" and stats["chunks"] == 9 and stats["recovered"] == []
 
 
 def test_corrupt_index_file_is_rebuilt_from_stored_embeddings(
