@@ -31,7 +31,7 @@ log = logging.getLogger("mlaas.federated")
 # Share of the round deadline each stage may last (training happens before a node
 # advertises, so the first stage gets the most time); a stage closes early once every
 # expected node has answered.
-STAGE_SHARES = {"advertise": 0.4, "share": 0.2, "masked_input": 0.2, "unmask": 0.2}
+STAGE_SHARES = {"advertise": 0.55, "share": 0.15, "masked_input": 0.15, "unmask": 0.15}
 READY_WITHIN_S = 15.0  # a node that polled this recently can be selected
 MAX_ABORTS_PER_ROUND = 3
 
@@ -52,7 +52,7 @@ class ActiveRound:
 
     def stage_deadline(self) -> float:
         start = self.stage_started or self.started
-        return start + STAGE_SHARES.get(self.server.stage, 0.2) * self.deadline_s
+        return start + STAGE_SHARES.get(self.server.stage, 0.15) * self.deadline_s
 
 
 class PoolCoordinator:

@@ -29,13 +29,13 @@ def _spec(name: str, **changes: Any) -> dict[str, Any]:
         "name": name,
         "model": {"num_features": 64, "num_classes": 10, "hidden_sizes": [32],
                   "feature_scale": 16.0},
-        "rounds": 3, "min_nodes": 5, "target_nodes": 5, "round_deadline_s": 60,
+        "rounds": 3, "min_nodes": 5, "target_nodes": 5, "round_deadline_s": 90,
         "secure_aggregation": {"threshold": 3, "clip_range": 0.5, "quantization_bits": 16,
                                "modulus_bits": MODULUS_BITS, "sample_cap": 1000,
                                "aggregator_actors": 2},
         "privacy": {"noise_multiplier": 0.8, "max_grad_norm": 1.0, "target_epsilon": 20,
                     "delta": 1e-5, "accountant": "rdp"},
-        "training": {"local_epochs": 3, "batch_size": 32, "lr": 0.5},
+        "training": {"local_epochs": 2, "batch_size": 32, "lr": 0.5},
     }
     spec.update(changes)
     return spec
