@@ -83,7 +83,7 @@ def ingest(
     folder: Annotated[Path, typer.Argument(help="Folder of .md, .txt, .json, .jsonl files")],
     contributor: Annotated[str | None, typer.Option(help="Credited contributor")] = None,
     domain: Annotated[list[str] | None, typer.Option(help="Domain tag (repeatable)")] = None,
-    batch: Annotated[int, typer.Option(min=1, max=64, help="Documents per request")] = 4,
+    batch: Annotated[int, typer.Option(min=1, max=64, help="Documents per request")] = 16,
     chunk_size: Annotated[int, typer.Option(help="Words per chunk")] = 160,
     chunk_overlap: Annotated[int, typer.Option(help="Words shared by neighbours")] = 32,
     url: UrlOption = None,
