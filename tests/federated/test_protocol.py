@@ -92,6 +92,22 @@ def test_secagg_plus_aborts_when_a_neighbourhood_loses_too_many_holders() -> Non
         round_.server.aggregate()
 
 
+def test_secagg_plus_completes_with_exactly_t_holders_left_in_a_neighbourhood() -> None:
+    vectors = _vectors(9)
+    round_ = InProcessRound.create(9, threshold=3, neighbours=4, vector_length=D,
+                                   modulus_bits=MODULUS_BITS)
+    round_._stage(range(1, 10), lambda i: round_.clients[i].advertise())
+    neighbourhood = sorted(round_.server.graph[1])
+    alive = set(range(1, 10))
+    round_._stage(sorted(alive), lambda i: round_.clients[i].share_keys(round_.server.view_for(i)))
+    round_._stage(sorted(alive), lambda i: round_.clients[i].masked_input(
+        round_.server.view_for(i), vectors[i]))
+    alive -= set(neighbourhood[:2])  # node 1 keeps itself and 2 neighbours: t = 3 holders
+    round_._stage(sorted(alive), lambda i: round_.clients[i].unmask(round_.server.view_for(i)))
+
+    assert np.array_equal(round_.server.aggregate(), _expected(vectors, set(range(1, 10))))
+
+
 def _at_masked_input(n: int = 5, t: int = 3) -> InProcessRound:
     round_ = InProcessRound.create(n, threshold=t, neighbours=None, vector_length=D,
                                    modulus_bits=MODULUS_BITS)
