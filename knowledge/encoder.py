@@ -63,7 +63,8 @@ class PhraseEncoder:
         """Vector and scored keyphrases of each chunk."""
         if not texts:
             return []
-        outputs = self.model.encode(list(texts), batch_size=batch_size, output_value=None)
+        outputs: list[dict[str, Any]] = self.model.encode(  # type: ignore[assignment]
+            list(texts), batch_size=batch_size, output_value=None)
         return [self._chunk(text, out) for text, out in zip(texts, outputs, strict=True)]
 
     def _chunk(self, text: str, out: dict[str, Any]) -> EncodedChunk:
@@ -137,5 +138,6 @@ class EncoderPool:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import ray
 
-        actor = self.actors[next(self._next) % len(self.actors)]
-        return ray.get(actor.embed.remote(list(texts)))  # type: ignore[no-any-return]
+        actor: Any = self.actors[next(self._next) % len(self.actors)]
+        vectors: np.ndarray = ray.get(actor.embed.remote(list(texts)))
+        return vectors

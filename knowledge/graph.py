@@ -114,13 +114,16 @@ class ConceptGraph:
         nodes = {center}
         frontier = [center]
         for _ in range(depth):
-            step = []
+            step: list[str] = []
             for node in frontier:
                 ranked = sorted(self.g[node].items(), key=lambda kv: -kv[1].get("weight", 0))
                 step.extend(n for n, _ in ranked if n not in nodes)
             frontier = list(dict.fromkeys(step))[: max(0, max_nodes - len(nodes))]
             nodes.update(frontier)
         return self.g.subgraph(nodes).copy()
+
+    def document_count(self) -> int:
+        return sum(1 for _, d in self.g.nodes(data=True) if d.get("kind") == "document")
 
     def top_concepts(self, limit: int = 1) -> list[str]:
         ranked = sorted((n for n, d in self.g.nodes(data=True) if d.get("kind") == "concept"),

@@ -119,7 +119,7 @@ class VectorIndex:
     def remove(self, ids: np.ndarray) -> int:
         ids = np.asarray(ids, dtype=np.int64)
         with self._lock:
-            removed = int(self._index.remove_ids(ids))
+            removed = int(self._index.remove_ids(ids))  # type: ignore[arg-type]
             if self._pending is not None:
                 self._pending.append(("remove", ids, None))
         return removed
@@ -132,8 +132,8 @@ class VectorIndex:
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
             nprobe = self.policy.nprobe_for(self.factory)
-            params = (faiss.SearchParametersIVF(sel=selector, nprobe=nprobe) if nprobe
-                      else faiss.SearchParameters(sel=selector))
+            params = (faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[call-arg]
+                      if nprobe else faiss.SearchParameters(sel=selector))  # type: ignore[call-arg]
         with self._lock:
             index = self._index
             return index.search(queries, k, params=params) if params else index.search(queries, k)
@@ -165,7 +165,8 @@ class VectorIndex:
             raise
         with self._lock:
             for op, op_ids, op_vectors in self._pending or []:
-                fresh.remove_ids(op_ids)  # the snapshot may already hold them: replay is idempotent
+                # the snapshot may already hold them: replay is idempotent
+                fresh.remove_ids(op_ids)  # type: ignore[arg-type]
                 if op == "add" and op_vectors is not None:
                     fresh.add_with_ids(op_vectors, op_ids)
             self._index, self.factory, self._pending = fresh, factory, None

@@ -115,6 +115,10 @@ class KnowledgePool:
             index = self._rebuilt_index(tenant_id)
         try:
             graph = ConceptGraph.load(graph_path)
+            documents = len(store.list_documents(self.url, tenant_id))
+            if graph.document_count() != documents:
+                raise RuntimeError(f"graph holds {graph.document_count()} documents, "
+                                   f"database {documents}")
         except Exception as exc:
             if graph_path.exists() or expected:
                 recovered.append(f"graph rebuilt from stored concepts ({exc})")

@@ -123,4 +123,4 @@ class KnowledgeService:
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    return KnowledgeService.bind(args)
+    return KnowledgeService.bind(args)  # type: ignore[attr-defined]

@@ -49,6 +49,7 @@ def test_cli_ingests_a_folder_with_progress_and_queries_cite_it(
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     with platform.client(key) as client:  # wait until the knowledge app answers
         assert post_until_ready(client, "/v1/knowledge/query", {"query": "x"}).status_code == 200
+        assert client.get("/health").json()["services"]["knowledge"] == "operational"
     # Execute
     first = platform.cli("knowledge", "ingest", str(tmp_path), "--api-key", key,
                          "--url", platform.url, "--contributor", "alice", "--batch", "2")
