@@ -34,7 +34,7 @@ class KnowledgeArgs(BaseModel):
 
     settings: dict[str, Any] = Field(default_factory=dict, description="Overrides of MLAAS_")
     encoder_actors: int = Field(default=2, ge=1, description="MiniLM actors of the ingest pool")
-    encoder_num_cpus: float = Field(default=0.2, gt=0)
+    encoder_num_cpus: float = Field(default=0.1, gt=0)
     encoder_batch_size: int = Field(default=32, ge=1)
     flat_max: int = Field(default=20_000, ge=1, description="Exact index below this many vectors")
     max_document_chars: int = Field(default=1_000_000, ge=1)
