@@ -65,7 +65,7 @@ def train_locally(
     model = ModuleValidator.fix(_model.load_weights(spec, weights))
     start = _model.flat_parameters(model)
     privacy, training = spec["privacy"], spec["training"]
-    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+    loader = DataLoader(TensorDataset(torch.tensor(x), torch.tensor(y)),  # copies: may be read-only
                         batch_size=min(training["batch_size"], len(x)), shuffle=True)
     engine = PrivacyEngine(accountant=budget.accountant)
     optimizer = torch.optim.SGD(model.parameters(), lr=training["lr"])
