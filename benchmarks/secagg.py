@@ -25,16 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from federated import InProcessRound
+from federated import InProcessRound, RoundAbortedError
 
 BITS = 16
 
 
 def plan(n: int, mode: str) -> tuple[int, int | None]:
-    """Threshold and neighbours: t just over half of the share holders; k ~ 2 log2 n."""
+    """Threshold and neighbours: t just over half of the share holders; k ~ 4 log2 n (with
+    fewer neighbours, 30% random dropouts often leave some neighbourhood below t)."""
     if mode == "secagg":
         return n // 2 + 1, None
-    k = min(n - 1, 2 * math.ceil(math.log2(n)))
+    k = min(n - 1, 4 * math.ceil(math.log2(n)))
     k -= k % 2
     return (k + 1) // 2 + 1, k
 
@@ -70,9 +71,11 @@ def run_config(n: int, d: int, dropout: float, mode: str, seed: int = 0) -> dict
     alive = [i for i in alive if i not in set(dropped)]  # dropped after sharing their keys
     stage(alive, lambda i: round_.clients[i].masked_input(server.view_for(i), vectors[i]))
     stage(alive, lambda i: round_.clients[i].unmask(server.view_for(i)))
-    start = time.perf_counter()
-    total = server.aggregate()
-    unmask_s = time.perf_counter() - start
+    unmask_s = float("inf")
+    for _ in range(3):  # aggregate() does not change the round: best of 3
+        start = time.perf_counter()
+        total = server.aggregate()
+        unmask_s = min(unmask_s, time.perf_counter() - start)
 
     plain_s = float("inf")
     for _ in range(5):  # the best of 5: the machine may be shared
@@ -157,7 +160,12 @@ def main() -> None:
         for d in args.dims:
             for dropout in args.dropouts:
                 for mode in args.modes:
-                    print(json.dumps(run_config(n, d, dropout, mode)), flush=True)
+                    try:
+                        result = run_config(n, d, dropout, mode)
+                    except RoundAbortedError as exc:  # a neighbourhood fell below t
+                        result = {"name": "secagg", "config": {"nodes": n, "dim": d,
+                                  "dropout": dropout, "mode": mode}, "aborted": exc.message}
+                    print(json.dumps(result), flush=True)
     if not args.skip_dp:
         print(json.dumps(dp_step_times()), flush=True)
 
