@@ -25,15 +25,20 @@ def _compiled_mlp(x: np.ndarray) -> object:
     return model
 
 
+def _trained_two_epochs() -> tuple[object, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    model = _compiled_mlp(x)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+    return model, x, y
+
+
 def test_a_restored_model_continues_exactly_like_the_original(tmp_path: Path) -> None:
     # Prepare: train two epochs and checkpoint
     from cluster.trainers.tensorflow import restore_training_state, save_training_state
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype("float32")
-    y = rng.integers(0, 3, size=64)
-    original = _compiled_mlp(x)
-    original.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+    original, x, y = _trained_two_epochs()
     save_training_state(original, tmp_path)
 
     # Execute: a fresh model resumes from the checkpoint; both train one more epoch
@@ -49,13 +54,9 @@ def test_a_restored_model_continues_exactly_like_the_original(tmp_path: Path) ->
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def test_a_fresh_optimizer_would_not_continue_the_same_way(tmp_path: Path) -> None:
+def test_a_fresh_optimizer_would_not_continue_the_same_way() -> None:
     # The check above can fail: without the optimizer state the weights drift apart.
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype("float32")
-    y = rng.integers(0, 3, size=64)
-    original = _compiled_mlp(x)
-    original.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+    original, x, y = _trained_two_epochs()
     weights_only = _compiled_mlp(x)
     weights_only.set_weights(original.get_weights())
     original.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
