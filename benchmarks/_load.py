@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -23,8 +24,16 @@ def require_wrk() -> str:
     return path
 
 
-def run_wrk(url: str, *, connections: int, duration_s: int, headers: dict[str, str]) -> dict:
-    """One wrk run in its own process; returns p50/p99 in ms, requests/s and non-2xx count."""
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    duration_s: int,
+    headers: dict[str, str],
+    script: Path | None = None,
+) -> dict:
+    """One wrk run in its own process; returns p50/p99 in ms, requests/s and non-2xx count.
+    ``script`` is a wrk Lua script (for example one that POSTs a JSON body)."""
     command = [
         require_wrk(),
         "-t1",
@@ -36,8 +45,12 @@ def run_wrk(url: str, *, connections: int, duration_s: int, headers: dict[str, s
     ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
+    if len(percentiles) < 2:
+        raise RuntimeError(f"wrk measured no latencies against {url}:\n{output}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     return {
