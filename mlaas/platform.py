@@ -121,8 +121,17 @@ def start_ray_head(settings: Settings) -> str:
             check=True,
             timeout=60,
         )
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        # A head half-started under load would hold the ports with no state file to find it by.
+        stop_ray_head("", settings.ray_port)
+        raise PlatformError(
+            "`ray start --head` did not finish within 180 s (an overloaded machine?); what it "
+            "had started was stopped. Try again."
+        ) from None
     if result.returncode != 0:
+        stop_ray_head("", settings.ray_port)
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
         raise PlatformError(f"`ray start --head` failed:\n{tail}")
     return f"127.0.0.1:{settings.ray_port}"

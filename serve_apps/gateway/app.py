@@ -11,11 +11,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mlaas
 from mlaas.errors import MlaasError, error_body
-from serve_apps.gateway.routes import ai, auth, chat, health, keys, tenants, usage
-from serve_apps.gateway.routes import batch, embeddings, models, predict  # inference serving
-from serve_apps.gateway.routes import experts, knowledge  # knowledge pool
-from serve_apps.gateway.routes import train  # training jobs
-from serve_apps.gateway.routes import federated  # federated pools
+from serve_apps.gateway.routes import (
+    ai,
+    auth,
+    batch,
+    chat,
+    embeddings,
+    experts,
+    federated,
+    health,
+    keys,
+    knowledge,
+    models,
+    predict,
+    tenants,
+    train,
+    usage,
+)
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -48,7 +60,11 @@ def _json_error(
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # FastAPI's loc starts with where the value came from; only that first element is dropped,
+    # so a body field that happens to be called "query" keeps its name.
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
     return ".".join(parts) or "body"
 
 

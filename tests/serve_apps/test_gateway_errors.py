@@ -182,3 +182,12 @@ def test_a_token_cannot_renew_itself(platform: Platform) -> None:
 
     assert usage.status_code == 200
     assert_error_shape(renewal, 401, "UNAUTHORIZED")
+
+
+def test_a_body_field_named_like_a_location_keeps_its_name() -> None:
+    from serve_apps.gateway.app import _field_of
+
+    assert _field_of(("body", "query")) == "query"
+    assert _field_of(("body", "items", 0, "path")) == "items.0.path"
+    assert _field_of(("query", "k")) == "k"
+    assert _field_of(("body",)) == "body"
