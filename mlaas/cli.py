@@ -138,13 +138,14 @@ def down(
         console.print("Nothing to stop: no platform was started from this home dir.")
         return
     with console.status("[bold]Stopping the platform..."):
+        stop_head = bool(state and state.started_ray and not keep_ray)
         if platform.ray_reachable(address):
             try:
                 platform.connect_ray(address)
-                platform.flush_and_shutdown_serve()
+                platform.flush_and_shutdown_serve(stop_serve=not stop_head)
             except MlaasError as exc:
                 err.print(f"[yellow]warning:[/] {exc.message}")
-        if state and state.started_ray and not keep_ray:
+        if state and stop_head:
             import ray
 
             ray.shutdown()

@@ -318,8 +318,12 @@ def notify_credentials_changed(settings: Settings) -> bool:
     return True
 
 
-def flush_and_shutdown_serve() -> None:
-    """Write buffered usage, then stop Serve and the admission actor."""
+def flush_and_shutdown_serve(*, stop_serve: bool = True) -> None:
+    """Write buffered usage, then stop the admission actor and (with ``stop_serve``) Serve.
+
+    When the whole head is about to be stopped, Serve's graceful shutdown only costs time:
+    every replica persists its state as it writes it.
+    """
     import ray
     from ray import serve
 
@@ -331,4 +335,5 @@ def flush_and_shutdown_serve() -> None:
         ray.kill(actor, no_restart=True)
     except ValueError:
         pass  # never started
-    serve.shutdown()
+    if stop_serve:
+        serve.shutdown()

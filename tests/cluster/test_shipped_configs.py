@@ -24,7 +24,7 @@ def test_tiny_lm_with_zero3_offload_beats_unigram_loss_and_saves_full_weights(
     platform: Platform,
 ) -> None:
     result = run_cli(
-        platform, "tinylm-zero3-offload.yaml", "epochs=2", "hyperparameters.steps_per_epoch=25"
+        platform, "tinylm-zero3-offload.yaml", "epochs=1", "hyperparameters.steps_per_epoch=30"
     )
 
     version = result.version
