@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from federated import Identity, weighted_input
 from federated._messages import b64, sign_message
 from federated._participant import Participant
 from tests.conftest import Platform
+from tests.federated.conftest import wait_for
 
 SPEC: dict[str, Any] = {
     "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
@@ -31,16 +31,6 @@ PARAMETERS = 4 * 4 + 4 + 4 * 3 + 3
 def _client(platform: Platform, key: str) -> httpx.Client:
     return httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {key}"},
                         timeout=120)
-
-
-def _wait(check: Callable[[], Any], limit_s: float, what: str) -> Any:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _new_pool(client: httpx.Client, **changes: Any) -> str:
@@ -138,10 +128,10 @@ def test_a_killed_coordinator_aborts_the_round_in_flight_and_the_pool_finishes(
             def pool() -> dict[str, Any]:
                 return client.get(f"/v1/federated/pools/{pool_id}").json()
 
-            _wait(lambda: pool()["stage"] in ("share", "masked_input"), 120, "round 1")
+            wait_for(lambda: pool()["stage"] in ("share", "masked_input"), 120, "round 1")
             actor = ray.get_actor(f"federated:{pool_id}", namespace="mlaas")
             ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor
-            final = _wait(lambda: (p := pool())["status"] != "open" and p, 180, "the pool")
+            final = wait_for(lambda: (p := pool())["status"] != "open" and p, 180, "the pool")
         finally:
             stop.set()
         contributors = client.get(f"/v1/federated/pools/{pool_id}/contributors").json()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import load
 from federated._model import build
 from mlaas import registry
 from tests.conftest import MLAAS, Platform
+from tests.federated.conftest import wait_for
 
 MODULUS_BITS = 40
 
@@ -39,16 +39,6 @@ def _spec(name: str, **changes: Any) -> dict[str, Any]:
     }
     spec.update(changes)
     return spec
-
-
-def _wait(check: Callable[[], Any], limit_s: float, what: str) -> Any:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +129,13 @@ def test_round_completes_when_one_node_is_killed_and_the_sum_is_exact(
             return response.json()
 
         # Execute: kill node 4 once the round waits for masked inputs
-        _wait(lambda: pool()["stage"] == "masked_input" and "holding" in nodes.log(4), 240,
+        wait_for(lambda: pool()["stage"] == "masked_input" and "holding" in nodes.log(4), 240,
               "round 1 to reach masked_input")
         nodes.procs[4].send_signal(signal.SIGKILL)
-        first = _wait(lambda: next((r for r in pool()["rounds"] if r["status"] != "running"),
+        first = wait_for(lambda: next((r for r in pool()["rounds"] if r["status"] != "running"),
                                    None), 120, "round 1 to end")
         nodes.start(4, shards[4])  # the same node (same state folder) comes back
-        final = _wait(lambda: (p := pool())["status"] != "open" and p, 300, "the pool to end")
+        final = wait_for(lambda: (p := pool())["status"] != "open" and p, 300, "the pool to end")
         labels = {c["node_id"]: c for c in client.get(
             f"/v1/federated/pools/{pool_id}/contributors").json()["contributors"]}
         versions = client.get(f"/v1/models/{spec['name']}").json()["versions"]
