@@ -192,16 +192,19 @@ def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     return x, y, info
 
 
-def _tabular(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+def _read_frame(source: str) -> Any:
+    """A CSV or Parquet file (path or URI) as a pandas frame, read with Ray Data."""
     import ray.data
 
-    data = spec.data
     reader = (
-        ray.data.read_parquet
-        if data.source.lower().endswith((".parquet", ".pq"))
-        else ray.data.read_csv
+        ray.data.read_parquet if source.lower().endswith((".parquet", ".pq")) else ray.data.read_csv
     )
-    frame = reader(data.source, ray_remote_args={"num_cpus": 0.25}).to_pandas()
+    return reader(source, ray_remote_args={"num_cpus": 0.25}).to_pandas()
+
+
+def _tabular(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    data = spec.data
+    frame = _read_frame(data.source)
     assert data.target is not None
     features = data.features or [c for c in frame.columns if c != data.target]
     numeric = frame[features].select_dtypes("number").columns
@@ -220,18 +223,11 @@ def _tabular(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
 
 def _text_classification(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     """A text column tokenized for the spec's huggingface model, and its labels."""
-    import ray.data
-
     from cluster.zoo.hf import tokenize
 
     data = spec.data
     assert data.text_column is not None and data.target is not None
-    reader = (
-        ray.data.read_parquet
-        if data.source.lower().endswith((".parquet", ".pq"))
-        else ray.data.read_csv
-    )
-    frame = reader(data.source, ray_remote_args={"num_cpus": 0.25}).to_pandas()
+    frame = _read_frame(data.source)
     texts = frame[data.text_column]
     if texts.isna().any() or not all(isinstance(t, str) and t.strip() for t in texts):
         raise SpecError(data.source, "data.text_column", "every row needs a non-empty text")
