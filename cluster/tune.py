@@ -16,6 +16,7 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from cluster.data import PreparedData
 from cluster.errors import TrainingFailed
@@ -118,6 +119,8 @@ def search(plan: TrainingPlan, database_url: str, job_id: str) -> TrainOutcome:
             mode=settings.mode,
             num_samples=settings.num_samples,
             max_concurrent_trials=settings.max_concurrent_trials,
+            # The spec's seed fixes which values are sampled, so a search can be re-run as is
+            search_alg=BasicVariantGenerator(random_state=spec.seed),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 max_t=spec.epochs,
