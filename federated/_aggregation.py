@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from federated._masking import BLOCK_ELEMENTS, add_mod, remove_masks
+from federated._masking import BLOCK_ELEMENTS, remove_masks
 
 
 @ray.remote(num_cpus=0.05, max_restarts=0)
@@ -18,7 +18,7 @@ class AggregationSlice:
         self.total = np.zeros(length, dtype=np.uint64)
 
     def add(self, chunk: np.ndarray) -> None:
-        self.total = add_mod(self.total, chunk, self.modulus_bits)
+        np.add(self.total, chunk, out=self.total)  # wraps mod 2**64; reduced at unmask
 
     def unmask(self, removals: list[tuple[bytes, int]]) -> np.ndarray:
         return remove_masks(self.total, removals, self.modulus_bits, start=self.start)

@@ -21,7 +21,7 @@ import numpy as np
 from federated import _shamir
 from federated._graph import neighbours, share_holders
 from federated._keys import KeyPair, verify_signature
-from federated._masking import add_mod, decode_vector, pair_sign
+from federated._masking import decode_vector, pair_sign
 from federated._messages import STAGES, message_signature_ok, share_record_bytes, unb64
 from federated.errors import (
     BadSignatureError,
@@ -60,7 +60,7 @@ class LocalVectorSum:
         self.total = np.zeros(length, dtype=np.uint64)
 
     def add(self, vector: np.ndarray) -> None:
-        self.total = add_mod(self.total, vector, self.modulus_bits)
+        np.add(self.total, vector, out=self.total)  # wraps mod 2**64; reduced at unmask
 
     def unmask(self, removals: list[tuple[bytes, int]]) -> np.ndarray:
         from federated._masking import remove_masks
@@ -93,6 +93,8 @@ class RoundServer:
     node_claims: dict[int, dict[str, Any]] = field(default_factory=dict)
     graph: dict[int, set[int]] = field(default_factory=dict)
     aborted: str | None = None
+    _share_index: dict[str, dict[str, dict[int, Any]]] = field(default_factory=dict, init=False,
+                                                               repr=False)
 
     # ---- checking and receiving -------------------------------------------------------
     def receive(self, message: dict[str, Any]) -> None:
@@ -235,8 +237,19 @@ class RoundServer:
             RoundAbortedError: a needed secret has fewer than ``t`` valid shares, or
                 rebuilds to a value that does not match its commitment.
         """
+        return self.vector_sum.unmask(self.removals())
+
+    def removals(self) -> list[tuple[bytes, int]]:
+        """The mask keys to remove from the sum, with their signs: each survivor's rebuilt
+        self-mask seed, and the pairwise keys of each dropped node with its surviving
+        neighbours (from its rebuilt mask key).
+
+        Raises:
+            RoundAbortedError: as ``aggregate``.
+        """
         survivors = sorted(self.masked)
         dropped = sorted(set(self.shares) - self.masked)
+        self._share_index = _index_shares(self.unmask_replies)
         removals: list[tuple[bytes, int]] = []
         for node in survivors:
             removals.append((self._rebuild(node, "b"), 1))
@@ -247,7 +260,7 @@ class RoundServer:
                                  info=mask_info(self.config.pool_id,
                                                 self.config.round_number, node, other))
                 removals.append((key, pair_sign(other, node)))
-        return self.vector_sum.unmask(removals)
+        return removals
 
     def _matches(self, dealer: int, kind: str, secret: bytes) -> bool:
         """Whether a rebuilt secret is the one the dealer committed to at advertise."""
@@ -268,9 +281,8 @@ class RoundServer:
         checked, bad shares dropped (and logged), and the secret combined again.
         """
         threshold = self.config.threshold
-        offered = self._offered_shares(dealer, kind)
-        if len(offered) >= threshold:
-            first = dict(list(offered.items())[:threshold])
+        first = self._offered_shares(dealer, kind, limit=threshold)
+        if len(first) >= threshold:
             try:
                 secret = _shamir.combine({h: v for h, (v, _) in first.items()},
                                          threshold=threshold)
@@ -278,6 +290,7 @@ class RoundServer:
                     return secret
             except ValueError:
                 pass
+        offered = self._offered_shares(dealer, kind)
         valid = {h: v for h, (v, sig) in offered.items()
                  if self._signed_by_dealer(dealer, h, kind, v, sig)}
         if len(valid) < threshold:
@@ -291,18 +304,19 @@ class RoundServer:
             self._abort(f"node {dealer}'s {kind} secret does not match its commitment")
         return secret
 
-    def _offered_shares(self, dealer: int, kind: str) -> dict[int, tuple[int, str]]:
-        """Every well-formed share of ``dealer``'s secret the holders sent, with its signature."""
-        field_name = "b_shares" if kind == "b" else "sk_shares"
+    def _offered_shares(self, dealer: int, kind: str,
+                        limit: int | None = None) -> dict[int, tuple[int, str]]:
+        """The well-formed shares of ``dealer``'s secret the holders sent (the first
+        ``limit`` of them, or all), each with its signature."""
         offered: dict[int, tuple[int, str]] = {}
-        for holder, reply in sorted(self.unmask_replies.items()):
-            record = (reply.get(field_name) or {}).get(str(dealer))
+        for holder, record in self._share_index[kind].get(str(dealer), {}).items():
+            if limit is not None and len(offered) >= limit:
+                break
             try:
                 offered[holder] = (int(record["value"], 16), str(record["sig"]))
             except (KeyError, ValueError, TypeError, AttributeError):
-                if record is not None:
-                    log.warning("dropped a malformed share of node %s from node %s",
-                                dealer, holder)
+                log.warning("dropped a malformed share of node %s from node %s",
+                            dealer, holder)
         return offered
 
     def _signed_by_dealer(self, dealer: int, holder: int, kind: str, value: int,
@@ -316,6 +330,23 @@ class RoundServer:
         if not ok:
             log.warning("dropped a bad share of node %s from node %s", dealer, holder)
         return ok
+
+
+def _index_shares(replies: dict[int, dict[str, Any]]) -> dict[str, dict[str, dict[int, Any]]]:
+    """``{kind: {dealer: {holder: record}}}`` from the unmasking replies, holders in order;
+    one pass, so rebuilding every dealer's secret does not rescan every reply."""
+    index: dict[str, dict[str, dict[int, Any]]] = {"b": {}, "sk": {}}
+    for holder, reply in sorted(replies.items()):
+        for kind, field_name in (("b", "b_shares"), ("sk", "sk_shares")):
+            records = reply.get(field_name)
+            if not isinstance(records, dict):
+                if records:
+                    log.warning("dropped malformed %s from node %s", field_name, holder)
+                continue
+            for dealer, record in records.items():
+                if record is not None:
+                    index[kind].setdefault(str(dealer), {})[holder] = record
+    return index
 
 
 def _b64(data: bytes) -> str:
