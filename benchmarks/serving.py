@@ -16,6 +16,7 @@ demo model (digits MLP, `digits-demo@production`), and measures in one run:
 Prints one JSON object.
 
     .venv/bin/python benchmarks/serving.py [--duration 8] [--batch-rows 100000]
+                                           [--ingress python|haproxy]
 """
 
 from __future__ import annotations
@@ -114,12 +115,14 @@ async def handle_load(spec: dict[str, Any], row: np.ndarray, concurrency: int,
     return latency_figures(latencies, time.monotonic() - start)
 
 
-def start_platform(home: Path) -> dict[str, str]:
+def start_platform(home: Path, ingress: str = "python") -> dict[str, str]:
     (home / "tiers.yaml").write_text(BENCH_TIERS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLAAS_")}
     env.update(
         MLAAS_HOME=str(home), MLAAS_PORT=str(PORT), MLAAS_RAY_PORT=str(RAY_PORT),
         MLAAS_DASHBOARD_PORT=str(DASHBOARD_PORT), MLAAS_TIERS_FILE=str(home / "tiers.yaml"),
+        MLAAS_INGRESS=ingress, MLAAS_HAPROXY_METRICS_PORT=str(PORT + 11),
+        MLAAS_HAPROXY_STATS_PORT=str(PORT + 12),
     )
     subprocess.run([MLAAS, "up"], env=env, check=True, capture_output=True, text=True)
     return env
@@ -237,10 +240,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8, help="seconds per load run")
     parser.add_argument("--batch-rows", type=int, default=100_000)
+    parser.add_argument("--ingress", choices=["python", "haproxy"], default="python",
+                        help="the platform's HTTP front (MLAAS_INGRESS)")
     args = parser.parse_args()
     require_wrk()
     home = Path(tempfile.mkdtemp(prefix="mlaas-bench-serving-"))
-    env = start_platform(home)
+    env = start_platform(home, args.ingress)
     base = f"http://127.0.0.1:{PORT}"
     try:
         key = (home / "admin_key").read_text().strip()
@@ -280,6 +285,7 @@ def main() -> None:
     print(json.dumps({
         "name": "serving",
         "config": {"duration_s": args.duration, "batch_rows": args.batch_rows, "model": MODEL,
+                   "ingress": args.ingress,
                    "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "baseline": {"predict": "bare uvicorn + FastAPI, same runner",
                      "batch": "raw forward in batches of 4096",

@@ -177,6 +177,9 @@ class Admission:
         # Replicas cache credentials and drop the cache whenever this number changes: on a
         # revocation, and on every new incarnation of this actor (hence the clock start).
         self._credentials_epoch = time.time_ns()
+        # Replicas cache resolved model versions and drop them when this number changes: on a
+        # registration, stage change or deletion, and on every new incarnation of this actor.
+        self._registry_epoch = time.time_ns()
         self._flush_interval_s = flush_interval_s
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock: asyncio.Lock | None = None
@@ -206,6 +209,27 @@ class Admission:
         self._ensure_flusher()
         refusal = self._ledger.admit(subject, endpoint, tenant_id=tenant_id, tier=tier, units=units)
         return refusal, self._credentials_epoch
+
+    async def admit_many(
+        self, requests: list[tuple[str, str, str | None, str, dict[str, int] | None]]
+    ) -> tuple[list[Refusal | None], int, int]:
+        """:meth:`admit` for several requests in one call, decided in the order given.
+
+        Returns:
+            One refusal (or None) per request, the credentials epoch and the registry epoch.
+        """
+        self._ensure_flusher()
+        admit = self._ledger.admit
+        refusals = [
+            admit(subject, endpoint, tenant_id=tenant_id, tier=tier, units=units)
+            for subject, endpoint, tenant_id, tier, units in requests
+        ]
+        return refusals, self._credentials_epoch, self._registry_epoch
+
+    async def registry_changed(self) -> int:
+        """Tell every replica to drop its cached model versions (the registry changed)."""
+        self._registry_epoch += 1
+        return self._registry_epoch
 
     async def credentials_changed(self) -> int:
         """Tell every replica to drop its cached credentials (a key was revoked)."""
@@ -245,6 +269,17 @@ class Admission:
 
     async def ping(self) -> str:
         return "ok"
+
+
+def notify_registry_changed() -> None:
+    """Best effort, from any process connected to the cluster: replicas forget the model
+    versions they resolved. Without Ray (a CLI on its own), their cache's expiry bounds it."""
+    if not ray.is_initialized():
+        return
+    try:
+        ray.get_actor(ACTOR_NAME, namespace=NAMESPACE).registry_changed.remote()
+    except Exception:  # no admission actor (no platform running): nothing caches versions
+        log.debug("no admission actor to notify of a registry change", exc_info=True)
 
 
 def get_or_create_admission(

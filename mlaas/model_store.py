@@ -175,6 +175,7 @@ def delete_version(
         row = session.get(ModelVersion, version.id)
         if row is not None:
             session.delete(row)
+    registry.registry_changed()
     if remove_files and version.artifact_uri.startswith("file://"):
         shutil.rmtree(version.artifact_path, ignore_errors=True)
     return version

@@ -112,6 +112,8 @@ def start_ray_head(settings: Settings) -> str:
     # (Ray Train's placement-group cleaner, job supervisors, state API calls) finds this one,
     # not whichever Ray started last on a machine that runs several.
     env["RAY_ADDRESS"] = f"127.0.0.1:{settings.ray_port}"
+    if settings.ingress == "haproxy":
+        env.update(haproxy_env(settings))
     if not (Path.home() / ".ray" / "auth_token").exists():
         # Token auth guards the job server and GCS; the token lives in ~/.ray/auth_token.
         subprocess.run(
@@ -135,6 +137,23 @@ def start_ray_head(settings: Settings) -> str:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
         raise PlatformError(f"`ray start --head` failed:\n{tail}")
     return f"127.0.0.1:{settings.ray_port}"
+
+
+def haproxy_env(settings: Settings) -> dict[str, str]:
+    """Serve's HAProxy ingress and throughput-optimized mode, with this platform's own files
+    and ports (the defaults under /tmp/haproxy-serve would be shared by every platform)."""
+    folder = settings.home / "haproxy"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.haproxy_metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.haproxy_stats_port),
+    }
 
 
 def current_session_name() -> str:
@@ -255,6 +274,8 @@ def serve_config(settings: Settings) -> dict[str, Any]:
 
 def deploy(settings: Settings) -> list[str]:
     """Deploy every application of the Serve config; returns their names."""
+    if settings.ingress == "haproxy":  # Serve reads these when its modules are imported
+        os.environ.update(haproxy_env(settings))
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 

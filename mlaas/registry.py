@@ -205,12 +205,14 @@ def register_version(
             session.flush()
             model_row = session.get(RegisteredModel, model.id)
             assert model_row is not None
-            return ModelVersionInfo.of(row, model_row)
+            registered = ModelVersionInfo.of(row, model_row)
     except IntegrityError as exc:
         raise ConflictError(
             f"Version {version} of model {model_name!r} already exists",
             details={"model": model_name, "version": version},
         ) from exc
+    registry_changed()
+    return registered
 
 
 def list_models(url: str, tenant_id: str) -> list[ModelInfo]:
@@ -292,7 +294,16 @@ def set_stage(
                     row.stage = "staging"
         target.stage = stage
         session.flush()
-        return ModelVersionInfo.of(target, model)
+        changed = ModelVersionInfo.of(target, model)
+    registry_changed()
+    return changed
+
+
+def registry_changed() -> None:
+    """After a committed change: gateway replicas drop the versions they resolved."""
+    from mlaas.admission import notify_registry_changed
+
+    notify_registry_changed()
 
 
 def _model_row(session: Session, tenant_id: str, name: str) -> RegisteredModel | None:

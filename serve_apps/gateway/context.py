@@ -10,9 +10,12 @@ from starlette.concurrency import run_in_threadpool
 
 from mlaas.auth import Principal, authenticate
 from mlaas.errors import QuotaExceededError, RateLimitExceededError
+from mlaas.registry import ModelVersionInfo
 from mlaas.settings import Settings
 from mlaas.tiers import TiersConfig
+from serve_apps.gateway.admission_batch import AdmissionBatcher
 from serve_apps.gateway.credentials import CredentialCache
+from serve_apps.gateway.versions import VersionCache
 
 
 @dataclass
@@ -24,6 +27,20 @@ class GatewayContext:
     admission: Any  # ActorHandle of mlaas.admission.Admission
     applications: tuple[str, ...]
     credentials: CredentialCache = field(default_factory=CredentialCache)
+    versions: VersionCache = field(default_factory=VersionCache)
+    admissions: AdmissionBatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admissions = AdmissionBatcher(self.admission)
+
+    async def resolve_version(self, tenant_id: str, reference: str) -> ModelVersionInfo:
+        """The version a model reference names for the tenant (cached per replica)."""
+        return await self.versions.resolve(self.database_url, tenant_id, reference)
+
+    async def registry_changed(self) -> None:
+        """After a registry change made here: every replica drops its resolved versions before
+        its next request (awaited, so the caller's next request already sees the change)."""
+        self.versions.observe_epoch(await self.admission.registry_changed.remote())
 
 
 async def gateway_context(request: Request) -> GatewayContext:
@@ -54,7 +71,10 @@ async def check_admission(
     Returns:
         Whether the credentials epoch changed (cached credentials must be re-verified).
     """
-    refusal, epoch = await ctx.admission.admit.remote(subject, endpoint, tenant_id, tier, units)
+    refusal, epoch, registry_epoch = await ctx.admissions.admit(
+        subject, endpoint, tenant_id, tier, units
+    )
+    ctx.versions.observe_epoch(registry_epoch)
     epoch_changed = ctx.credentials.observe_epoch(epoch)
     if refusal is None:
         return epoch_changed

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from mlaas.model_store import resolve_version
 from serve_apps.gateway.context import Context, CurrentPrincipal
 from serve_apps.gateway.routes.predict import count_rows, version_header
 from serve_apps.inference import inference_client, version_spec
@@ -57,9 +56,7 @@ async def batch_predict(
 ) -> Any:
     """Inline outputs for up to ``settings.batch_inline_rows`` rows; otherwise 202 with a job
     id to poll."""
-    version = await run_in_threadpool(
-        resolve_version, ctx.database_url, principal.tenant_id, body.model
-    )
+    version = await ctx.resolve_version(principal.tenant_id, body.model)
     spec = version_spec(version)
     artifacts = ctx.settings.artifacts_dir
     if body.inputs is not None:

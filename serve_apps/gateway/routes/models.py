@@ -92,6 +92,7 @@ async def set_stage(
         return registry.set_stage(ctx.database_url, principal.tenant_id, name, version, body.stage)
 
     changed = await run_in_threadpool(change)
+    await ctx.registry_changed()
     return {"model": changed.model_name, "model_id": changed.model_id, **version_summary(changed)}
 
 
@@ -103,5 +104,6 @@ async def remove_version(
     deleted = await run_in_threadpool(
         delete_version, ctx.database_url, principal.tenant_id, model_id, version
     )
+    await ctx.registry_changed()
     return {"deleted": True, "model": deleted.model_name, "model_version_id": deleted.id,
             "version": deleted.version}

@@ -8,10 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from mlaas.errors import ValidationError
-from mlaas.model_store import resolve_version
 from mlaas.registry import ModelVersionInfo
 from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
 from serve_apps.inference import inference_client, version_spec
@@ -65,9 +63,7 @@ async def predict(
     reference, routing = body.model, None
     if body.model == EXPERT_AUTO:
         reference, routing = await routed_version(principal.tenant_id, body.query)
-    version = await run_in_threadpool(
-        resolve_version, ctx.database_url, principal.tenant_id, reference
-    )
+    version = await ctx.resolve_version(principal.tenant_id, reference)
     rows = validate_inputs(
         version.input_schema, body.inputs, max_rows=ctx.settings.max_predict_rows
     )

@@ -84,17 +84,38 @@ def test_another_tenants_model_is_404(platform: Platform, owner: Any) -> None:
 
 def test_promoting_a_version_moves_production_to_it(platform: Platform, owner: Any) -> None:
     _, key, versions = owner
+    body = {"model": "churn@production", "inputs": [[1, 2]]}
     with platform.client(key) as client:
         first = client.post("/v1/models/churn/versions/1/stage", json={"stage": "production"})
+        # Both gateway replicas resolve (and cache) churn@production as version 1 ...
+        before = [client.post("/v1/predict", json=body).json() for _ in range(8)]
         second = client.post("/v1/models/churn/versions/2/stage", json={"stage": "production"})
-        predicted = client.post("/v1/predict",
-                                json={"model": "churn@production", "inputs": [[1, 2]]})
+        # ... and every request after the promotion gets version 2, whichever replica serves it
+        after = [client.post("/v1/predict", json=body) for _ in range(8)]
         detail = client.get("/v1/models/churn").json()
         bad = client.post("/v1/models/churn/versions/2/stage", json={"stage": "archived"})
     assert first.status_code == 200 and second.status_code == 200, second.text
     assert [v["stage"] for v in detail["versions"]] == ["staging", "production"]
-    assert predicted.json()["model_version_id"] == versions[1].id
+    assert {p["model_version_id"] for p in before} == {versions[0].id}
+    assert {p.json()["model_version_id"] for p in after} == {versions[1].id}
     assert bad.status_code == 422
+
+
+def test_a_version_registered_by_another_process_is_resolved_at_once(
+    platform: Platform, owner: Any, register_tiny: Any, ray_driver: None
+) -> None:
+    # Prepare: the bare name resolves to the latest version while none is in production
+    tenant_id, key, _ = owner
+    first = register_tiny(tenant_id, "fresh")
+    body = {"model": "fresh", "inputs": [[1, 2]]}
+    with platform.client(key) as client:
+        before = [client.post("/v1/predict", json=body).json() for _ in range(8)]
+        # Execute: this test process (a Ray driver, like a training job) registers version 2
+        second = register_tiny(tenant_id, "fresh")
+        after = [client.post("/v1/predict", json=body).json() for _ in range(8)]
+    # Assert: no gateway replica kept serving its cached version 1
+    assert {p["model_version_id"] for p in before} == {first.id}
+    assert {p["model_version_id"] for p in after} == {second.id}
 
 
 def test_deleting_a_production_version_is_refused_and_a_staging_one_removes_it(
