@@ -13,6 +13,8 @@ from federated._graph import neighbours, share_holders
 from federated._inprocess import InProcessRound
 from federated._keys import Identity, KeyPair
 from federated._masking import decode_vector, encode_vector, expand_mask
+from federated._messages import BinaryMessage
+from federated._packing import pack_residues, packed_size, unpack_residues
 from federated._quantize import dequantize_mean, max_aggregate, quantize, weighted_input
 from federated._server import LocalVectorSum, RoundConfig, RoundServer, VectorSum
 from federated._spec import PoolSpec, parse_pool_spec, security_problem
@@ -51,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     *_LAZY,
     "BadSignatureError",
+    "BinaryMessage",
     "DuplicateMessageError",
     "Identity",
     "InProcessRound",
@@ -74,9 +77,12 @@ __all__ = [
     "expand_mask",
     "max_aggregate",
     "neighbours",
+    "pack_residues",
+    "packed_size",
     "parse_pool_spec",
     "quantize",
     "security_problem",
     "share_holders",
+    "unpack_residues",
     "weighted_input",
 ]

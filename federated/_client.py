@@ -8,7 +8,6 @@ self-mask share and the mask-key share of the same peer, and answers unmasking o
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -18,7 +17,18 @@ from federated import _shamir
 from federated._graph import neighbours, share_holders
 from federated._keys import Identity, KeyPair, open_sealed, random_seed, seal
 from federated._masking import apply_masks, encode_vector
-from federated._messages import b64, message_signature_ok, share_record_bytes, sign_message, unb64
+from federated._messages import (
+    BinaryMessage,
+    b64,
+    body_digest,
+    message_signature_ok,
+    pack_share_record,
+    share_record_bytes,
+    sign_message,
+    unb64,
+    unpack_share_record,
+)
+from federated._packing import ENCODING, pack_residues
 from federated._server import commitment, mask_info
 from federated.errors import UnsafeRequestError
 
@@ -85,19 +95,34 @@ class RoundClient:
         return {"c_pk": unb64(payload["c_pk"]), "s_pk": unb64(payload["s_pk"])}
 
     def _seal_share(self, holder: int, b_share: int, sk_share: int) -> str:
-        record = {}
+        shares = {}
         for kind, value in (("b", b_share), ("sk", sk_share)):
             signed = share_record_bytes(self.pool_id, self.round, self.index, holder, kind,
                                         value)
-            record[kind] = {"value": hex(value), "sig": b64(self.identity.sign(signed))}
+            shares[kind] = (value, self.identity.sign(signed))
         key = self.c_keys.agree(self.peers[holder]["c_pk"],
                                 info=share_info(self.pool_id, self.round, self.index, holder))
         associated = f"{self.pool_id}|{self.round}|{self.index}|{holder}".encode()
-        return b64(seal(key, json.dumps(record).encode(), associated))
+        return b64(seal(key, pack_share_record(shares), associated))
 
     def masked_input(self, view: dict[str, Any], vector: np.ndarray,
                      claims: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Keep the shares dealt to this node, then send the masked vector."""
+        """Keep the shares dealt to this node, then send the masked vector in JSON (base64
+        of whole bytes per element; the form the first clients used)."""
+        masked = self._masked(view, vector)
+        payload = {"vector": b64(encode_vector(masked, self.modulus_bits)), **(claims or {})}
+        return self._sign("masked_input", payload)
+
+    def masked_input_binary(self, view: dict[str, Any], vector: np.ndarray,
+                            claims: dict[str, Any] | None = None) -> BinaryMessage:
+        """As ``masked_input``, with the vector bit-packed at the modulus's width in a binary
+        body whose SHA-256 the signed payload carries."""
+        body = pack_residues(self._masked(view, vector), self.modulus_bits)
+        payload = {"vector_encoding": ENCODING, "vector_sha256": body_digest(body),
+                   **(claims or {})}
+        return BinaryMessage(self._sign("masked_input", payload), body)
+
+    def _masked(self, view: dict[str, Any], vector: np.ndarray) -> np.ndarray:
         self.u2 = {int(i) for i in view["u2"]}
         if not self.u2 <= self.u1 or self.index not in self.u2 \
                 or len(self.u2) < self.threshold:
@@ -109,10 +134,8 @@ class RoundClient:
                                  info=mask_info(self.pool_id, self.round, self.index, j))
             for j in sorted(self.graph[self.index] & self.u2)
         }
-        masked = apply_masks(vector, self_seed=self.seed, pair_keys=pair_keys, me=self.index,
-                             modulus_bits=self.modulus_bits)
-        payload = {"vector": b64(encode_vector(masked, self.modulus_bits)), **(claims or {})}
-        return self._sign("masked_input", payload)
+        return apply_masks(vector, self_seed=self.seed, pair_keys=pair_keys, me=self.index,
+                           modulus_bits=self.modulus_bits)
 
     def _keep_share(self, dealer: int, sealed: str) -> None:
         if dealer not in self.u2 or dealer not in self.peers:
@@ -122,10 +145,10 @@ class RoundClient:
         associated = f"{self.pool_id}|{self.round}|{dealer}|{self.index}".encode()
         try:
             plain = open_sealed(key, unb64(sealed), associated)
-            record = json.loads(plain) if plain is not None else None
         except ValueError:
-            record = None
-        if not isinstance(record, dict) or not {"b", "sk"} <= set(record):
+            plain = None
+        record = unpack_share_record(plain) if plain is not None else None
+        if record is None:
             log.warning("node %s: share from node %s does not decrypt; ignored",
                         self.index, dealer)
             return

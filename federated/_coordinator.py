@@ -159,8 +159,10 @@ class PoolCoordinator:
                          f"{pool['completed_rounds']}:{pool['status']}"
         return view
 
-    def submit(self, node_id: str, message: dict[str, Any]) -> dict[str, Any]:
-        """Take one protocol message; a refusal is logged and the round goes on."""
+    def submit(self, node_id: str, message: dict[str, Any],
+               body: bytes | None = None) -> dict[str, Any]:
+        """Take one protocol message (with its binary body, for a bit-packed masked input);
+        a refusal is logged and the round goes on."""
         with self.lock:
             self.last_seen[node_id] = time.monotonic()
             active = self.active
@@ -171,7 +173,7 @@ class PoolCoordinator:
                     raise NotSelectedError("not_selected",
                                            f"node {node_id} is not selected for this round "
                                            "under that index")
-                active.server.receive(message)
+                active.server.receive(message, body)
             except ProtocolError as exc:
                 log.warning("pool %s: refused a message of %s: %s (%s)", self.pool_id, node_id,
                             exc.message, exc.reason)

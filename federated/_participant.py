@@ -1,8 +1,9 @@
 """A node's part in the rounds of a pool, independent of transport and training.
 
 ``Participant.respond`` takes what the coordinator answered to a poll and returns the
-message to send for the current stage (or None). The update is asked for once per round,
-through ``make_input``, when the node is first seen selected: that is where it trains.
+message to send for the current stage (or None); the masked input is a ``BinaryMessage``.
+The update is asked for once per round, through ``make_input``, when the node is first seen
+selected: that is where it trains.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from federated._client import RoundClient
 from federated._keys import Identity
+from federated._messages import BinaryMessage
 
 # make_input(round_number, global_version) -> (vector to mask, claims sent with it)
 MakeInput = Callable[[int, int], tuple[np.ndarray, dict[str, Any]]]
@@ -31,8 +33,9 @@ class Participant:
     answered: set[tuple[int, str]] = field(default_factory=set)
     vector: np.ndarray | None = None
     claims: dict[str, Any] = field(default_factory=dict)
+    binary_inputs: bool = True  # bit-packed masked vector in a binary body; False: JSON
 
-    def respond(self, view: dict[str, Any]) -> dict[str, Any] | None:
+    def respond(self, view: dict[str, Any]) -> dict[str, Any] | BinaryMessage | None:
         """The message for the stage ``view`` shows, once per (round, stage)."""
         if not view.get("selected"):
             return None
@@ -56,6 +59,8 @@ class Participant:
             return self.client.share_keys(protocol)
         if stage == "masked_input":
             assert self.vector is not None
+            if self.binary_inputs:
+                return self.client.masked_input_binary(protocol, self.vector, self.claims)
             return self.client.masked_input(protocol, self.vector, self.claims)
         if self.client.index not in protocol["survivors"]:
             return None  # this node's input did not make it: nothing to unmask

@@ -22,7 +22,14 @@ from federated import _shamir
 from federated._graph import neighbours, share_holders
 from federated._keys import KeyPair, verify_signature
 from federated._masking import decode_vector, pair_sign
-from federated._messages import STAGES, message_signature_ok, share_record_bytes, unb64
+from federated._messages import (
+    STAGES,
+    body_digest,
+    message_signature_ok,
+    share_record_bytes,
+    unb64,
+)
+from federated._packing import ENCODING, packed_size, unpack_residues
 from federated.errors import (
     BadSignatureError,
     DuplicateMessageError,
@@ -97,8 +104,13 @@ class RoundServer:
                                                                repr=False)
 
     # ---- checking and receiving -------------------------------------------------------
-    def receive(self, message: dict[str, Any]) -> None:
+    def receive(self, message: dict[str, Any], body: bytes | None = None) -> None:
         """Check a message (pool, round, stage, sender, signature, duplicate) and take it.
+
+        Args:
+            message: the signed message.
+            body: the binary body of a ``masked_input`` message whose payload signs its
+                SHA-256 (``BinaryMessage``); None for a message that is all JSON.
 
         Raises:
             ProtocolError: a subclass naming the reason; the round state is unchanged.
@@ -107,8 +119,14 @@ class RoundServer:
         payload = message["payload"]
         if not isinstance(payload, dict):
             raise MalformedMessageError("malformed", "payload must be an object")
-        handler = getattr(self, f"_take_{self.stage}")
-        handler(node, payload)
+        if self.stage == "masked_input":
+            self._take_masked_input(node, payload, body)
+        elif body is not None:
+            raise MalformedMessageError(
+                "unexpected_body", f"only masked_input messages carry a binary body, not "
+                f"{self.stage} messages")
+        else:
+            getattr(self, f"_take_{self.stage}")(node, payload)
         if self.stage == "advertise":
             self.advertised[node]["message"] = message  # relayed, so peers can verify it
 
@@ -165,21 +183,50 @@ class RoundServer:
                 "wrong_holders", f"node {node} must send one sealed share to each of {holders}")
         self.shares[node] = {int(h): str(v) for h, v in sealed.items()}
 
-    def _take_masked_input(self, node: int, payload: dict[str, Any]) -> None:
+    def _take_masked_input(self, node: int, payload: dict[str, Any],
+                           body: bytes | None = None) -> None:
         if node not in self.shares:
             raise NotSelectedError("not_in_round", f"node {node} did not share its keys")
-        try:
-            vector = decode_vector(unb64(str(payload["vector"])), self.config.modulus_bits)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise MalformedMessageError("malformed", "masked_input needs a base64 vector") \
-                from exc
-        if len(vector) != self.config.vector_length:
-            raise MalformedMessageError(
-                "wrong_length", f"vector has {len(vector)} elements, expected "
-                f"{self.config.vector_length}", expected=self.config.vector_length)
+        vector = self._vector_of(node, payload, body)
         self.vector_sum.add(vector)
         self.masked.add(node)
         self.node_claims[node] = {k: payload.get(k) for k in ("samples", "epsilon")}
+
+    def _vector_of(self, node: int, payload: dict[str, Any], body: bytes | None) -> np.ndarray:
+        """The masked vector: bit-packed in ``body`` (its SHA-256 signed in the payload), or
+        base64 in the payload (the JSON form)."""
+        cfg = self.config
+        encoding = payload.get("vector_encoding")
+        if encoding is None and body is None:
+            try:
+                vector = decode_vector(unb64(str(payload["vector"])), cfg.modulus_bits)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise MalformedMessageError(
+                    "malformed", "masked_input needs a base64 vector, or a binary body") \
+                    from exc
+            if len(vector) != cfg.vector_length:
+                raise MalformedMessageError(
+                    "wrong_length", f"vector has {len(vector)} elements, expected "
+                    f"{cfg.vector_length}", expected=cfg.vector_length)
+            return vector
+        if encoding != ENCODING or body is None:
+            raise MalformedMessageError(
+                "malformed", f"a binary masked_input needs vector_encoding {ENCODING!r} in "
+                "its payload and the vector as its body")
+        if body_digest(body) != payload.get("vector_sha256"):
+            raise BadSignatureError(
+                "bad_signature", f"the body sent by node {node} is not the one it signed "
+                "(its SHA-256 differs from the payload's vector_sha256)")
+        expected = packed_size(cfg.vector_length, cfg.modulus_bits)
+        if len(body) != expected:
+            raise MalformedMessageError(
+                "wrong_length", f"body has {len(body)} bytes; {cfg.vector_length} elements "
+                f"of {cfg.modulus_bits} bits take {expected}", expected=cfg.vector_length,
+                expected_bytes=expected)
+        try:
+            return unpack_residues(body, cfg.modulus_bits, cfg.vector_length)
+        except ValueError as exc:
+            raise MalformedMessageError("malformed", str(exc)) from exc
 
     def _take_unmask(self, node: int, payload: dict[str, Any]) -> None:
         if node not in self.masked:

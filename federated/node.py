@@ -23,7 +23,7 @@ import numpy as np
 
 from federated._data import load_local_data
 from federated._keys import Identity
-from federated._messages import b64, unb64
+from federated._messages import BinaryMessage, b64, unb64
 from federated._participant import Participant
 from federated._quantize import weighted_input
 from federated._training import PrivacyBudget, round_plan, train_locally
@@ -102,7 +102,12 @@ class PoolConnection:
             params["known"] = known
         return self._check(self.http.get(f"{self.prefix}/round", params=params)).json()
 
-    def send(self, node_id: str, message: dict[str, Any]) -> None:
+    def send(self, node_id: str, message: dict[str, Any] | BinaryMessage) -> None:
+        if isinstance(message, BinaryMessage):  # the bit-packed vector as the request body
+            self._check(self.http.post(f"{self.prefix}/messages/binary",
+                                       params={"node_id": node_id}, content=message.body,
+                                       headers=message.headers()))
+            return
         self._check(self.http.post(f"{self.prefix}/messages",
                                    json={"node_id": node_id, "message": message}))
 

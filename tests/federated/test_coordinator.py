@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from federated import Identity, weighted_input
+from federated import BinaryMessage, Identity, weighted_input
 from federated._coordinator import PoolCoordinator
 from federated._messages import b64
 from federated._participant import Participant
@@ -66,8 +66,9 @@ def _drive(coordinator: PoolCoordinator, nodes: list[Participant], *, until: Any
         for node in nodes:
             view = coordinator.poll(node.node_id, None, 0)
             message = node.respond(view)
-            if message is not None and not (node.node_id in silent and
-                                            view["stage"] == "masked_input"):
+            if isinstance(message, BinaryMessage) and node.node_id not in silent:
+                coordinator.submit(node.node_id, message.message, message.body)
+            elif isinstance(message, dict):
                 coordinator.submit(node.node_id, message)
         time.sleep(0.02)
     assert until(), "the pool did not get there in time"

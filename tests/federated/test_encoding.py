@@ -5,8 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federated import expand_mask
+from federated import (
+    BadSignatureError,
+    BinaryMessage,
+    InProcessRound,
+    MalformedMessageError,
+    expand_mask,
+    pack_residues,
+    packed_size,
+    unpack_residues,
+)
 from federated._masking import CHUNK_BYTES, remove_masks, signed_mask_sum
+from federated._messages import b64, sign_message
+
+MODULUS_BITS = 23  # 16-bit inputs of up to 100 nodes
+D = 1001  # not a multiple of 8: the last byte is part padding
 
 
 @pytest.mark.parametrize("modulus_bits", [23, 32, 40, 63])
@@ -27,3 +40,132 @@ def test_chunked_mask_sum_equals_the_sum_of_whole_streams(modulus_bits: int) -> 
 
     assert [int(v) for v in summed] == list(expected)
     assert [int(v) for v in unmasked] == list((modulus - 1 - expected) % modulus)
+
+
+@pytest.mark.parametrize("bits", [1, 7, 8, 9, 16, 23, 24, 31, 32, 33, 40, 57, 58, 63, 64])
+def test_bit_packing_round_trips_at_every_width_with_edge_values(bits: int) -> None:
+    top = (1 << bits) - 1
+    rng = np.random.default_rng(bits)
+    middle = [int(v) for v in rng.integers(0, 1 << min(bits, 62), 21, dtype=np.uint64)]
+    values = np.array([0, top, 0, top, *middle, top, 0], dtype=np.uint64)  # 27: groups + tail
+
+    packed = pack_residues(values, bits)
+    expected = sum(int(v) << (i * bits) for i, v in enumerate(values))
+
+    assert len(packed) == packed_size(len(values), bits) == -(-len(values) * bits // 8)
+    assert packed == expected.to_bytes(len(packed), "little")  # the documented bit layout
+    assert np.array_equal(unpack_residues(packed, bits, len(values)), values)
+
+
+def test_bit_packing_refuses_values_wider_than_the_modulus_and_bad_lengths() -> None:
+    packed = pack_residues(np.array([1, 2, 3], dtype=np.uint64), 23)  # 69 bits -> 9 bytes
+
+    with pytest.raises(ValueError, match="below 2\\*\\*23"):
+        pack_residues(np.array([1 << 23], dtype=np.uint64), 23)
+    with pytest.raises(ValueError, match="take 9 bytes, got 8"):
+        unpack_residues(packed[:-1], 23, 3)
+    with pytest.raises(ValueError, match="take 9 bytes, got 10"):
+        unpack_residues(packed + b"\0", 23, 3)
+    with pytest.raises(ValueError, match="padding bits"):
+        unpack_residues(packed[:-1] + bytes([packed[-1] | 0x80]), 23, 3)
+
+
+def _vectors(n: int, d: int) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {i: rng.integers(0, 2**16, d, dtype=np.uint64) for i in range(1, n + 1)}
+
+
+def _at_masked_input(n: int = 5, d: int = D) -> InProcessRound:
+    round_ = InProcessRound.create(n, threshold=3, neighbours=None, vector_length=d,
+                                   modulus_bits=MODULUS_BITS)
+    round_._stage(range(1, n + 1), lambda i: round_.clients[i].advertise())
+    round_._stage(range(1, n + 1), lambda i: round_.clients[i].share_keys(
+        round_.server.view_for(i)))
+    return round_
+
+
+def test_binary_and_json_inputs_mix_in_one_round_and_the_sum_is_exact() -> None:
+    vectors = _vectors(5, D)
+    round_ = _at_masked_input()
+    for i in range(1, 6):
+        client, view = round_.clients[i], round_.server.view_for(i)
+        if i % 2:
+            sent = client.masked_input_binary(view, vectors[i], {"samples": 3})
+            round_.server.receive(sent.message, sent.body)
+        else:
+            round_.server.receive(client.masked_input(view, vectors[i]))
+    round_.server.close_stage()
+    round_._stage(range(1, 6), lambda i: round_.clients[i].unmask(round_.server.view_for(i)))
+
+    total = round_.server.aggregate()
+
+    assert np.array_equal(total, sum(vectors.values()) & np.uint64(2**MODULUS_BITS - 1))
+    assert round_.server.node_claims[1] == {"samples": 3, "epsilon": None}
+    assert len(sent.body) == packed_size(D, MODULUS_BITS)
+
+
+def test_a_tampered_binary_body_is_refused_and_the_genuine_one_is_taken() -> None:
+    round_ = _at_masked_input()
+    sent = round_.clients[1].masked_input_binary(round_.server.view_for(1),
+                                                 np.zeros(D, np.uint64))
+    flipped = bytearray(sent.body)
+    flipped[10] ^= 1
+
+    with pytest.raises(BadSignatureError) as caught:
+        round_.server.receive(sent.message, bytes(flipped))
+    with pytest.raises(BadSignatureError):
+        round_.server.receive(sent.message, sent.body[:-1])  # truncated: not what was signed
+    round_.server.receive(sent.message, sent.body)
+
+    assert caught.value.details["reason"] == "bad_signature"
+    assert "vector_sha256" in caught.value.message
+    assert caught.value.status_code == 403 and caught.value.code == "FORBIDDEN"
+    assert round_.server.masked == {1}
+
+
+def test_a_binary_vector_of_the_wrong_length_is_refused_with_the_expected_size() -> None:
+    round_ = _at_masked_input()
+    sent = round_.clients[3].masked_input_binary(round_.server.view_for(3),
+                                                 np.zeros(D - 1, np.uint64))
+
+    with pytest.raises(MalformedMessageError) as caught:
+        round_.server.receive(sent.message, sent.body)
+    assert caught.value.details == {"reason": "wrong_length", "expected": D,
+                                    "expected_bytes": packed_size(D, MODULUS_BITS)}
+    assert caught.value.status_code == 422 and 3 not in round_.server.masked
+
+
+def test_a_binary_message_without_its_body_or_with_a_stray_body_is_refused() -> None:
+    round_ = _at_masked_input()
+    sent = round_.clients[2].masked_input_binary(round_.server.view_for(2),
+                                                 np.zeros(D, np.uint64))
+    unmask = sign_message(round_.clients[2].identity, pool_id="pool_test", round_number=1,
+                          stage="masked_input", node=2, payload={"vector": "AAAA"})
+
+    with pytest.raises(MalformedMessageError, match="vector as its body"):
+        round_.server.receive(sent.message)
+    with pytest.raises(MalformedMessageError, match="vector_encoding"):
+        round_.server.receive(unmask, b"")  # a JSON-form message does not take a body
+    assert round_.server.masked == set()
+
+
+def test_the_message_header_round_trips_and_garbage_is_refused() -> None:
+    sent = BinaryMessage({"pool_id": "p", "round": 1, "payload": {"x": "é"}}, b"\x00\x01")
+    headers = sent.headers()
+
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert BinaryMessage.message_of_header(headers[BinaryMessage.HEADER]) == sent.message
+    for garbage in ("not base64!", b64(b"[1, 2]"), b64(b"\xff\xfe")):
+        with pytest.raises(ValueError, match=BinaryMessage.HEADER):
+            BinaryMessage.message_of_header(garbage)
+
+
+def test_a_binary_upload_is_within_a_tenth_of_the_vector_at_the_modulus_width() -> None:
+    d = 20_000
+    round_ = InProcessRound.create(10, threshold=4, neighbours=4, vector_length=d,
+                                   modulus_bits=MODULUS_BITS)
+
+    round_.run(_vectors(10, d))
+
+    vector_bytes = packed_size(d, MODULUS_BITS)
+    assert max(round_.sent_bytes.values()) <= 1.1 * vector_bytes

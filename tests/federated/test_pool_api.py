@@ -8,12 +8,13 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
 
-from federated import Identity, weighted_input
+from federated import BinaryMessage, Identity, weighted_input
 from federated._messages import b64, sign_message
 from federated._participant import Participant
 from tests.conftest import Platform
@@ -47,12 +48,26 @@ def _make_input(number: int, version: int) -> tuple[np.ndarray, dict[str, Any]]:
         {"samples": 50, "epsilon": 0.1 * number}
 
 
-def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event) -> None:
+def _post(client: httpx.Client, pool_id: str, node_id: str,
+          message: dict[str, Any] | BinaryMessage) -> httpx.Response:
+    if isinstance(message, BinaryMessage):
+        return client.post(f"/v1/federated/pools/{pool_id}/messages/binary",
+                           params={"node_id": node_id}, content=message.body,
+                           headers=message.headers())
+    return client.post(f"/v1/federated/pools/{pool_id}/messages",
+                       json={"node_id": node_id, "message": message})
+
+
+Probe = Callable[[str, BinaryMessage], None]
+
+
+def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
+              binary_inputs: bool = True, probe: Probe | None = None) -> None:
     identity = Identity()
     joined = client.post(f"/v1/federated/pools/{pool_id}/nodes",
                          json={"identity_key": b64(identity.public_bytes)}).json()
     node = Participant(identity, joined["node_id"], pool_id, joined["pool"]["spec"],
-                       _make_input)
+                       _make_input, binary_inputs=binary_inputs)
     known = None
     while not stop.is_set():
         response = client.get(f"/v1/federated/pools/{pool_id}/round",
@@ -66,9 +81,11 @@ def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event) -> None
         if view["pool_status"] != "open":
             return
         message = node.respond(view)
-        if message is not None:
-            client.post(f"/v1/federated/pools/{pool_id}/messages",
-                        json={"node_id": node.node_id, "message": message})
+        if message is None:
+            continue
+        if probe is not None and isinstance(message, BinaryMessage):
+            probe(node.node_id, message)
+        _post(client, pool_id, node.node_id, message)
 
 
 def test_an_insecure_spec_is_refused_with_the_fix(platform: Platform) -> None:
@@ -141,3 +158,49 @@ def test_a_killed_coordinator_aborts_the_round_in_flight_and_the_pool_finishes(
     assert [r["status"] for r in rounds[1:]] == ["completed", "completed"]
     assert final["completed_rounds"] == 2 and final["global_version"] == 3
     assert sorted(c["rounds_in_time"] for c in contributors["contributors"]) == [2, 2, 2]
+
+
+def test_binary_inputs_refuse_a_tampered_body_and_json_inputs_still_count(
+    platform: Platform,
+) -> None:
+    _, key = platform.new_tenant("pro")
+    stop = threading.Event()
+    refusals: list[httpx.Response] = []
+    with _client(platform, key) as client:
+        pool_id = _new_pool(client, rounds=1)
+
+        def probe(node_id: str, message: BinaryMessage) -> None:
+            tampered = BinaryMessage(message.message, bytes([message.body[0] ^ 1])
+                                     + message.body[1:])
+            truncated = BinaryMessage(message.message, message.body[:-1])
+            refusals.extend(_post(client, pool_id, node_id, bad) for bad in (tampered,
+                                                                             truncated))
+            url = f"/v1/federated/pools/{pool_id}/messages/binary"
+            refusals.append(client.post(url, params={"node_id": node_id}, content=message.body,
+                                        headers={**message.headers(),
+                                                 "Content-Type": "text/plain"}))
+            refusals.append(client.post(url, params={"node_id": node_id}, content=message.body,
+                                        headers={**message.headers(),
+                                                 BinaryMessage.HEADER: "not base64"}))
+
+        options: list[dict[str, Any]] = [{"probe": probe}, {}, {"binary_inputs": False}]
+        threads = [threading.Thread(target=_run_node, args=(client, pool_id, stop),
+                                    kwargs=kwargs, daemon=True) for kwargs in options]
+        for thread in threads:
+            thread.start()
+        try:
+            final = wait_for(lambda: (p := client.get(f"/v1/federated/pools/{pool_id}").json())
+                             ["status"] != "open" and p, 180, "the pool")
+        finally:
+            stop.set()
+
+    tampered, truncated, media, header = (r.json() for r in refusals)
+    assert [r.status_code for r in refusals] == [403, 403, 422, 422]
+    assert tampered["error"]["code"] == "FORBIDDEN" and tampered["request_id"]
+    assert tampered["error"]["details"]["reason"] == "bad_signature"
+    assert "vector_sha256" in tampered["error"]["message"]
+    assert truncated["error"]["details"]["reason"] == "bad_signature"
+    assert media["error"]["details"]["field"] == "content-type"
+    assert header["error"]["details"]["field"] == "X-Secagg-Message"
+    assert final["rounds"][0]["status"] == "completed"
+    assert len(final["rounds"][0]["survivors"]) == 3  # the JSON-form node counted too

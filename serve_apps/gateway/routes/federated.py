@@ -4,7 +4,8 @@ model, and contributors' credits.
 Each pool's coordinator is a named detached Ray actor created on demand here; a pool's
 nodes use keys of the tenant that owns it. Protocol refusals (bad signature, another round
 or stage, replay, duplicate, wrong length, not selected) come back in the documented error
-shape with ``details.reason``.
+shape with ``details.reason``. A masked input may come as JSON to ``/messages`` or as a
+bit-packed binary body to ``/messages/binary``, its signed message in a header.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -150,6 +151,31 @@ async def post_message(pool_id: str, body: MessageRequest, principal: CurrentPri
     """One signed protocol message for the current stage."""
     await _own_pool(pool_id, principal, ctx)
     return await _call(pool_id, ctx, "submit", body.node_id, body.message)
+
+
+@router.post("/v1/federated/pools/{pool_id}/messages/binary", status_code=202)
+async def post_binary_message(
+    pool_id: str, request: Request, principal: CurrentPrincipal, ctx: Context,
+    node_id: str = Query(..., min_length=1, max_length=40),
+    signed_message: str = Header(..., alias="X-Secagg-Message", max_length=16384,
+                                 description="base64 of the signed message JSON; its "
+                                 "payload carries the body's vector_sha256"),
+) -> dict[str, Any]:
+    """A masked input whose vector is the request body (``application/octet-stream``,
+    bit-packed at the modulus's width); a body that is not the one signed is refused."""
+    federated = _federated()
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != federated.BinaryMessage.MEDIA_TYPE:
+        raise errors.ValidationError(
+            f"Content-Type must be {federated.BinaryMessage.MEDIA_TYPE} (got "
+            f"{media_type or 'none'}); send JSON messages to /messages",
+            details={"field": "content-type"})
+    try:
+        message = federated.BinaryMessage.message_of_header(signed_message)
+    except ValueError as exc:
+        raise errors.ValidationError(str(exc), details={"field": "X-Secagg-Message"}) from exc
+    await _own_pool(pool_id, principal, ctx)
+    return await _call(pool_id, ctx, "submit", node_id, message, await request.body())
 
 
 @router.get("/v1/federated/pools/{pool_id}/model")
