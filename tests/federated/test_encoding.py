@@ -1,6 +1,9 @@
-"""Mask removal in cached chunks, and the bit-packed binary encoding of masked vectors."""
+"""Mask removal in cached chunks, the bit-packed binary encoding of masked vectors, and
+compact sealed share records."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from federated import (
     unpack_residues,
 )
 from federated._masking import CHUNK_BYTES, remove_masks, signed_mask_sum
-from federated._messages import b64, sign_message
+from federated._messages import b64, pack_share_record, sign_message, unpack_share_record
 
 MODULUS_BITS = 23  # 16-bit inputs of up to 100 nodes
 D = 1001  # not a multiple of 8: the last byte is part padding
@@ -169,3 +172,18 @@ def test_a_binary_upload_is_within_a_tenth_of_the_vector_at_the_modulus_width() 
 
     vector_bytes = packed_size(d, MODULUS_BITS)
     assert max(round_.sent_bytes.values()) <= 1.1 * vector_bytes
+
+
+def test_a_share_record_reads_in_the_compact_and_the_json_form_and_refuses_garbage() -> None:
+    signatures = {"b": bytes(range(64)), "sk": bytes(range(64, 128))}
+    shares = {"b": (2**520 + 5, signatures["b"]), "sk": (7, signatures["sk"])}
+    expected = {kind: {"value": hex(value), "sig": b64(signature)}
+                for kind, (value, signature) in shares.items()}
+    compact = pack_share_record(shares)
+
+    assert len(compact) == 261
+    assert unpack_share_record(compact) == expected
+    assert unpack_share_record(json.dumps(expected).encode()) == expected  # first clients
+    assert unpack_share_record(compact[:-1]) is None
+    assert unpack_share_record(b"{not json") is None
+    assert unpack_share_record(b"\x02" + compact[1:]) is None
