@@ -54,6 +54,10 @@ def pack_residues(values: np.ndarray, bits: int) -> bytes:
     for r, (column, shift, span) in enumerate(_lanes(bits)):
         lane = elements[:, r]
         low = lane << np.uint64(shift)  # the lane's bits at their place in its bytes
+        if span <= 8:  # all of them in one little-endian word: OR its bytes in at once
+            out[:, column:column + span] |= low.astype("<u8").view(np.uint8).reshape(
+                groups, 8)[:, :span]
+            continue
         for j in range(span):
             if j < 8:
                 byte = (low >> np.uint64(8 * j)).astype(np.uint8)  # astype keeps 8 bits
@@ -78,11 +82,20 @@ def unpack_residues(data: bytes, bits: int, length: int) -> np.ndarray:
     tail = (length * bits) % 8
     if tail and data[-1] >> tail:
         raise ValueError("the padding bits after the last element must be zero")
+    if length == 0:
+        return np.zeros(0, dtype=np.uint64)
     groups = -(-length // 8)
-    raw = np.zeros(groups * bits, dtype=np.uint8)
+    raw = np.zeros(groups * bits + 8, dtype=np.uint8)  # 8 spare bytes: the last word read
     raw[:expected] = np.frombuffer(data, dtype=np.uint8)
-    columns = raw.reshape(groups, bits)
     elements = np.zeros((groups, 8), dtype=np.uint64)
+    if bits <= 57:  # each lane is one unaligned little-endian word per group, shifted
+        for r, (column, shift, _) in enumerate(_lanes(bits)):
+            words = np.ndarray((groups,), dtype="<u8", buffer=raw, offset=column,
+                               strides=(bits,))
+            np.right_shift(words, np.uint64(shift), out=elements[:, r])
+        elements &= np.uint64((1 << bits) - 1)
+        return elements.reshape(-1)[:length]
+    columns = raw[:groups * bits].reshape(groups, bits)
     for r, (column, shift, span) in enumerate(_lanes(bits)):
         lane = elements[:, r]
         for j in range(span):

@@ -58,6 +58,9 @@ def test_bit_packing_round_trips_at_every_width_with_edge_values(bits: int) -> N
     assert len(packed) == packed_size(len(values), bits) == -(-len(values) * bits // 8)
     assert packed == expected.to_bytes(len(packed), "little")  # the documented bit layout
     assert np.array_equal(unpack_residues(packed, bits, len(values)), values)
+    for length in (0, 1, 8):  # no element, one short group, one whole group
+        assert np.array_equal(unpack_residues(pack_residues(values[:length], bits), bits,
+                                              length), values[:length])
 
 
 def test_bit_packing_refuses_values_wider_than_the_modulus_and_bad_lengths() -> None:
