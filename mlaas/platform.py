@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,11 +146,17 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     and ports (the defaults under /tmp/haproxy-serve would be shared by every platform)."""
     folder = settings.home / "haproxy"
     folder.mkdir(parents=True, exist_ok=True)
+    # Serve adds a 56-character node folder to the admin socket's path, and HAProxy takes at
+    # most 97 characters there, so the socket lives in a short folder named after the home.
+    sockets = Path(tempfile.gettempdir()) / (
+        "mlaas-hap-" + hashlib.sha256(str(settings.home).encode()).hexdigest()[:8]
+    )
+    sockets.mkdir(mode=0o700, exist_ok=True)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(sockets / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.haproxy_metrics_port),
