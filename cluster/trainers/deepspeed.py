@@ -33,6 +33,7 @@ from cluster.trainers._worker import (
     teacher_model,
     worker_data,
 )
+from cluster.trainers.ds_ops import use_venv_extensions
 from cluster.zoo import build_model
 
 CHECKPOINT_TAG = "ds"  # DeepSpeed's sub-folder inside each Ray Train checkpoint
@@ -75,6 +76,7 @@ def full_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One DeepSpeed worker: build the engine, reload its shards if restarted, train, report."""
+    use_venv_extensions()  # the ops `make install` compiled, not a minute of compiling here
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
