@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(
         default=1_000_000, ge=1, description="Rows of inline JSON a /v1/batch_predict may carry"
     )
+    batch_heartbeat_timeout_s: float = Field(
+        default=30, gt=0, description="A RUNNING batch job whose task is silent this long is "
+        "FAILED (its worker died); the task beats every 5 s"
+    )
     log_level: str = "INFO"
 
     @field_validator("home")

@@ -73,6 +73,9 @@ class Platform:
         return body["id"], body["api_key"]["key"]
 
 
+BATCH_HEARTBEAT_TIMEOUT_S = 12
+
+
 def platform_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLAAS_", "RAY_ADDRESS"))}
     env.update(
@@ -81,6 +84,8 @@ def platform_env(home: Path) -> dict[str, str]:
         MLAAS_RAY_PORT=str(TEST_RAY_PORT),
         MLAAS_DASHBOARD_PORT=str(TEST_DASHBOARD_PORT),
         MLAAS_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        # A batch job whose worker dies is FAILED after this long (the lost-job test waits it)
+        MLAAS_BATCH_HEARTBEAT_TIMEOUT_S=str(BATCH_HEARTBEAT_TIMEOUT_S),
         COLUMNS="200",
     )
     return env

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from mlaas.errors import ForbiddenError, NotFoundError, ValidationError
 
 STATUS_FILE = "status.json"
 FORMATS = ("parquet", "csv", "json", "numpy")
+_WRITE_LOCK = threading.Lock()
 _REMOTE = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hf://")
 
 
@@ -72,22 +75,44 @@ def format_of(uri: str, declared: str | None) -> str:
 
 
 def write_status(folder: Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into the job's status (written atomically)."""
+    """Merge ``fields`` into the job's status (written atomically; one writer at a time per
+    process, so the runner's heartbeat never undoes its own other updates)."""
     path = folder / STATUS_FILE
-    status = json.loads(path.read_text()) if path.exists() else {}
-    status.update(fields, updated_at=_now())
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    os.replace(tmp, path)
+    with _WRITE_LOCK:
+        status = json.loads(path.read_text()) if path.exists() else {}
+        status.update(fields, updated_at=_now())
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, path)
     return status
 
 
-def read_status(artifacts_dir: Path, tenant_id: str, job_id: str) -> dict[str, Any]:
-    path = job_folder(artifacts_dir, tenant_id, job_id) / STATUS_FILE
+def lost_job_reason(status: dict[str, Any], timeout_s: float, now: float | None = None) -> str:
+    """Why a RUNNING job is known dead (its task's heartbeat stopped), or "" if it is not."""
+    beat = status.get("heartbeat_at")
+    if status.get("status") != "RUNNING" or beat is None:
+        return ""
+    silent_s = (now if now is not None else time.time()) - float(beat)
+    if silent_s <= timeout_s:
+        return ""
+    return (f"LOST: the batch task stopped without finishing (no heartbeat for {silent_s:.0f} s; "
+            "its worker died or its node left the cluster); submit the job again")
+
+
+def read_status(
+    artifacts_dir: Path, tenant_id: str, job_id: str, heartbeat_timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """The job's status; a RUNNING job whose task stopped beating is marked FAILED for good."""
+    folder = job_folder(artifacts_dir, tenant_id, job_id)
+    path = folder / STATUS_FILE
     if not path.exists():
         raise NotFoundError(f"No batch job {job_id!r}", details={"id": job_id})
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    status: dict[str, Any] = json.loads(path.read_text())
+    reason = lost_job_reason(status, heartbeat_timeout_s)
+    if reason:
+        status = write_status(folder, status="FAILED", error=reason, finished_at=_now())
+    return status
 
 
 def new_job(artifacts_dir: Path, tenant_id: str, **fields: Any) -> tuple[str, Path]:

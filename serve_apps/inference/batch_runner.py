@@ -4,7 +4,10 @@ Parquet. Whatever goes wrong ends the job ``FAILED`` with the reason in its stat
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,28 @@ from serve_apps.inference.batch_jobs import BatchPredictor, _now, write_status
 
 BATCH_ROWS = 8192
 ENDPOINT = "/v1/batch_predict"
+
+
+@contextmanager
+def heartbeat(job: Path, every_s: float) -> Any:
+    """Stamp ``heartbeat_at`` into the status while the block runs, from a daemon thread.
+
+    A worker that dies stops the stamps, which is how a reader tells a lost job from a slow
+    one. The thread is stopped and joined before the block's final status is written.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            write_status(job, heartbeat_at=time.time())
+
+    thread = threading.Thread(target=beat, name="batch-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _read(source: str, fmt: str) -> Any:
@@ -81,21 +106,31 @@ def run_batch_job(
     fmt: str,
     tenant: dict[str, str],
     charge_rows: bool,
+    heartbeat_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Predict every row of ``source``; returns the final status."""
-    import ray.data
-
+    """Predict every row of ``source``; returns the final status. Beats every
+    ``heartbeat_s`` (a quarter of the time after which readers call the job lost)."""
     job = Path(folder)
     started = time.monotonic()
-    write_status(job, status="RUNNING", started_at=_now())
+    write_status(job, status="RUNNING", started_at=_now(), worker_pid=os.getpid(),
+                 heartbeat_at=time.time())
+    with heartbeat(job, heartbeat_s):
+        outcome = _run(job, spec, input_schema, source, fmt, tenant, charge_rows, started)
+    return write_status(job, **outcome)
+
+
+def _run(job: Path, spec: dict[str, Any], input_schema: dict[str, Any], source: str, fmt: str,
+         tenant: dict[str, str], charge_rows: bool, started: float) -> dict[str, Any]:
+    """The job's work; returns the fields of its final status."""
+    import ray.data
+
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         dataset = _read(source, fmt)
         rows = dataset.count()
         refusal = _charge(tenant, rows) if charge_rows else None
         if refusal:
-            return write_status(job, status="FAILED", error=refusal, rows=rows,
-                                finished_at=_now())
+            return {"status": "FAILED", "error": refusal, "rows": rows, "finished_at": _now()}
         write_status(job, rows=rows)
         predicted = dataset.map_batches(
             BatchPredictor,
@@ -108,13 +143,11 @@ def run_batch_job(
         out = job / "predictions"
         _write(predicted, out)
         seconds = time.monotonic() - started
-        return write_status(
-            job, status="SUCCEEDED", rows=rows, output_uri=out.resolve().as_uri(),
-            seconds=round(seconds, 3), rows_per_s=round(rows / max(seconds, 1e-9), 1),
-            finished_at=_now(),
-        )
+        return {"status": "SUCCEEDED", "rows": rows, "output_uri": out.resolve().as_uri(),
+                "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
+                "finished_at": _now()}
     except Exception as exc:  # unreadable file, bad columns, model that will not load...
         reason = str(exc).strip().splitlines()
         message = next((line for line in reversed(reason) if line.strip()), type(exc).__name__)
-        return write_status(job, status="FAILED", error=f"{type(exc).__name__}: {message[:500]}",
-                            finished_at=_now())
+        return {"status": "FAILED", "error": f"{type(exc).__name__}: {message[:500]}",
+                "finished_at": _now()}

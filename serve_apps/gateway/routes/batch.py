@@ -40,14 +40,15 @@ class BatchPredictRequest(BaseModel):
 
 
 def _launch(folder: Any, spec: dict[str, Any], schema: dict[str, Any], source: str, fmt: str,
-            principal: Any, charge_rows: bool) -> None:
+            principal: Any, charge_rows: bool, heartbeat_timeout_s: float) -> None:
     import ray
 
     from serve_apps.inference.batch_runner import run_batch_job
 
     tenant = {"tenant_id": principal.tenant_id, "tier": principal.tier}
     task = ray.remote(run_batch_job).options(num_cpus=0.1, max_retries=0)
-    task.remote(str(folder), spec, schema, source, fmt, tenant, charge_rows)
+    task.remote(str(folder), spec, schema, source, fmt, tenant, charge_rows,
+                heartbeat_timeout_s / 4)
 
 
 @router.post("/v1/batch_predict")
@@ -79,7 +80,8 @@ async def batch_predict(
             new_job, artifacts, principal.tenant_id, model_version_id=version.id,
             input=body.input_uri)
         charge = True
-    _launch(folder, spec, version.input_schema, source, fmt, principal, charge)
+    _launch(folder, spec, version.input_schema, source, fmt, principal, charge,
+            ctx.settings.batch_heartbeat_timeout_s)
     from fastapi.responses import JSONResponse
 
     return JSONResponse(
@@ -94,5 +96,6 @@ async def batch_status(job_id: str, principal: CurrentPrincipal, ctx: Context) -
     """State of a batch job (PENDING, RUNNING, SUCCEEDED, FAILED), rows, and on success the
     URI of the Parquet predictions; on failure the reason."""
     return await run_in_threadpool(  # type: ignore[no-any-return]
-        read_status, ctx.settings.artifacts_dir, principal.tenant_id, job_id
+        read_status, ctx.settings.artifacts_dir, principal.tenant_id, job_id,
+        ctx.settings.batch_heartbeat_timeout_s,
     )

@@ -3,6 +3,8 @@ limit, becomes a Ray Data job whose Parquet predictions land in the artifact sto
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Platform
+from tests.conftest import BATCH_HEARTBEAT_TIMEOUT_S, Platform
 from tests.serve_apps.inference.conftest import Store, Tenant, post_until
 
 
@@ -108,6 +110,37 @@ def test_an_unreadable_file_ends_failed_with_the_reason(
     assert status["status"] == "FAILED" and status["error"], status
     assert missing_status["status"] == "FAILED", missing_status
     assert "nothere.csv" in missing_status["error"] or "No such file" in missing_status["error"]
+
+
+def test_a_job_whose_worker_dies_ends_failed_instead_of_running_forever(
+    platform: Platform, owner: Tenant, store: Store
+) -> None:
+    # Prepare: the job's input is a named pipe nobody writes, so its task blocks while RUNNING
+    folder = store.artifacts_dir / "datasets" / owner.id
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "stalled.npy")
+    with platform.client(owner.key) as client:
+        job = client.post("/v1/batch_predict", json={
+            "model": "digits", "input_uri": "stalled.npy", "format": "numpy"}).json()["id"]
+        running = _poll_until(client, job, lambda s: s.get("status") == "RUNNING")
+        # Execute: the worker running the task dies (as on an OOM kill or a lost node)
+        os.kill(running["worker_pid"], signal.SIGKILL)
+        status = _poll(client, job, deadline_s=BATCH_HEARTBEAT_TIMEOUT_S * 5)
+        again = client.get(f"/v1/batch_predict/{job}").json()
+    # Assert
+    assert status["status"] == "FAILED", status
+    assert status["error"].startswith("LOST:") and "submit the job again" in status["error"]
+    assert again["status"] == "FAILED" and again["error"] == status["error"], "recorded for good"
+
+
+def _poll_until(client: httpx.Client, job_id: str, done: Any, deadline_s: float = 120) -> Any:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/batch_predict/{job_id}").json()
+        if done(status):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"batch job {job_id} never reached the awaited state: {status}")
 
 
 def test_files_outside_the_tenants_datasets_and_other_tenants_jobs_are_refused(
