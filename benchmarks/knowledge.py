@@ -93,15 +93,15 @@ def index_run(n: int, clusters: int, seed: int) -> dict[str, Any]:
     chosen = build_index(factory, ids, data, policy)
     build_s = time.perf_counter() - start
     sweep = {}
-    for nprobe in sorted({*NPROBES, policy.nprobe_for(factory)}):
+    for nprobe in sorted({*NPROBES, policy.nprobe_for(factory, n)}):
         faiss.ParameterSpace().set_index_parameter(chosen, "nprobe", nprobe)
         found, qps = timed_search(chosen, queries)
         sweep[str(nprobe)] = {"recall_at_10": round(recall(found, truth), 4),
                               "queries_per_s": round(qps, 1), "speedup": round(qps / exact_qps, 1)}
-    at_policy = sweep[str(policy.nprobe_for(factory))]
+    at_policy = sweep[str(policy.nprobe_for(factory, n))]
     return {
         "vectors": n, "clusters": clusters, "factory": factory,
-        "nprobe": policy.nprobe_for(factory), "train_sample": policy.train_per_list * int(
+        "nprobe": policy.nprobe_for(factory, n), "train_sample": policy.train_per_list * int(
             factory.split(",")[0][3:]),
         "exact": {"build_s": round(exact_build, 2), "queries_per_s": round(exact_qps, 1),
                   "index_mb": round(exact_bytes / 2**20, 1)},

@@ -27,10 +27,38 @@ def test_factory_strings_follow_the_documented_thresholds() -> None:
     assert policy.factory_for(20_000) == "IVF256,Flat"
     assert policy.factory_for(100_000) == "IVF512,Flat"
     assert policy.factory_for(1_000_000) == "IVF2048,Flat"
-    assert policy.nprobe_for("IVF2048,Flat") == 32
     assert not policy.should_rebuild("IVF256,Flat", 15_000)  # hysteresis: stays IVF
     assert policy.should_rebuild("IVF256,Flat", 9_000)
     assert policy.should_rebuild("IVF256,Flat", 70_000)  # nlist would double
+
+
+def test_nprobe_scans_about_the_same_number_of_vectors_at_every_size() -> None:
+    policy = IndexPolicy()
+    assert policy.nprobe_for("IDMap2,Flat", 10_000) == 0
+    assert policy.nprobe_for("IVF512,Flat", 100_000) == 84  # 8 gave recall@10 0.78 here
+    assert policy.nprobe_for("IVF2048,Flat", 1_000_000) == 34
+    assert policy.nprobe_for("IVF256,Flat", 20_000) == 64  # at most a quarter of the lists
+    assert policy.nprobe_for("IVF16384,Flat", 100_000_000) == 8  # at least min_nprobe
+    grown = [policy.nprobe_for("IVF512,Flat", n) for n in (70_000, 140_000, 260_000)]
+    assert grown == sorted(grown, reverse=True)  # fuller lists, fewer of them probed
+
+
+def test_ivf_search_probes_as_many_lists_as_the_policy_says_for_its_size() -> None:
+    vectors = clustered(4_000, seed=4)
+    ids = np.arange(4_000, dtype=np.int64)
+    exact = VectorIndex()
+    exact.add(ids, vectors)
+    queries = clustered(50, seed=5)
+    _, truth = exact.search(queries, 10)
+    recalls = {}
+    for scan in (100, 4_000):
+        policy = IndexPolicy(flat_max=1_000, min_nlist=64, min_nprobe=1, scan_vectors=scan)
+        index = VectorIndex(policy, index=build_index("IVF64,Flat", ids, vectors, policy),
+                            factory="IVF64,Flat")
+        _, found = index.search(queries, 10)
+        recalls[scan] = np.mean([len(set(f) & set(t)) / 10
+                                 for f, t in zip(found, truth, strict=True)])
+    assert recalls[4_000] >= 0.95 and recalls[4_000] > recalls[100]
 
 
 def test_index_switches_to_ivf_in_the_background_while_queries_and_writes_go_on() -> None:
