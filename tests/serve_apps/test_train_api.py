@@ -68,26 +68,31 @@ def database_url(platform: Platform) -> str:
 
 
 def test_submitted_job_reports_progress_and_registers_a_version(
-    platform: Platform, tenant: tuple[str, str], database_url: str
+    platform: Platform, tenant: tuple[str, str], database_url: str, tmp_path: Path
 ) -> None:
+    """Submitted with ``mlaas train`` (POST /v1/train), which follows it to the registration."""
     tenant_id, key = tenant
     # The digits as a CSV file in the tenant's data folder, read by the job with Ray Data.
     frame = load_digits(as_frame=True).frame.rename(columns={"target": "digit"})
     data_dir = platform.home / "data" / tenant_id
     data_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(data_dir / "digits.csv", index=False)
-    spec = tiny_spec(data={"source": "digits.csv", "target": "digit"})
-    with platform.client(key) as client:
-        accepted = client.post("/v1/train", json=spec)
-        job_id = accepted.json()["training_job_id"]
+    spec_file = tmp_path / "digits.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec(data={"source": "digits.csv", "target": "x"})))
 
-        final = poll(client, job_id, lambda b: b["status"] in TERMINAL)
+    followed = platform.cli("train", str(spec_file), "--set", "data.target=digit",
+                            MLAAS_API_KEY=key)
+    submitted = re.search(r"Submitted (job_\w+)", followed.stdout)
+    assert followed.returncode == 0 and submitted, followed.stdout + followed.stderr
+    job_id = submitted.group(1)
+    with platform.client(key) as client:
+        final = client.get(f"/v1/train/{job_id}/status").json()
         logs = client.get(f"/v1/train/{job_id}/logs").json()["logs"]
         listed = client.get("/v1/train").json()
 
-    assert accepted.status_code == 202, accepted.text
-    assert accepted.json()["monitoring_url"] == f"/v1/train/{job_id}/status"
-    assert accepted.json()["model_id"].startswith("mdl_")
+    assert f"status at {platform.url}/v1/train/{job_id}/status" in followed.stdout
+    assert f"Registered api-digits version 1 ({final['model_version_id']})" in followed.stdout
+    assert final["model_id"].startswith("mdl_")
     assert final["status"] == "SUCCEEDED", final
     assert final["progress"] == {
         "percent": 100.0,
