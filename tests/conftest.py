@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from mlaas.platform import port_is_free
+from tests.serve_apps.providers.catalogue import provider_env
+from tests.serve_apps.providers.fake_provider import FakeProvider
 
 REPO = Path(__file__).resolve().parent.parent
 MLAAS = str(Path(sys.executable).parent / "mlaas")
@@ -92,10 +94,25 @@ def platform_env(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """`mlaas up` in a fresh home dir; `mlaas down` at the end of the session."""
+def fake_provider() -> Iterator[FakeProvider]:
+    """A local server speaking OpenAI's and Anthropic's wire formats (scriptable per model)."""
+    fake = FakeProvider().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider
+) -> Iterator[Platform]:
+    """`mlaas up` in a fresh home dir; `mlaas down` at the end of the session.
+
+    Its provider catalogue is the real one plus fake providers pointed at ``fake_provider``
+    (keys reach Serve replicas only through the environment Ray starts with, so the fake
+    server starts first); the real providers have no keys, as on a fresh machine.
+    """
     home = tmp_path_factory.mktemp("mlaas-home")
-    env = platform_env(home)
+    env = provider_env(home, fake_provider, platform_env(home))
     up = subprocess.run([MLAAS, "up"], env=env, capture_output=True, text=True, timeout=600)
     if up.returncode != 0:
         subprocess.run([MLAAS, "down"], env=env, capture_output=True, timeout=300)

@@ -65,7 +65,7 @@ def test_cli_ingests_a_folder_with_progress_and_queries_cite_it(
     top = body["results"][0]
     assert top["document"]["source"] == "note-1.md" and "Hypertension" in top["chunk"]["text"]
     assert top["why"]["reason"] and top["contributor"] == "alice"
-    with platform.client(key) as client:  # no chat provider is configured in tests
+    with platform.client(key) as client:  # the default route's real providers have no key here
         answered = client.post("/v1/knowledge/query", json={
             "query": "Which drugs lower blood pressure?", "k": 2, "answer": True}).json()
     assert answered["results"] and answered["answer"] is None
