@@ -149,8 +149,8 @@ class VectorIndex:
                     params.sel = selector
                 return index.search(queries, k, params=params)
             if selector is not None:
-                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-                return index.search(queries, k, params=params)
+                filtered = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+                return index.search(queries, k, params=filtered)
             return index.search(queries, k)
 
     def maybe_rebuild(self, snapshot: Snapshot, *, wait: bool = False) -> bool:

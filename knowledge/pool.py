@@ -4,11 +4,14 @@ State per tenant lives under ``<home>/knowledge/<tenant id>/`` (``index.faiss`` 
 ``index.json``, ``graph.json``) and in the database (documents, chunks with embeddings). At
 first use a tenant's index and graph are read back; a missing, corrupt or stale file is
 rebuilt from the stored embeddings and concepts; if even that fails the tenant's knowledge
-routes answer 503 until it is repaired, never wrong results.
+routes answer 503 until it is repaired, never wrong results. With ``index_shards`` above 1
+(``MLAAS_KNOWLEDGE_INDEX_SHARDS``) a tenant's index is a ``ShardedIndex`` over that many
+actors instead, filled from the stored embeddings at first use and never written to a file.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -26,6 +29,8 @@ from knowledge.experts import DEFAULT_THRESHOLD, check_expert, register_expert, 
 from knowledge.graph import ConceptGraph
 from knowledge.index import IndexPolicy, VectorIndex
 from knowledge.retrieval import hybrid_search
+from knowledge.settings import KnowledgeSettings
+from knowledge.sharding import ShardedIndex
 from mlaas import rewards
 from mlaas.errors import ValidationError
 from mlaas.logs import get_logger
@@ -43,7 +48,7 @@ class Encoder(Protocol):
 
 @dataclass
 class TenantState:
-    index: VectorIndex
+    index: VectorIndex | ShardedIndex
     graph: ConceptGraph
     lock: threading.RLock = field(default_factory=threading.RLock)
     recovered: list[str] = field(default_factory=list)
@@ -65,8 +70,10 @@ class KnowledgePool:
     """Ingest, delete and query, per tenant, over one encoder and one database."""
 
     def __init__(self, *, database_url: str, home: Path, encoder: Encoder,
-                 policy: IndexPolicy | None = None, max_document_chars: int = 1_000_000) -> None:
+                 policy: IndexPolicy | None = None, max_document_chars: int = 1_000_000,
+                 settings: KnowledgeSettings | None = None) -> None:
         self.url = database_url
+        self.settings = settings or KnowledgeSettings()
         self.root = home / "knowledge"
         self.encoder = encoder
         self.policy = policy or IndexPolicy()
@@ -103,16 +110,10 @@ class KnowledgePool:
         index_path, graph_path = self._paths(tenant_id)
         expected = store.chunk_count(self.url, tenant_id)
         recovered: list[str] = []
-        try:
-            index = VectorIndex.load(index_path, self.policy)
-            if index.size != expected:
-                raise RuntimeError(f"index holds {index.size} vectors, database {expected}")
-        except Exception as exc:
-            if index_path.exists() or expected:
-                recovered.append(f"index rebuilt from stored embeddings ({exc})")
-                log.warning("rebuilding knowledge index", extra={"fields": {
-                    "tenant": tenant_id, "reason": str(exc)}})
-            index = self._rebuilt_index(tenant_id)
+        if self.settings.index_shards > 1:
+            index: VectorIndex | ShardedIndex = self._sharded_index(tenant_id)
+        else:
+            index = self._file_index(tenant_id, index_path, expected, recovered)
         try:
             graph = ConceptGraph.load(graph_path)
             documents = len(store.list_documents(self.url, tenant_id))
@@ -129,6 +130,28 @@ class KnowledgePool:
         index.on_rebuilt = lambda: self._persist_after_rebuild(tenant_id, state)
         index.maybe_rebuild(self._snapshot(tenant_id))  # e.g. the policy changed meanwhile
         return state
+
+    def _file_index(self, tenant_id: str, index_path: Path, expected: int,
+                    recovered: list[str]) -> VectorIndex:
+        try:
+            index = VectorIndex.load(index_path, self.policy)
+            if index.size != expected:
+                raise RuntimeError(f"index holds {index.size} vectors, database {expected}")
+            return index
+        except Exception as exc:
+            if index_path.exists() or expected:
+                recovered.append(f"index rebuilt from stored embeddings ({exc})")
+                log.warning("rebuilding knowledge index", extra={"fields": {
+                    "tenant": tenant_id, "reason": str(exc)}})
+            return self._rebuilt_index(tenant_id)
+
+    def _sharded_index(self, tenant_id: str) -> ShardedIndex:
+        index = ShardedIndex(self.settings.index_shards, policy=self.policy,
+                             num_cpus=self.settings.shard_num_cpus)
+        ids, vectors = store.embeddings(self.url, tenant_id)
+        if len(ids):
+            index.add(ids, vectors)
+        return index
 
     def _persist_after_rebuild(self, tenant_id: str, state: TenantState) -> None:
         with state.lock:
@@ -164,7 +187,7 @@ class KnowledgePool:
         state.graph.save(graph_path)
 
     def _snapshot(self, tenant_id: str) -> Any:
-        return lambda: store.embeddings(self.url, tenant_id)
+        return functools.partial(store.embeddings, self.url, tenant_id)  # pickles, for shards
 
     def forget(self, tenant_id: str | None = None) -> None:
         """Drop loaded state (all tenants, or one) so the next use reads it back from disk."""
@@ -173,6 +196,8 @@ class KnowledgePool:
                 state = self._tenants.pop(key, None)
                 if state is not None:
                     state.index.wait_for_rebuild()
+                    if isinstance(state.index, ShardedIndex):
+                        state.index.close()
                 self._broken.pop(key, None)
 
     # -- writes --------------------------------------------------------------------------

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from knowledge import store
 from knowledge.graph import ConceptGraph
-from knowledge.index import VectorIndex
 
 GRAPH_WEIGHT = 0.3
 SEED_HITS_MIN = 3
 EXPANSION_CONCEPTS = 12
 CHUNKS_PER_CONCEPT = 40
+
+
+class SearchableIndex(Protocol):
+    """A ``VectorIndex`` or a ``ShardedIndex``."""
+
+    def search(self, queries: np.ndarray, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -49,7 +56,7 @@ class Candidate:
                 "from": "vector" if self.from_vector else "graph"}
 
 
-def vector_candidates(index: VectorIndex, query: np.ndarray, k: int,
+def vector_candidates(index: SearchableIndex, query: np.ndarray, k: int,
                       allowed: np.ndarray | None) -> dict[int, Candidate]:
     fetch = max(3 * k, 10)
     scores, ids = index.search(query, fetch, allowed)
@@ -89,7 +96,7 @@ def expand(candidates: dict[int, Candidate], k: int, query: np.ndarray, graph: C
     return candidates
 
 
-def hybrid_search(index: VectorIndex, graph: ConceptGraph, url: str, tenant_id: str,
+def hybrid_search(index: SearchableIndex, graph: ConceptGraph, url: str, tenant_id: str,
                   query: np.ndarray, k: int, *, expand_graph: bool,
                   allowed: np.ndarray | None = None,
                   graph_weight: float = GRAPH_WEIGHT) -> list[tuple[Candidate, float]]:
