@@ -8,6 +8,7 @@ stays light.
 from importlib import import_module
 from typing import Any
 
+from federated._clear import ClearRoundServer, clear_input_message
 from federated._client import RoundClient
 from federated._graph import neighbours, share_holders
 from federated._inprocess import InProcessRound
@@ -20,6 +21,7 @@ from federated._server import LocalVectorSum, RoundConfig, RoundServer, VectorSu
 from federated._spec import PoolSpec, parse_pool_spec, security_problem
 from federated.errors import (
     BadSignatureError,
+    ClearUpdateRefusedError,
     DuplicateMessageError,
     MalformedMessageError,
     NotSelectedError,
@@ -38,6 +40,7 @@ _LAZY = {
     "list_pools": "federated._store",
     "rounds_of": "federated._store",
     "contributors": "federated._scoring",
+    "leave_one_out": "federated._leave_one_out",
     "read_version_weights": "federated._model",
     "Node": "federated.node",
     "NodeOptions": "federated.node",
@@ -54,6 +57,8 @@ __all__ = [
     *_LAZY,
     "BadSignatureError",
     "BinaryMessage",
+    "ClearRoundServer",
+    "ClearUpdateRefusedError",
     "DuplicateMessageError",
     "Identity",
     "InProcessRound",
@@ -71,6 +76,7 @@ __all__ = [
     "StaleMessageError",
     "UnsafeRequestError",
     "VectorSum",
+    "clear_input_message",
     "decode_vector",
     "dequantize_mean",
     "encode_vector",

@@ -6,6 +6,10 @@ completed round into a new version of the global model.
 stages at their deadlines. All state that matters is in the database, so a restarted actor
 picks the pool up again: a round it finds ``running`` is completed if its version was
 already registered, otherwise aborted, never half-counted.
+
+A pool that opted out of secure aggregation (``aggregation: clear``) runs one stage,
+``clear_input``, and keeps each node's update; only such a pool scores contributions
+(leave-one-out on its validation set). A secure pool never holds an individual update.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from typing import Any
 import numpy as np
 
 from federated import _model, _scoring, _store
+from federated._clear import MIN_INPUTS, ClearRoundServer
+from federated._data import load_local_data
+from federated._leave_one_out import leave_one_out
 from federated._messages import unb64
 from federated._quantize import dequantize_mean
 from federated._server import LocalVectorSum, RoundConfig, RoundServer
@@ -31,7 +38,8 @@ log = logging.getLogger("mlaas.federated")
 # Share of the round deadline each stage may last (training happens before a node
 # advertises, so the first stage gets the most time); a stage closes early once every
 # expected node has answered.
-STAGE_SHARES = {"advertise": 0.55, "share": 0.15, "masked_input": 0.15, "unmask": 0.15}
+STAGE_SHARES = {"advertise": 0.55, "share": 0.15, "masked_input": 0.15, "unmask": 0.15,
+                "clear_input": 1.0}
 READY_WITHIN_S = 15.0  # a node that polled this recently can be selected
 MAX_ABORTS_PER_ROUND = 3
 
@@ -69,6 +77,8 @@ class PoolCoordinator:
         self.active: ActiveRound | None = None
         self.last_seen: dict[str, float] = {}
         self.changes = 0
+        self.clear = self.spec.get("aggregation") == "clear"
+        self._validation: tuple[np.ndarray, np.ndarray] | None = None
         self._recover()
 
     # ---- restart ----------------------------------------------------------------------
@@ -81,7 +91,7 @@ class PoolCoordinator:
                 info = version.metrics["federated"]
                 self._complete(entry["id"], entry["number"], version.version,
                                info["participant_ids"], info["epsilon_spent"],
-                               info.get("claims", {}))
+                               info.get("claims", {}), info.get("scores"))
             else:
                 _store.end_round(self.url, entry["id"], status="aborted",
                                  reason="coordinator restarted during the round")
@@ -197,6 +207,7 @@ class PoolCoordinator:
     def _expected(self, active: ActiveRound) -> int:
         server = active.server
         return {"advertise": len(server.config.identities), "share": len(server.advertised),
+                "clear_input": len(server.config.identities),
                 "masked_input": len(server.shares), "unmask": len(server.masked)
                 }.get(server.stage, 0)
 
@@ -226,8 +237,16 @@ class PoolCoordinator:
         length = _model.vector_length(self.spec)
         index_of = {node_id: i + 1 for i, node_id in enumerate(selected)}
         identities = {i: unb64(nodes[n]["identity_key"]) for n, i in index_of.items()}
-        config = RoundConfig(self.pool_id, number, sa["threshold"], sa.get("neighbours"),
-                             length, sa["modulus_bits"], identities)
+        config = RoundConfig(self.pool_id, number, sa.get("threshold") or MIN_INPUTS,
+                             sa.get("neighbours"), length, sa["modulus_bits"], identities)
+        round_id = _store.start_round(self.url, self.pool_id, number, selected)
+        if self.clear:
+            server = ClearRoundServer(config, max_weight=int(sa["sample_cap"]),
+                                      levels=(1 << sa["quantization_bits"]) - 1)
+            return ActiveRound(number, round_id, server, index_of, time.monotonic(),
+                               float(self.spec["round_deadline_s"]),
+                               self.pool["global_version"], None,
+                               {i: n for n, i in index_of.items()})
         vector_sum: Any
         if self.use_ray_slices:
             from federated._aggregation import SlicedVectorSum
@@ -236,7 +255,6 @@ class PoolCoordinator:
                                          int(sa.get("aggregator_actors", 1)))
         else:
             vector_sum = LocalVectorSum(length, sa["modulus_bits"])
-        round_id = _store.start_round(self.url, self.pool_id, number, selected)
         return ActiveRound(number, round_id, RoundServer(config, vector_sum), index_of,
                            time.monotonic(), float(self.spec["round_deadline_s"]),
                            self.pool["global_version"], vector_sum,
@@ -285,14 +303,37 @@ class PoolCoordinator:
         epsilons = [float(c["epsilon"]) for c in claims.values()
                     if isinstance(c.get("epsilon"), int | float)]
         epsilon = max(epsilons) if epsilons else None
+        scores = self._leave_one_out(active) if isinstance(active.server, ClearRoundServer) \
+            else None
         version = self._register(active, aggregate, mean_update, weight, survivors, epsilon,
-                                 claims)
-        self._complete(active.round_id, active.number, version, survivors, epsilon, claims)
+                                 claims, scores)
+        self._complete(active.round_id, active.number, version, survivors, epsilon, claims,
+                       scores)
         self._close(active)
+
+    def _leave_one_out(self, active: ActiveRound) -> dict[str, float] | None:
+        """Each survivor's leave-one-out value, when the (clear) pool scores contributions;
+        a round whose scoring fails completes without scores (and pays for participation)."""
+        scoring = self.spec.get("contribution_scoring")
+        if not scoring:
+            return None
+        assert isinstance(active.server, ClearRoundServer)  # a secure round keeps no input
+        try:
+            if self._validation is None:
+                self._validation = load_local_data(scoring["validation_data"],
+                                                   target=scoring["validation_target"])
+            model = _model.load_weights(self.spec, _model.read_version_weights(
+                self.url, self.pool["tenant_id"], self.spec["name"], active.global_version))
+            inputs = {active.node_of[i]: v for i, v in active.server.inputs.items()}
+            return leave_one_out(self.spec, _model.flat_parameters(model), inputs,
+                                 self._validation, scoring["metric"])
+        except (OSError, ValueError, MlaasError):
+            log.exception("pool %s: round %s could not be scored", self.pool_id, active.number)
+            return None
 
     def _register(self, active: ActiveRound, aggregate: np.ndarray, mean_update: np.ndarray,
                   weight: int, survivors: list[str], epsilon: float | None,
-                  claims: dict[str, dict[str, Any]]) -> int:
+                  claims: dict[str, dict[str, Any]], scores: dict[str, float] | None) -> int:
         tenant = self.pool["tenant_id"]
         model = _model.load_weights(self.spec, _model.read_version_weights(
             self.url, tenant, self.spec["name"], active.global_version))
@@ -301,7 +342,9 @@ class PoolCoordinator:
         federated = {"pool_id": self.pool_id, "round": active.number,
                      "participants": len(survivors), "participant_ids": survivors,
                      "selected": len(active.index_of),
-                     "dropped": len(active.server.shares) - len(survivors),
+                     "dropped": len(active.index_of if self.clear else active.server.shares)
+                     - len(survivors), "aggregation": "clear" if self.clear else "secure",
+                     "scores": scores,
                      "total_weight": weight, "epsilon_spent": epsilon,
                      "delta": privacy.get("delta"), "accountant": privacy.get("accountant"),
                      "noise_multiplier": privacy.get("noise_multiplier"),
@@ -315,12 +358,14 @@ class PoolCoordinator:
         return info.version
 
     def _complete(self, round_id: int, number: int, version: int, survivors: list[str],
-                  epsilon: float | None, claims: dict[str, dict[str, Any]]) -> None:
+                  epsilon: float | None, claims: dict[str, dict[str, Any]],
+                  scores: dict[str, float] | None = None) -> None:
         _store.end_round(self.url, round_id, status="completed", survivors=survivors,
-                         model_version=version, epsilon=epsilon, claims=claims)
+                         model_version=version, epsilon=epsilon, claims=claims, scores=scores)
         cap = int(self.spec["secure_aggregation"].get("sample_cap", 1000))
-        rewards.credit(self.url, self.pool["tenant_id"], _scoring.SOURCE,
-                       _scoring.round_credits(self.pool_id, number, survivors, claims, cap))
+        credits = _scoring.round_credits(self.pool_id, number, survivors, claims, cap) \
+            if scores is None else _scoring.contribution_credits(self.pool_id, number, scores)
+        rewards.credit(self.url, self.pool["tenant_id"], _scoring.SOURCE, credits)
         log.info("pool %s: round %s completed with %s nodes -> version %s", self.pool_id,
                  number, len(survivors), version)
 

@@ -3,7 +3,9 @@
 ``Participant.respond`` takes what the coordinator answered to a poll and returns the
 message to send for the current stage (or None); the masked input is a ``BinaryMessage``.
 The update is asked for once per round, through ``make_input``, when the node is first seen
-selected: that is where it trains.
+selected: that is where it trains. In a pool that opted out of secure aggregation the round
+has one stage, ``clear_input``, and the update goes unmasked; a node sends that only when
+the pool it joined said so.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from federated._clear import clear_input_message
 from federated._client import RoundClient
 from federated._keys import Identity
 from federated._messages import BinaryMessage
+from federated._server import CLEAR_STAGE
+from federated.errors import UnsafeRequestError
 
 # make_input(round_number, global_version) -> (vector to mask, claims sent with it)
 MakeInput = Callable[[int, int], tuple[np.ndarray, dict[str, Any]]]
@@ -42,6 +47,8 @@ class Participant:
         number, stage = int(view["round"]), str(view["stage"])
         if (number, stage) in self.answered:
             return None
+        if stage == CLEAR_STAGE:
+            return self._clear_input(number, view)
         if self.client is None or self.client.round != number:
             if stage != "advertise":
                 return None  # joined this round too late (e.g. after a restart): skip it
@@ -65,6 +72,17 @@ class Participant:
         if self.client.index not in protocol["survivors"]:
             return None  # this node's input did not make it: nothing to unmask
         return self.client.unmask(protocol)
+
+    def _clear_input(self, number: int, view: dict[str, Any]) -> BinaryMessage:
+        if self.spec.get("aggregation") != "clear":
+            raise UnsafeRequestError("the server asks for this node's update in the clear, "
+                                     "but the pool it joined aggregates securely")
+        vector, claims = self.make_input(number, int(view["global_version"]))
+        self.answered.add((number, CLEAR_STAGE))
+        return clear_input_message(self.identity, pool_id=self.pool_id, round_number=number,
+                                   index=int(view["index"]), vector=vector,
+                                   modulus_bits=self.spec["secure_aggregation"]["modulus_bits"],
+                                   claims=claims)
 
     def _begin(self, number: int, index: int, global_version: int) -> None:
         sa = self.spec["secure_aggregation"]

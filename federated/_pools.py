@@ -1,4 +1,9 @@
-"""Creating a pool: check its spec, then register its first global model (version 1)."""
+"""Creating a pool: check its spec, then register its first global model (version 1).
+
+A pool that scores contributions names its validation set: ``builtin:<name>``, or a CSV /
+Parquet file in the tenant's data folder (never another file of the server). It is read
+once here, so a spec whose set is missing or does not fit the model is refused at creation.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,29 @@ from pathlib import Path
 from typing import Any
 
 from federated import _model, _store
+from federated._data import load_local_data
 from federated._spec import parse_pool_spec
+from federated.errors import PoolSpecError
 from mlaas import registry
-from mlaas.errors import ConflictError, NotFoundError
+from mlaas.errors import ConflictError, NotFoundError, ValidationError
+
+VALIDATION_FIELD = "contribution_scoring.validation_data"
 
 
-def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any) -> dict[str, Any]:
+def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any,
+                data_dir: Path | None = None) -> dict[str, Any]:
     """A new pool with its initial model registered as version 1 of ``spec.name``.
+
+    Args:
+        data_dir: the tenant's data folder, where a validation file must lie.
 
     Raises:
         PoolSpecError: the spec is invalid or cannot be secure (the reason says the fix).
         ConflictError: the tenant already has a model of that name.
     """
     spec = parse_pool_spec(raw).model_dump(mode="json")
+    if spec.get("contribution_scoring"):
+        spec["contribution_scoring"]["validation_data"] = _checked_validation(spec, data_dir)
     try:
         registry.list_versions(url, tenant_id, spec["name"])
     except NotFoundError:
@@ -34,3 +49,27 @@ def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any) -> dict
                                "epsilon_spent": 0.0}, "round": 0, "epsilon_spent": 0.0})
     assert version.version == 1
     return pool
+
+
+def _checked_validation(spec: dict[str, Any], data_dir: Path | None) -> str:
+    """The validation source, a file made absolute, once it is read and fits the model."""
+    scoring, model = spec["contribution_scoring"], spec["model"]
+    source = str(scoring["validation_data"])
+    if not source.startswith("builtin:"):
+        path = Path(source).expanduser()
+        folder = data_dir.resolve() if data_dir is not None else None
+        resolved = (path if path.is_absolute() or folder is None else folder / path).resolve()
+        if folder is None or not resolved.is_relative_to(folder):
+            raise PoolSpecError(VALIDATION_FIELD, f"must be builtin:<name> or a file in your "
+                                f"data folder {folder} (got {source})")
+        source = str(resolved)
+    try:
+        x, y = load_local_data(source, target=scoring["validation_target"])
+    except ValidationError as exc:
+        raise PoolSpecError(VALIDATION_FIELD, exc.message) from None
+    if x.ndim != 2 or x.shape[1] != model["num_features"] or len(y) == 0:
+        raise PoolSpecError(VALIDATION_FIELD, f"needs rows of {model['num_features']} "
+                            f"features (got shape {list(x.shape)})")
+    if y.min() < 0 or y.max() >= model["num_classes"]:
+        raise PoolSpecError(VALIDATION_FIELD, f"labels must be 0 .. {model['num_classes'] - 1}")
+    return source

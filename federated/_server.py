@@ -32,6 +32,7 @@ from federated._messages import (
 from federated._packing import ENCODING, packed_size, unpack_residues
 from federated.errors import (
     BadSignatureError,
+    ClearUpdateRefusedError,
     DuplicateMessageError,
     MalformedMessageError,
     NotSelectedError,
@@ -40,6 +41,7 @@ from federated.errors import (
 )
 
 log = logging.getLogger("mlaas.federated")
+CLEAR_STAGE = "clear_input"  # the one stage of a pool without secure aggregation
 
 
 def mask_info(pool_id: str, round_number: int, a: int, b: int) -> bytes:
@@ -115,6 +117,10 @@ class RoundServer:
         Raises:
             ProtocolError: a subclass naming the reason; the round state is unchanged.
         """
+        if isinstance(message, dict) and message.get("stage") == CLEAR_STAGE:
+            raise ClearUpdateRefusedError(
+                "secure_pool", "this pool aggregates securely: it takes masked inputs only, "
+                "never an update in the clear")
         node = self._check_envelope(message)
         payload = message["payload"]
         if not isinstance(payload, dict):

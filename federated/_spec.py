@@ -2,6 +2,10 @@
 
 Every refusal names the field and says how to fix it, e.g. "threshold must be more than half
 of the 10 share holders (got 5); raise it to at least 6".
+
+``aggregation: "clear"`` opts a pool out of secure aggregation: nodes send their clipped,
+quantized, sample-weighted updates unmasked, so the server sees each node's update. Only such
+a pool can score contributions on a validation set (``contribution_scoring``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ class ModelSpec(BaseModel):
 class SecureAggregationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    threshold: int = Field(ge=2, description="t: shares needed to rebuild a node's secrets")
+    threshold: int | None = Field(
+        default=None, ge=2,
+        description="t: shares needed to rebuild a node's secrets (secure pools only)")
     neighbours: int | None = Field(
         default=None, ge=2, description="k of the SecAgg+ k-regular graph; None = everyone"
     )
@@ -61,6 +67,20 @@ class LocalTrainingSpec(BaseModel):
     lr: float = Field(default=0.1, gt=0, le=10)
 
 
+class ContributionScoringSpec(BaseModel):
+    """Leave-one-out scoring of each node's update on a validation set (clear pools only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["leave_one_out"] = "leave_one_out"
+    validation_data: str = Field(
+        min_length=1, max_length=500,
+        description="builtin:<name>, or a CSV/Parquet file in the tenant's data folder")
+    validation_target: str = Field(default="target", min_length=1, max_length=100)
+    metric: Literal["log_loss", "accuracy"] = Field(
+        default="log_loss", description="log_loss scores by the drop in cross-entropy")
+
+
 class PoolSpec(BaseModel):
     """What a tenant asks for when creating a pool."""
 
@@ -72,7 +92,11 @@ class PoolSpec(BaseModel):
     min_nodes: int = Field(default=3, ge=2, le=10_000)
     target_nodes: int = Field(default=5, ge=2, le=10_000)
     round_deadline_s: float = Field(default=120.0, ge=2, le=86_400)
+    aggregation: Literal["secure", "clear"] = Field(
+        default="secure", description="clear: the pool opts out of secure aggregation and "
+        "the server sees each node's update")
     secure_aggregation: SecureAggregationSpec
+    contribution_scoring: ContributionScoringSpec | None = None
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
 
@@ -82,6 +106,11 @@ class PoolSpec(BaseModel):
         if problem is not None:
             raise ValueError(f"{problem[0]}: {problem[1]}")
         return self
+
+    @property
+    def clear(self) -> bool:
+        """Whether the pool opted out of secure aggregation."""
+        return self.aggregation == "clear"
 
     @property
     def holders(self) -> int:
@@ -95,6 +124,33 @@ def security_problem(spec: PoolSpec) -> tuple[str, str] | None:
     sa = spec.secure_aggregation
     if spec.target_nodes < spec.min_nodes:
         return "target_nodes", f"must be at least min_nodes ({spec.min_nodes}); raise it"
+    if spec.contribution_scoring is not None and not spec.clear:
+        return "contribution_scoring", (
+            "needs each node's update, which secure aggregation hides; remove it, or set "
+            'aggregation to "clear" (the server then sees every node\'s update)')
+    if not spec.clear:
+        problem = _secure_aggregation_problem(spec)
+        if problem is not None:
+            return problem
+    bound = max_aggregate(nodes=spec.target_nodes, sample_cap=sa.sample_cap,
+                          bits=sa.quantization_bits)
+    if bound >= 1 << sa.modulus_bits:
+        needed = bound.bit_length()
+        return "secure_aggregation.modulus_bits", (
+            f"2**{sa.modulus_bits} is too small for {spec.target_nodes} nodes x sample_cap "
+            f"{sa.sample_cap} x {sa.quantization_bits}-bit values (sum up to {bound}); use "
+            f"modulus_bits >= {needed}, or lower sample_cap, quantization_bits or target_nodes"
+        )
+    return None
+
+
+def _secure_aggregation_problem(spec: PoolSpec) -> tuple[str, str] | None:
+    """The threshold and neighbour checks of a pool that aggregates securely."""
+    sa = spec.secure_aggregation
+    if sa.threshold is None:
+        return "secure_aggregation.threshold", (
+            f"is required for secure aggregation; set it to more than half of the "
+            f"{spec.holders} share holders")
     if sa.neighbours is not None and sa.neighbours % 2:
         return "secure_aggregation.neighbours", f"must be even (got {sa.neighbours})"
     if sa.neighbours is not None and sa.neighbours + 1 > spec.min_nodes:
@@ -113,15 +169,6 @@ def security_problem(spec: PoolSpec) -> tuple[str, str] | None:
         return "secure_aggregation.threshold", (
             f"is more than the {smallest} holders a round can have (got {sa.threshold}); "
             "lower it or raise min_nodes"
-        )
-    bound = max_aggregate(nodes=spec.target_nodes, sample_cap=sa.sample_cap,
-                          bits=sa.quantization_bits)
-    if bound >= 1 << sa.modulus_bits:
-        needed = bound.bit_length()
-        return "secure_aggregation.modulus_bits", (
-            f"2**{sa.modulus_bits} is too small for {spec.target_nodes} nodes x sample_cap "
-            f"{sa.sample_cap} x {sa.quantization_bits}-bit values (sum up to {bound}); use "
-            f"modulus_bits >= {needed}, or lower sample_cap, quantization_bits or target_nodes"
         )
     return None
 

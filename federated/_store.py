@@ -77,6 +77,23 @@ class FederatedRoundNode(Base):
     state: Mapped[str] = mapped_column(String(20), default="selected")
     samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Leave-one-out value of the node's update (clear pools with scoring; migration 0005)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+CLEAR_NOTICE = ("This pool opts out of secure aggregation: each node sends its clipped, "
+                "quantized, sample-weighted update in the clear, and the server sees every "
+                "node's individual update (differential privacy still applies to it).")
+SECURE_NOTICE = ("Secure aggregation: the server learns only the sum of the nodes' updates, "
+                 "never an individual one.")
+
+
+def privacy_terms(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a pool's description says about who sees a node's update."""
+    clear = spec.get("aggregation", "secure") == "clear"
+    return {"aggregation": "clear" if clear else "secure",
+            "server_sees_individual_updates": clear,
+            "privacy_notice": CLEAR_NOTICE if clear else SECURE_NOTICE}
 
 
 def create_pool(url: str, tenant_id: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +108,7 @@ def create_pool(url: str, tenant_id: str, spec: dict[str, Any]) -> dict[str, Any
 def pool_dict(pool: FederatedPool) -> dict[str, Any]:
     return {"id": pool.id, "tenant_id": pool.tenant_id, "name": pool.name, "spec": pool.spec,
             "status": pool.status, "completed_rounds": pool.completed_rounds,
-            "global_version": pool.global_version,
+            "global_version": pool.global_version, **privacy_terms(pool.spec),
             "created_at": pool.created_at.isoformat() + "Z"}
 
 
@@ -163,8 +180,10 @@ def end_round(
     url: str, round_id: int, *, status: str, reason: str | None = None,
     survivors: list[str] | None = None, model_version: int | None = None,
     epsilon: float | None = None, claims: dict[str, dict[str, Any]] | None = None,
+    scores: dict[str, float] | None = None,
 ) -> None:
-    """Complete or abort a round; a completion also advances the pool, in one transaction."""
+    """Complete or abort a round; a completion also advances the pool, in one transaction.
+    ``scores`` are the survivors' leave-one-out values (clear pools with scoring)."""
     with session_scope(url) as session:
         row = session.get(FederatedRound, round_id)
         assert row is not None
@@ -176,6 +195,7 @@ def end_round(
             claim = (claims or {}).get(state.node_id, {})
             state.samples = _int_or_none(claim.get("samples"))
             state.epsilon = _float_or_none(claim.get("epsilon"))
+            state.score = (scores or {}).get(state.node_id)
             if status == "completed":
                 state.state = "in_time" if state.node_id in row.survivors else "dropped"
             elif state.state != "dropped":
@@ -229,9 +249,10 @@ def round_dict(row: FederatedRound) -> dict[str, Any]:
 def node_round_states(url: str, pool_id: str) -> list[dict[str, Any]]:
     """Every (round, node) state of a pool, for contribution scoring."""
     query = (select(FederatedRound.number, FederatedRound.status, FederatedRoundNode.node_id,
-                    FederatedRoundNode.state, FederatedRoundNode.samples)
+                    FederatedRoundNode.state, FederatedRoundNode.samples,
+                    FederatedRoundNode.score)
              .join(FederatedRoundNode, FederatedRoundNode.round_id == FederatedRound.id)
              .where(FederatedRound.pool_id == pool_id))
     with session_scope(url) as session:
-        return [{"round": n, "round_status": s, "node_id": node, "state": st, "samples": sm}
-                for n, s, node, st, sm in session.execute(query)]
+        return [{"round": n, "round_status": s, "node_id": node, "state": st, "samples": sm,
+                 "score": sc} for n, s, node, st, sm, sc in session.execute(query)]

@@ -40,6 +40,13 @@ class NotSelectedError(ProtocolError, ForbiddenError):
     code = "FORBIDDEN"
 
 
+class ClearUpdateRefusedError(ProtocolError, ForbiddenError):
+    """An update sent in the clear to a pool that aggregates securely: refused unread."""
+
+    status_code = 403
+    code = "FORBIDDEN"
+
+
 class StaleMessageError(ProtocolError, ConflictError):
     """Another pool, round or stage than the current one (this is how replays end too)."""
 

@@ -4,7 +4,9 @@
 locally with Opacus, then answer each protocol stage. The node's identity key and privacy
 accountant live in its state folder, so a restarted node is the same node with the same
 spent epsilon. A network failure costs at most the round in flight: the node keeps polling
-and takes part again from the next round's first stage. ``python -m federated.node`` is
+and takes part again from the next round's first stage. Before it registers, the node reads
+the pool's description and says so when the pool opts out of secure aggregation (the server
+then sees each of its updates). ``python -m federated.node`` is
 the same as ``mlaas federated join``.
 """
 
@@ -30,6 +32,12 @@ from federated._training import PrivacyBudget, round_plan, train_locally
 from mlaas.errors import MlaasError, ValidationError
 
 log = logging.getLogger("mlaas.federated.node")
+
+
+CLEAR_POOL_STATE = "joining a pool WITHOUT secure aggregation"
+CLEAR_POOL_NOTICE = ("This pool opts out of secure aggregation: the server will see this "
+                     "node's clipped, quantized update of every round, not only the sum "
+                     "(DP-SGD noise still protects the training rows).")
 
 
 @dataclass
@@ -91,6 +99,10 @@ class PoolConnection:
             exc.status_code, exc.code = response.status_code, error["code"]
             raise exc
         return response
+
+    def describe(self) -> dict[str, Any]:
+        """The pool's public description (spec, aggregation, privacy notice, rounds)."""
+        return self._check(self.http.get(self.prefix)).json()
 
     def join(self, identity: Identity, label: str) -> dict[str, Any]:
         body = {"identity_key": b64(identity.public_bytes), "label": label}
@@ -167,13 +179,22 @@ class Node:
         self.on_status(self.status)
 
     def _join(self) -> Participant:
+        pool = self.connection.describe()
+        clear = pool["spec"].get("aggregation") == "clear"
+        if clear:  # said before the node registers or sends anything
+            self._show(state=CLEAR_POOL_STATE, message=CLEAR_POOL_NOTICE)
+            log.warning(CLEAR_POOL_NOTICE)
         joined = self.connection.join(self.state.identity, self.options.label)
         self.spec = joined["pool"]["spec"]
+        if (self.spec.get("aggregation") == "clear") != clear:
+            raise ValidationError("the pool changed its aggregation while this node joined; "
+                                  "join again to read its terms")
         privacy = self.spec["privacy"]
         budget = self.options.epsilon or privacy["target_epsilon"]
         self.budget = PrivacyBudget(budget, privacy["delta"], privacy["accountant"],
                                     self.state.history)
-        self._show(node_id=joined["node_id"], epsilon_budget=budget, state="joined")
+        self._show(node_id=joined["node_id"], epsilon_budget=budget,
+                   state="joined (no secure aggregation)" if clear else "joined")
         return Participant(self.state.identity, joined["node_id"], self.pool_id, self.spec,
                            self._make_input)
 

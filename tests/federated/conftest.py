@@ -1,10 +1,17 @@
-"""Helpers shared by the federated pool tests."""
+"""Helpers shared by the federated pool tests: polling, digits shards and node processes."""
 
 from __future__ import annotations
 
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import MLAAS, Platform
 
 
 def wait_for(check: Callable[[], Any], limit_s: float, what: str) -> Any:
@@ -16,3 +23,62 @@ def wait_for(check: Callable[[], Any], limit_s: float, what: str) -> Any:
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Any]:
+    """Five CSV shards of digits for the nodes, and a held-out set for the test."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digits-shards")
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(7).permutation(len(x))
+    held, rest = order[:360], order[360:]
+    header = ",".join([f"x{i}" for i in range(64)] + ["target"])
+    paths = []
+    for i, part in enumerate(np.array_split(rest, 5)):
+        path = folder / f"node{i}.csv"
+        rows = np.column_stack([x[part], y[part]]).astype(int)
+        np.savetxt(path, rows, fmt="%d", delimiter=",", header=header, comments="")
+        paths.append(path)
+    return paths, (x[held].astype(np.float32), y[held])
+
+
+class Nodes:
+    """Node subprocesses of one pool; every one is ended at the end of the test."""
+
+    def __init__(self, platform: Platform, pool_url: str, key: str, root: Path) -> None:
+        self.platform, self.pool_url, self.key, self.root = platform, pool_url, key, root
+        self.procs: dict[int, subprocess.Popen[str]] = {}
+
+    def start(self, i: int, data: Path, *extra: str, pool_url: str | None = None) -> None:
+        log = (self.root / f"node{i}.log").open("a")
+        self.procs[i] = subprocess.Popen(
+            [MLAAS, "federated", "join", "--pool", pool_url or self.pool_url, "--api-key",
+             self.key,
+             "--data", str(data), "--label", f"n{i}", "--state-dir", str(self.root / f"s{i}"),
+             "--dump-dir", str(self.root / f"dump{i}"), *extra],
+            env=self.platform.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def log(self, i: int) -> str:
+        return (self.root / f"node{i}.log").read_text()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def nodes_factory(platform: Platform, tmp_path: Path) -> Iterator[Callable[..., Nodes]]:
+    made: list[Nodes] = []
+
+    def make(pool_url: str, key: str) -> Nodes:
+        made.append(Nodes(platform, pool_url, key, tmp_path))
+        return made[-1]
+
+    yield make
+    for nodes in made:
+        nodes.stop_all()
+

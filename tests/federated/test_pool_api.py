@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from federated import BinaryMessage, Identity, weighted_input
+from federated import BinaryMessage, Identity, clear_input_message, weighted_input
 from federated._messages import b64, sign_message
 from federated._participant import Participant
 from tests.conftest import Platform
@@ -204,3 +204,54 @@ def test_binary_inputs_refuse_a_tampered_body_and_json_inputs_still_count(
     assert header["error"]["details"]["field"] == "X-Secagg-Message"
     assert final["rounds"][0]["status"] == "completed"
     assert len(final["rounds"][0]["survivors"]) == 3  # the JSON-form node counted too
+
+
+def test_a_clear_pool_says_so_and_reads_validation_data_only_from_the_data_folder(
+    platform: Platform,
+) -> None:
+    _, key = platform.new_tenant()
+    clear = {**SPEC, "aggregation": "clear", "secure_aggregation": {"sample_cap": 100}}
+    with _client(platform, key) as client:
+        pool_id = _new_pool(client, **{k: v for k, v in clear.items() if k != "name"})
+        described = client.get(f"/v1/federated/pools/{pool_id}").json()
+        secure = client.get(f"/v1/federated/pools/{_new_pool(client)}").json()
+        outside = client.post("/v1/federated/pools", json={
+            **clear, "name": f"iris-fl-{secrets.token_hex(3)}",
+            "contribution_scoring": {"validation_data": "/etc/hosts"}})
+
+    assert described["aggregation"] == "clear" and described["server_sees_individual_updates"]
+    assert "server sees every node's individual update" in described["privacy_notice"]
+    assert secure["aggregation"] == "secure" and not secure["server_sees_individual_updates"]
+    assert outside.status_code == 422
+    assert outside.json()["error"]["details"]["field"] == "contribution_scoring.validation_data"
+
+
+def test_a_secure_pool_refuses_an_update_sent_in_the_clear(platform: Platform) -> None:
+    _, key = platform.new_tenant("pro")
+    stop = threading.Event()
+    refusals: list[httpx.Response] = []
+    with _client(platform, key) as client:
+        pool_id = _new_pool(client, rounds=1)
+
+        def probe(node_id: str, message: BinaryMessage) -> None:
+            vector, _ = _make_input(1, 1)
+            clear = clear_input_message(Identity(), pool_id=pool_id, round_number=1,
+                                        index=message.message["node"], vector=vector,
+                                        modulus_bits=40)
+            refusals.append(_post(client, pool_id, node_id, clear))
+
+        options: list[dict[str, Any]] = [{"probe": probe}, {}, {}]
+        threads = [threading.Thread(target=_run_node, args=(client, pool_id, stop),
+                                    kwargs=kwargs, daemon=True) for kwargs in options]
+        for thread in threads:
+            thread.start()
+        try:
+            final = wait_for(lambda: (p := client.get(f"/v1/federated/pools/{pool_id}").json())
+                             ["status"] != "open" and p, 180, "the pool")
+        finally:
+            stop.set()
+
+    assert [r.status_code for r in refusals] == [403]
+    assert refusals[0].json()["error"]["details"]["reason"] == "secure_pool"
+    assert final["rounds"][0]["status"] == "completed"
+    assert len(final["rounds"][0]["survivors"]) == 3  # the refusal cost the round nothing

@@ -6,6 +6,12 @@ nodes use keys of the tenant that owns it. Protocol refusals (bad signature, ano
 or stage, replay, duplicate, wrong length, not selected) come back in the documented error
 shape with ``details.reason``. A masked input may come as JSON to ``/messages`` or as a
 bit-packed binary body to ``/messages/binary``, its signed message in a header.
+
+A pool created with ``aggregation: "clear"`` opts out of secure aggregation: its nodes post
+their updates unmasked (``clear_input`` to ``/messages/binary``), every description of the
+pool says so (``aggregation``, ``server_sees_individual_updates``, ``privacy_notice``), and
+only such a pool may score contributions by leave-one-out. A secure pool refuses an update
+in the clear (403, ``details.reason: secure_pool``).
 """
 
 from __future__ import annotations
@@ -92,9 +98,12 @@ async def create_pool(
 ) -> dict[str, Any]:
     """Check the spec (insecure parameters are refused with the fix), register the first
     global model, and start the pool's coordinator."""
+    from serve_apps.gateway.training import tenant_data_dir
+
     federated = _federated()
     pool = await run_in_threadpool(federated.create_pool, ctx.database_url,
-                                   ctx.settings.artifacts_dir, principal.tenant_id, spec)
+                                   ctx.settings.artifacts_dir, principal.tenant_id, spec,
+                                   tenant_data_dir(ctx.settings, principal.tenant_id))
     # Start the coordinator now, without waiting for it: it reads the pool from the database.
     federated.coordinator_for(pool["id"], ctx.database_url, str(ctx.settings.artifacts_dir))
     return {**pool, "round": None, "stage": None,
@@ -110,7 +119,8 @@ async def list_pools(principal: CurrentPrincipal, ctx: Context) -> dict[str, Any
 
 @router.get("/v1/federated/pools/{pool_id}")
 async def get_pool(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
-    """The pool, its current round and stage, and every round so far."""
+    """The pool (with whether it opts out of secure aggregation), its current round and
+    stage, and every round so far."""
     await _own_pool(pool_id, principal, ctx)
     status = await _call(pool_id, ctx, "status")
     status["rounds"] = await run_in_threadpool(_federated().rounds_of, ctx.database_url,
@@ -193,8 +203,13 @@ async def global_model(pool_id: str, principal: CurrentPrincipal, ctx: Context,
 @router.get("/v1/federated/pools/{pool_id}/contributors")
 async def contributors(pool_id: str, principal: CurrentPrincipal,
                        ctx: Context) -> dict[str, Any]:
-    """Credits per node in the shared rewards ledger, rounds in time, dropouts, samples."""
-    await _own_pool(pool_id, principal, ctx)
+    """Credits per node in the shared rewards ledger, rounds in time, dropouts, samples; in a
+    pool that scores contributions, each node's summed leave-one-out value and the rounds it
+    made the model worse (paid 0)."""
+    pool = await _own_pool(pool_id, principal, ctx)
     rows = await run_in_threadpool(_federated().contributors, ctx.database_url, principal.tenant_id,
                                    pool_id)
-    return {"pool_id": pool_id, "contributors": rows}
+    scoring = pool["spec"].get("contribution_scoring")
+    return {"pool_id": pool_id, "aggregation": pool["aggregation"],
+            "scoring": scoring["method"] if scoring else "participation",
+            "contributors": rows}
