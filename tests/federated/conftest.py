@@ -1,8 +1,12 @@
-"""Helpers shared by the federated pool tests: polling, digits shards and node processes."""
+"""Helpers shared by the federated pool tests: polling, digits shards, node processes and a
+TCP relay that can cut a node off the gateway."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,3 +86,81 @@ def nodes_factory(platform: Platform, tmp_path: Path) -> Iterator[Callable[..., 
     for nodes in made:
         nodes.stop_all()
 
+
+class TcpRelay:
+    """Forwards 127.0.0.1:``port`` to the gateway; ``stop`` cuts every connection and stops
+    listening (the node sees its network fail), ``start`` listens on the same port again."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.listener: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self.lock:
+            listener, self.listener = self.listener, None
+        if listener is not None:
+            _close(listener)  # shutdown first: a bare close leaves accept() running on Linux
+        with self.lock:
+            for sock in self.sockets:
+                _close(sock)
+            self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                _close(client)
+                continue
+            with self.lock:
+                if self.listener is not listener:  # stopped while connecting
+                    _close(client)
+                    _close(upstream)
+                    return
+                self.sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, target), daemon=True).start()
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+    _close(source)
+    _close(target)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+@pytest.fixture()
+def relay(platform: Platform) -> Iterator[TcpRelay]:
+    from urllib.parse import urlsplit
+
+    made = TcpRelay(int(urlsplit(platform.url).port or 80))
+    made.start()
+    yield made
+    made.stop()
