@@ -73,7 +73,9 @@ class ClearRoundServer(RoundServer):
 
     def aggregate(self) -> np.ndarray:
         """The sum of the inputs, modulo the modulus (the spec keeps it below the modulus)."""
-        total = np.sum([self.inputs[i] for i in sorted(self.inputs)], axis=0, dtype=np.uint64)
+        total = np.zeros(self.config.vector_length, dtype=np.uint64)
+        for node in sorted(self.inputs):
+            np.add(total, self.inputs[node], out=total)
         return total % np.uint64(1 << self.config.modulus_bits)
 
 

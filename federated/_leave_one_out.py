@@ -27,7 +27,10 @@ def leave_one_out(
     """``{node: v_i}`` for every node of ``inputs`` (needs two or more)."""
     sa = spec["secure_aggregation"]
     modulus = np.uint64(1 << sa["modulus_bits"])
-    total = np.sum(list(inputs.values()), axis=0, dtype=np.uint64) % modulus
+    total = np.zeros_like(next(iter(inputs.values())), dtype=np.uint64)
+    for vector in inputs.values():
+        np.add(total, vector, out=total)
+    total %= modulus
     model = _model.build(spec)
     features, labels = torch.from_numpy(validation[0]), torch.from_numpy(validation[1])
 
