@@ -49,18 +49,19 @@ def test_requests_succeed_again_after_the_inference_replica_is_killed(
 
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
-    # Execute: kill every inference replica
-    names = _replica_names()
-    deadline = time.monotonic() + 60
-    while not names and time.monotonic() < deadline:  # the state API lags under load
-        names = _replica_names()
-    killed = []
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-            killed.append(name)
-        except ValueError:  # already gone (scaled down); the state API lags behind
-            pass
+    # Execute: kill every inference replica (the state API lags under load, and a name it
+    # lists may already be gone, so look again until a kill lands)
+    killed: list[str] = []
+    deadline = time.monotonic() + 90
+    while not killed and time.monotonic() < deadline:
+        for name in _replica_names():
+            try:
+                ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+                killed.append(name)
+            except ValueError:  # already gone (scaled down or replaced)
+                pass
+        if not killed:
+            time.sleep(1)
     names = killed
     killed_at = len(statuses)
     with platform.client(key) as client:
