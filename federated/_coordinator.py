@@ -327,7 +327,7 @@ class PoolCoordinator:
             inputs = {active.node_of[i]: v for i, v in active.server.inputs.items()}
             return leave_one_out(self.spec, _model.flat_parameters(model), inputs,
                                  self._validation, scoring["metric"])
-        except (OSError, ValueError, MlaasError):
+        except Exception:  # scoring must never hold a round back
             log.exception("pool %s: round %s could not be scored", self.pool_id, active.number)
             return None
 
