@@ -25,6 +25,7 @@ from knowledge import (
 )
 from knowledge.answer import answer_messages, cited_results
 from knowledge.experts import routing_log
+from knowledge.settings import KnowledgeSettings
 from knowledge.store import list_documents
 from mlaas.settings import Settings
 
@@ -38,6 +39,10 @@ class KnowledgeArgs(BaseModel):
     encoder_batch_size: int = Field(default=32, ge=1)
     flat_max: int = Field(default=20_000, ge=1, description="Exact index below this many vectors")
     max_document_chars: int = Field(default=1_000_000, ge=1)
+    index_shards: int | None = Field(
+        default=None, ge=1, le=64,
+        description="Index shard actors per tenant; default MLAAS_KNOWLEDGE_INDEX_SHARDS, else 1",
+    )
 
 
 @serve.deployment(name="KnowledgePool", ray_actor_options={"num_cpus": 0.1},
@@ -53,7 +58,9 @@ class KnowledgeService:
         self.pool = KnowledgePool(
             database_url=settings.resolved_database_url, home=settings.home,
             encoder=self.encoder, policy=IndexPolicy(flat_max=parsed.flat_max),
-            max_document_chars=parsed.max_document_chars)
+            max_document_chars=parsed.max_document_chars,
+            settings=KnowledgeSettings(**(
+                {"index_shards": parsed.index_shards} if parsed.index_shards else {})))
 
     async def ingest(self, tenant_id: str, documents: list[dict[str, Any]],
                      chunk_size: int, chunk_overlap: int) -> list[dict[str, Any]]:
