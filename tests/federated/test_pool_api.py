@@ -22,7 +22,7 @@ from tests.federated.conftest import wait_for
 
 SPEC: dict[str, Any] = {
     "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
-    "rounds": 2, "min_nodes": 3, "target_nodes": 3, "round_deadline_s": 30,
+    "rounds": 2, "min_nodes": 3, "target_nodes": 3, "round_deadline_s": 90,
     "secure_aggregation": {"threshold": 2, "clip_range": 0.5, "quantization_bits": 12,
                            "modulus_bits": 40, "sample_cap": 100},
 }
@@ -88,6 +88,28 @@ def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
         _post(client, pool_id, node.node_id, message)
 
 
+def _pool(client: httpx.Client, pool_id: str) -> dict[str, Any]:
+    """The pool's state, or {} while the answer is an error (503 or 429, as while the
+    coordinator actor restarts)."""
+    response = client.get(f"/v1/federated/pools/{pool_id}")
+    return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
+
+
+def _start_nodes(client: httpx.Client, pool_id: str, stop: threading.Event,
+                 options: list[dict[str, Any]]) -> None:
+    """One in-process node per entry of ``options`` (keyword arguments of ``_run_node``)."""
+    for kwargs in options:
+        threading.Thread(target=_run_node, args=(client, pool_id, stop), kwargs=kwargs,
+                         daemon=True).start()
+
+
+def _finished_pool(client: httpx.Client, pool_id: str, limit_s: float = 180) -> dict[str, Any]:
+    """The pool's state once it is no longer open."""
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (p := _pool(client, pool_id)).get("status", "open") != "open" and p,
+        limit_s, "the pool")
+
+
 def test_an_insecure_spec_is_refused_with_the_fix(platform: Platform) -> None:
     _, key = platform.new_tenant()
     bad = {**SPEC, "name": "weak", "min_nodes": 4, "target_nodes": 4,
@@ -137,21 +159,13 @@ def test_a_killed_coordinator_aborts_the_round_in_flight_and_the_pool_finishes(
     stop = threading.Event()
     with _client(platform, key) as client:
         pool_id = _new_pool(client)
-        threads = [threading.Thread(target=_run_node, args=(client, pool_id, stop), daemon=True)
-                   for _ in range(3)]
-        for thread in threads:
-            thread.start()
+        _start_nodes(client, pool_id, stop, [{}, {}, {}])
         try:
-            def pool() -> dict[str, Any]:
-                # {} while an answer is an error (a 503 or 429 while the actor restarts)
-                response = client.get(f"/v1/federated/pools/{pool_id}")
-                return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
-
-            wait_for(lambda: pool().get("stage") in ("share", "masked_input"), 120, "round 1")
+            wait_for(lambda: _pool(client, pool_id).get("stage") in ("share", "masked_input"),
+                     120, "round 1")
             actor = ray.get_actor(f"federated:{pool_id}", namespace="mlaas")
             ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor
-            final = wait_for(lambda: (p := pool()).get("status", "open") != "open" and p, 180,
-                             "the pool")
+            final = _finished_pool(client, pool_id)
         finally:
             stop.set()
         contributors = client.get(f"/v1/federated/pools/{pool_id}/contributors").json()
@@ -186,14 +200,9 @@ def test_binary_inputs_refuse_a_tampered_body_and_json_inputs_still_count(
                                         headers={**message.headers(),
                                                  BinaryMessage.HEADER: "not base64"}))
 
-        options: list[dict[str, Any]] = [{"probe": probe}, {}, {"binary_inputs": False}]
-        threads = [threading.Thread(target=_run_node, args=(client, pool_id, stop),
-                                    kwargs=kwargs, daemon=True) for kwargs in options]
-        for thread in threads:
-            thread.start()
+        _start_nodes(client, pool_id, stop, [{"probe": probe}, {}, {"binary_inputs": False}])
         try:
-            final = wait_for(lambda: (p := client.get(f"/v1/federated/pools/{pool_id}").json())
-                             ["status"] != "open" and p, 180, "the pool")
+            final = _finished_pool(client, pool_id)
         finally:
             stop.set()
 
@@ -243,14 +252,9 @@ def test_a_secure_pool_refuses_an_update_sent_in_the_clear(platform: Platform) -
                                         modulus_bits=40)
             refusals.append(_post(client, pool_id, node_id, clear))
 
-        options: list[dict[str, Any]] = [{"probe": probe}, {}, {}]
-        threads = [threading.Thread(target=_run_node, args=(client, pool_id, stop),
-                                    kwargs=kwargs, daemon=True) for kwargs in options]
-        for thread in threads:
-            thread.start()
+        _start_nodes(client, pool_id, stop, [{"probe": probe}, {}, {}])
         try:
-            final = wait_for(lambda: (p := client.get(f"/v1/federated/pools/{pool_id}").json())
-                             ["status"] != "open" and p, 180, "the pool")
+            final = _finished_pool(client, pool_id)
         finally:
             stop.set()
 
