@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Platform
+from tests.conftest import TEST_RAY_PORT, Platform
 from tests.serve_apps.inference.conftest import post_until
 
 
@@ -17,6 +17,8 @@ def _replica_names() -> list[str]:
     from ray.util.state import list_actors
 
     actors = list_actors(
+        # An explicit address: other clusters on this machine may be newer than ours.
+        address=f"127.0.0.1:{TEST_RAY_PORT}",
         filters=[("class_name", "=", "ServeReplica:inference:Inference")],
         limit=10_000, raise_on_missing_output=False,
     )
