@@ -35,7 +35,12 @@ def main() -> None:
             print(f"{name}: not used on this machine's accelerator", flush=True)
             continue
         started = time.monotonic()
-        builder.load(verbose=False)
+        try:
+            builder.load(verbose=False)
+        except Exception as error:  # a missing toolchain must not fail the install
+            print(f"{name}: not compiled now ({type(error).__name__}: {error}); DeepSpeed will "
+                  "try again on first use", file=sys.stderr, flush=True)
+            continue
         print(f"{builder.absolute_name()}: ready in {os.environ['TORCH_EXTENSIONS_DIR']} "
               f"({time.monotonic() - started:.0f} s)", flush=True)
 
