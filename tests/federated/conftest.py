@@ -29,6 +29,20 @@ def wait_for(check: Callable[[], Any], limit_s: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def pool_state(client: Any, pool_id: str) -> dict[str, Any]:
+    """``GET /v1/federated/pools/{id}``, or {} while the answer is an error (a 503 or 429,
+    as while the coordinator actor restarts)."""
+    response = client.get(f"/v1/federated/pools/{pool_id}")
+    return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
+
+
+def finished_pool(client: Any, pool_id: str, limit_s: float = 180) -> dict[str, Any]:
+    """The pool's state once it is no longer open."""
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (p := pool_state(client, pool_id)).get("status", "open") != "open" and p,
+        limit_s, "the pool to end")
+
+
 @pytest.fixture(scope="module")
 def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Any]:
     """Five CSV shards of digits for the nodes, and a held-out set for the test."""

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from tests.conftest import Platform
-from tests.federated.conftest import Nodes, wait_for
+from tests.federated.conftest import Nodes, finished_pool
 
 
 def _clear_spec(name: str) -> dict[str, Any]:
@@ -67,8 +67,7 @@ def test_a_node_with_shuffled_labels_scores_lower_and_earns_less_in_a_clear_pool
         for i in range(3):
             nodes.start(i, shards[i])
         nodes.start(3, garbage)
-        final = wait_for(lambda: (p := client.get(f"/v1/federated/pools/{pool_id}").json())
-                         ["status"] != "open" and p, 300, "the pool to end")
+        final = finished_pool(client, pool_id, 300)
         scored = client.get(f"/v1/federated/pools/{pool_id}/contributors").json()
         versions = client.get(f"/v1/models/{spec['name']}").json()["versions"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import Platform
-from tests.federated.conftest import Nodes, TcpRelay, wait_for
+from tests.federated.conftest import Nodes, TcpRelay, finished_pool, wait_for
 
 
 def _spec(name: str) -> dict[str, Any]:
@@ -62,8 +62,7 @@ def test_a_node_cut_off_the_network_misses_a_round_then_takes_part_again(
                                         and r["status"] != "running"), None), 120,
                           "a round while node 2 is cut off")
         relay.start()
-        final = wait_for(lambda: (p := client.get(path).json())["status"] != "open" and p, 180,
-                         "the pool to end")
+        final = finished_pool(client, pool_id)
 
     # Assert
     later = [r for r in final["rounds"] if r["number"] > missed["number"]]

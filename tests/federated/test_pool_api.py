@@ -18,7 +18,7 @@ from federated import BinaryMessage, Identity, clear_input_message, weighted_inp
 from federated._messages import b64, sign_message
 from federated._participant import Participant
 from tests.conftest import Platform
-from tests.federated.conftest import wait_for
+from tests.federated.conftest import finished_pool, pool_state, wait_for
 
 SPEC: dict[str, Any] = {
     "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
@@ -88,26 +88,12 @@ def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
         _post(client, pool_id, node.node_id, message)
 
 
-def _pool(client: httpx.Client, pool_id: str) -> dict[str, Any]:
-    """The pool's state, or {} while the answer is an error (503 or 429, as while the
-    coordinator actor restarts)."""
-    response = client.get(f"/v1/federated/pools/{pool_id}")
-    return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
-
-
 def _start_nodes(client: httpx.Client, pool_id: str, stop: threading.Event,
                  options: list[dict[str, Any]]) -> None:
     """One in-process node per entry of ``options`` (keyword arguments of ``_run_node``)."""
     for kwargs in options:
         threading.Thread(target=_run_node, args=(client, pool_id, stop), kwargs=kwargs,
                          daemon=True).start()
-
-
-def _finished_pool(client: httpx.Client, pool_id: str, limit_s: float = 180) -> dict[str, Any]:
-    """The pool's state once it is no longer open."""
-    return wait_for(  # type: ignore[no-any-return]
-        lambda: (p := _pool(client, pool_id)).get("status", "open") != "open" and p,
-        limit_s, "the pool")
 
 
 def test_an_insecure_spec_is_refused_with_the_fix(platform: Platform) -> None:
@@ -161,11 +147,11 @@ def test_a_killed_coordinator_aborts_the_round_in_flight_and_the_pool_finishes(
         pool_id = _new_pool(client)
         _start_nodes(client, pool_id, stop, [{}, {}, {}])
         try:
-            wait_for(lambda: _pool(client, pool_id).get("stage") in ("share", "masked_input"),
+            wait_for(lambda: pool_state(client, pool_id).get("stage") in ("share", "masked_input"),
                      120, "round 1")
             actor = ray.get_actor(f"federated:{pool_id}", namespace="mlaas")
             ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor
-            final = _finished_pool(client, pool_id)
+            final = finished_pool(client, pool_id)
         finally:
             stop.set()
         contributors = client.get(f"/v1/federated/pools/{pool_id}/contributors").json()
@@ -202,7 +188,7 @@ def test_binary_inputs_refuse_a_tampered_body_and_json_inputs_still_count(
 
         _start_nodes(client, pool_id, stop, [{"probe": probe}, {}, {"binary_inputs": False}])
         try:
-            final = _finished_pool(client, pool_id)
+            final = finished_pool(client, pool_id)
         finally:
             stop.set()
 
@@ -254,7 +240,7 @@ def test_a_secure_pool_refuses_an_update_sent_in_the_clear(platform: Platform) -
 
         _start_nodes(client, pool_id, stop, [{"probe": probe}, {}, {}])
         try:
-            final = _finished_pool(client, pool_id)
+            final = finished_pool(client, pool_id)
         finally:
             stop.set()
 

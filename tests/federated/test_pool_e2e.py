@@ -17,7 +17,7 @@ from safetensors.torch import load
 from federated._model import build
 from mlaas import registry
 from tests.conftest import Platform
-from tests.federated.conftest import Nodes, wait_for
+from tests.federated.conftest import Nodes, finished_pool, wait_for
 
 MODULUS_BITS = 40
 
@@ -76,7 +76,7 @@ def test_round_completes_when_one_node_is_killed_and_the_sum_is_exact(
         first = wait_for(lambda: next((r for r in pool()["rounds"] if r["status"] != "running"),
                                    None), 120, "round 1 to end")
         nodes.start(4, shards[4])  # the same node (same state folder) comes back
-        final = wait_for(lambda: (p := pool())["status"] != "open" and p, 300, "the pool to end")
+        final = finished_pool(client, pool_id, 300)
         labels = {c["node_id"]: c for c in client.get(
             f"/v1/federated/pools/{pool_id}/contributors").json()["contributors"]}
         versions = client.get(f"/v1/models/{spec['name']}").json()["versions"]
