@@ -1,8 +1,8 @@
 """Running one training job end to end: data, trainer (or Tune search), and registration.
 
 The driver loads and splits the data once, puts it in the object store, hands a
-:class:`TrainingPlan` to the trainer of the spec's strategy, and on success copies the final
-weights into the registry's artifact folder and registers the version.
+:class:`TrainingPlan` to the trainer of the spec's strategy, and on success publishes the final
+weights to the platform storage and registers the version (see :mod:`mlaas.artifacts`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ from cluster.spec import JobSpec
 from cluster.trainers._plan import TrainingPlan, TrainOutcome
 from cluster.trainers._worker import ARCHITECTURE_FILE, load_registered_model
 from cluster.zoo import architecture_for, build_model, count_parameters
-from mlaas import registry
-from mlaas.errors import ConflictError, NotFoundError
+from mlaas import artifacts, registry
+from mlaas.errors import NotFoundError
+from mlaas.storage import Storage
 
 TRAINER_MODULES = {
     "ddp": "cluster.trainers.ddp",
@@ -38,7 +40,7 @@ class JobContext:
     """Who the job is for and where its records and files go."""
 
     database_url: str
-    artifacts_dir: Path
+    storage: Storage
     tenant_id: str
     job_id: str
     source: str = "<spec>"
@@ -71,7 +73,8 @@ def teacher_of(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
         raise SpecError(ctx.source, "distill.teacher", "the teacher must be a torch MLP or CNN")
     return {
         "architecture": version.architecture,
-        "folder": str(version.artifact_path),
+        # Workers fetch the files through their node's cache: any node can hold a worker.
+        "artifact_uri": version.artifact_uri,
         "model": version.model_name,
         "version": version.version,
         "version_id": version.id,
@@ -91,7 +94,8 @@ def plan_for(spec: JobSpec, ctx: JobContext, data: PreparedData | None = None) -
         data=data,
         architecture=architecture_for(spec.model, data.info),
         run_name=f"{ctx.job_id}-{int(time.time())}",
-        storage_path=ctx.artifacts_dir / "runs",
+        storage_path=ctx.storage.path_of("runs"),
+        storage_filesystem=None if ctx.storage.is_local() else ctx.storage.filesystem,
         teacher=teacher,
         callbacks=[ProgressCallback(ctx.database_url, ctx.job_id)],
         env_vars=worker_env(spec),
@@ -242,35 +246,22 @@ def _framework(outcome: TrainOutcome, plan: TrainingPlan) -> str:
 def publish(
     outcome: TrainOutcome, plan: TrainingPlan, ctx: JobContext, *, train_seconds: float
 ) -> registry.ModelVersionInfo:
-    """Move the final weights into the artifact store as the next version, and register it.
+    """Publish the final weights to the platform storage as the model's next version.
 
-    The files are written to a private folder first and renamed into ``v<N>`` (a rename
-    never overwrites another job's version); a number taken meanwhile is skipped.
+    The files are staged in a private local folder, uploaded under a fresh version id, and
+    only then is the registry row committed (which takes the next free number).
     """
     spec = plan.spec
-    staging = ctx.artifacts_dir / "models" / ctx.tenant_id / f".staging-{ctx.job_id}"
-    architecture = _stage_files(outcome, plan, staging)
-    input_schema, output_schema = schemas(plan)
-    metrics = version_metrics(outcome, plan, train_seconds)
-    number = 0
-    for _ in range(10):
-        latest = registry.next_version_number(ctx.database_url, ctx.tenant_id, spec.model_name)
-        number = max(number + 1, latest)
-        uri = registry.artifact_uri_for(ctx.artifacts_dir, ctx.tenant_id, spec.model_name, number)
-        folder = registry.artifact_path(uri)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            staging.rename(folder)
-        except OSError:
-            continue  # the folder of that number exists: another job is publishing it
-        try:
-            return registry.register_version(
-                ctx.database_url, tenant_id=ctx.tenant_id, model_name=spec.model_name,
-                framework=_framework(outcome, plan), artifact_uri=uri, architecture=architecture,
-                input_schema=input_schema, output_schema=output_schema, metrics=metrics,
-                training_job_id=ctx.job_id, version=number, stage=spec.registry.stage,
-                task=spec.task,
-            )  # fmt: skip
-        except ConflictError:
-            folder.rename(staging)
-    raise TrainingFailed(f"Could not find a free version number for {spec.model_name}")
+    staging_root = ctx.storage.cache_dir / "publish"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=staging_root, prefix=f"{ctx.job_id}-") as tmp:
+        staging = Path(tmp) / "version"
+        architecture = _stage_files(outcome, plan, staging)
+        input_schema, output_schema = schemas(plan)
+        return artifacts.publish_version(
+            ctx.database_url, staging, tenant_id=ctx.tenant_id, model_name=spec.model_name,
+            storage=ctx.storage, framework=_framework(outcome, plan), architecture=architecture,
+            input_schema=input_schema, output_schema=output_schema,
+            metrics=version_metrics(outcome, plan, train_seconds), training_job_id=ctx.job_id,
+            stage=spec.registry.stage, task=spec.task,
+        )  # fmt: skip

@@ -26,6 +26,7 @@ from mlaas import accounts, training_jobs
 from mlaas.db import migrate
 from mlaas.errors import MlaasError, NotFoundError
 from mlaas.settings import Settings
+from mlaas.storage import get_storage
 
 EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED = 1, 2, 130
 # Ray Train waits 60 s for its workers by default; a busy or autoscaling cluster needs longer.
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_job_id = _connect_ray()
         if not job.ray_job_id:
             training_jobs.set_ray_job_id(url, job.id, ray_job_id)
-        context = JobContext(url, settings.artifacts_dir, job.tenant_id, job.id, source)
+        context = JobContext(url, get_storage(settings), job.tenant_id, job.id, source)
         version = run_job(spec, context)
     except SpecError as exc:
         return _fail(url, job_id, exc.message, EXIT_INVALID)

@@ -62,6 +62,7 @@ def run_trial(
         architecture=architecture_for(spec.model, data.info),
         run_name=f"{run['run_name']}-{trial_id}",
         storage_path=run["storage_path"],
+        storage_filesystem=run["storage_filesystem"],
         callbacks=[TuneReportCallback()],
     )
     ddp.fit(plan)
@@ -104,7 +105,8 @@ def search(plan: TrainingPlan, database_url: str, job_id: str) -> TrainOutcome:
     base["checkpoint_every"] = 1  # every report carries a checkpoint, so the best one has weights
     run = {
         "run_name": plan.run_name,
-        "storage_path": str(plan.storage_path),
+        "storage_path": plan.storage_path,
+        "storage_filesystem": plan.storage_filesystem,
         "env": {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
     }
     trainable = tune.with_resources(
@@ -130,7 +132,8 @@ def search(plan: TrainingPlan, database_url: str, job_id: str) -> TrainOutcome:
         ),
         run_config=tune.RunConfig(
             name=plan.run_name,
-            storage_path=str(plan.storage_path),
+            storage_path=plan.storage_path,
+            storage_filesystem=plan.storage_filesystem,
             callbacks=[SearchProgress(database_url, job_id, settings.num_samples, spec.epochs)],
             verbose=0,
         ),

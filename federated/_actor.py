@@ -25,7 +25,7 @@ class CoordinatorActor:
     """Runs a ``PoolCoordinator``; every call returns ``{"result"}`` or ``{"error"}`` (so
     refusals cross the actor boundary as data, not as wrapped exceptions)."""
 
-    def __init__(self, pool_id: str, database_url: str, artifacts_dir: str,
+    def __init__(self, pool_id: str, database_url: str, artifacts_dir: str | None,
                  tick_s: float = TICK_S) -> None:
         from federated._coordinator import PoolCoordinator
 
@@ -50,7 +50,7 @@ class CoordinatorActor:
                               "details": exc.details}}
 
 
-def coordinator_for(pool_id: str, database_url: str, artifacts_dir: str) -> Any:
+def coordinator_for(pool_id: str, database_url: str, artifacts_dir: str | None) -> Any:
     """The pool's coordinator actor, created when it does not exist (or died for good)."""
     return CoordinatorActor.options(  # type: ignore[attr-defined]
         name=actor_name(pool_id), namespace=NAMESPACE, lifetime="detached",

@@ -66,7 +66,7 @@ class ActiveRound:
 class PoolCoordinator:
     """Everything the coordinator does, callable from any thread (one lock)."""
 
-    def __init__(self, pool_id: str, database_url: str, artifacts_dir: str,
+    def __init__(self, pool_id: str, database_url: str, artifacts_dir: str | None,
                  use_ray_slices: bool = True) -> None:
         self.pool_id, self.url = pool_id, database_url
         self.artifacts_dir = artifacts_dir
@@ -385,7 +385,8 @@ class PoolCoordinator:
         self.lock.notify_all()
 
 
-def _path(text: str) -> Any:
-    from pathlib import Path
+def _path(where: Any) -> Any:
+    """The storage new versions go to: a Storage, or a local artifacts folder's path."""
+    from mlaas.storage import as_storage
 
-    return Path(text)
+    return as_storage(where)

@@ -69,31 +69,33 @@ def load_weights(spec: dict[str, Any], data: bytes) -> nn.Module:
 
 
 def register(
-    url: str, artifacts_dir: Path, *, tenant_id: str, spec: dict[str, Any], model: nn.Module,
+    url: str, storage: Any, *, tenant_id: str, spec: dict[str, Any], model: nn.Module,
     metrics: dict[str, Any], extra_files: dict[str, np.ndarray] | None = None,
 ) -> registry.ModelVersionInfo:
-    """Save weights (and e.g. the round's aggregate) and register the next version."""
-    name = spec["name"]
-    number = registry.next_version_number(url, tenant_id, name)
-    uri = registry.artifact_uri_for(artifacts_dir, tenant_id, name, number)
-    folder = registry.artifact_path(uri)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    for file_name, array in (extra_files or {}).items():
-        np.save(folder / file_name, array)
-    (folder / "federated.json").write_text(json.dumps(metrics.get("federated", {}), indent=1))
+    """Publish weights (and e.g. the round's aggregate) to the platform storage (a
+    :class:`~mlaas.storage.Storage`, settings, or a local artifacts folder) and register the
+    next version."""
+    from mlaas.artifacts import publish_with
+    from mlaas.storage import as_storage
+
+    def write(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        for file_name, array in (extra_files or {}).items():
+            np.save(folder / file_name, array)
+        (folder / "federated.json").write_text(json.dumps(metrics.get("federated", {}), indent=1))
+
     model_spec = spec["model"]
-    return registry.register_version(
-        url, tenant_id=tenant_id, model_name=name, framework="pytorch", artifact_uri=uri,
-        architecture=architecture_of(spec),
+    return publish_with(
+        url, write, tenant_id=tenant_id, model_name=spec["name"], storage=as_storage(storage),
+        framework="pytorch", architecture=architecture_of(spec),
         input_schema={"type": "tabular", "dtype": "float32",
                       "features": [f"x{i}" for i in range(model_spec["num_features"])],
                       "shape": [model_spec["num_features"]]},
         output_schema={"type": "classification",
                        "classes": [str(c) for c in range(model_spec["num_classes"])]},
-        metrics=metrics, version=number, task="classification",
-    )
+        metrics=metrics, task="classification",
+    )  # fmt: skip
 
 
 def read_version_weights(url: str, tenant_id: str, name: str, version: int) -> bytes:

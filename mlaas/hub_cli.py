@@ -46,7 +46,7 @@ def hub_import(
     try:
         migrate(url)
         version = _hub().import_model(
-            source, database_url=url, artifacts_dir=settings.artifacts_dir,
+            source, database_url=url, storage=settings,
             tenant_id=_tenant(url, tenant), name=name, revision=revision,
         )
     except MlaasError as exc:

@@ -8,7 +8,6 @@ tenant's model or version is indistinguishable from a missing one.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,8 +175,10 @@ def delete_version(
         if row is not None:
             session.delete(row)
     registry.registry_changed()
-    if remove_files and version.artifact_uri.startswith("file://"):
-        shutil.rmtree(version.artifact_path, ignore_errors=True)
+    if remove_files:
+        from mlaas.artifacts import remove_version_files
+
+        remove_version_files(version.artifact_uri)
     return version
 
 

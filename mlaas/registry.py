@@ -2,8 +2,9 @@
 
 A model is a name inside a tenant; each successful training run adds a version carrying its
 framework, architecture, input/output schema, metrics, artifact URI and training job id, and
-a stage (``staging`` or ``production``). Weights live under ``settings.artifacts_dir`` as
-safetensors (Keras models as ``.keras``); the registry stores only their URI.
+a stage (``staging`` or ``production``). Weights live on the platform storage as
+safetensors (Keras models as ``.keras``); the registry stores only their URI, and
+:mod:`mlaas.artifacts` publishes and fetches them.
 """
 
 from __future__ import annotations
@@ -105,8 +106,11 @@ class ModelVersionInfo:
 
     @property
     def artifact_path(self) -> Path:
-        """The local folder of the weights (artifact URIs of this registry are ``file://``)."""
-        return artifact_path(self.artifact_uri)
+        """A local folder with the version's files (fetched into this node's cache if the
+        storage is remote)."""
+        from mlaas.artifacts import version_folder
+
+        return version_folder(self)
 
 
 def check_model_name(name: str) -> str:
@@ -118,18 +122,6 @@ def check_model_name(name: str) -> str:
             details={"field": "name", "received": name},
         )
     return name
-
-
-def artifact_uri_for(artifacts_dir: Path, tenant_id: str, model_name: str, version: int) -> str:
-    """Where a version's files go: ``<artifacts>/models/<tenant>/<model>/v<N>``, as a URI."""
-    folder = artifacts_dir / "models" / tenant_id / check_model_name(model_name) / f"v{version}"
-    return folder.resolve().as_uri()
-
-
-def artifact_path(uri: str) -> Path:
-    if not uri.startswith("file://"):
-        raise ValidationError(f"Only file:// artifact URIs are readable here (got {uri!r})")
-    return Path(uri.removeprefix("file://"))
 
 
 def ensure_model(url: str, tenant_id: str, name: str, *, task: str = "") -> ModelInfo:
@@ -173,8 +165,12 @@ def register_version(
     version: int | None = None,
     stage: Stage = "staging",
     task: str = "",
+    version_id: str | None = None,
 ) -> ModelVersionInfo:
     """Add a version to a tenant's model (creating the model on first use).
+
+    ``version_id`` is the caller's id for the row (``mv_...``), chosen before its files
+    were uploaded under it; by default a new one.
 
     ``version`` pins the number (the caller placed the artifacts at that number's folder);
     without it the next free number is taken.
@@ -189,7 +185,7 @@ def register_version(
         with session_scope(url) as session:
             number = version or _latest_number(session, model.id) + 1
             row = ModelVersion(
-                id="mv_" + secrets.token_hex(8),
+                id=version_id or "mv_" + secrets.token_hex(8),
                 model_id=model.id,
                 version=number,
                 framework=framework,

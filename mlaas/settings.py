@@ -86,6 +86,30 @@ class Settings(BaseSettings):
         "FAILED (its worker died); the task beats every 5 s"
     )
     log_level: str = "INFO"
+    storage_uri: str | None = Field(
+        default=None,
+        description="Root of everything the platform keeps (versions, checkpoints, batch "
+        "files, datasets): file:///path or s3://bucket/prefix; default file://$MLAAS_HOME/artifacts",
+    )
+    storage_endpoint: str | None = Field(
+        default=None, description="S3 endpoint, e.g. http://minio:9000 (else AWS_ENDPOINT_URL)"
+    )
+    storage_access_key: SecretStr | None = Field(
+        default=None, description="S3 access key (else AWS_ACCESS_KEY_ID and the AWS chain)"
+    )
+    storage_secret_key: SecretStr | None = None
+    storage_region: str | None = None
+    storage_shared: bool = Field(
+        default=False,
+        description="A file:// storage is on a filesystem every node mounts at the same path",
+    )
+    storage_allowed_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets besides the platform storage that tenants may name as data sources",
+    )
+    storage_cache_dir: Path | None = Field(
+        default=None, description="This node's cache of fetched versions; default $MLAAS_HOME/cache"
+    )
 
     @field_validator("home")
     @classmethod
@@ -104,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        return (self.storage_cache_dir or self.home / "cache").expanduser()
 
     @property
     def url(self) -> str:

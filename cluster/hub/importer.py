@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mlaas import registry
 from mlaas.errors import NotFoundError, ServiceUnavailableError, ValidationError
 from mlaas.registry import ModelVersionInfo
 
@@ -56,26 +55,30 @@ def import_model(
     source: str,
     *,
     database_url: str,
-    artifacts_dir: Path,
+    storage: Any,
     tenant_id: str,
     name: str | None = None,
     revision: str | None = None,
 ) -> ModelVersionInfo:
-    """Copy the model's files into the artifact store and register them as a new version."""
+    """Publish the model's files to the platform storage (a :class:`~mlaas.storage.Storage`,
+    settings, or a local artifacts folder) and register them as a new version."""
+    from mlaas.artifacts import publish_with
+    from mlaas.storage import as_storage
+
     folder = _fetch(source, revision)
     architecture, input_schema, output_schema = describe(folder)
     model_name = name or folder.name.replace("models--", "").split("/")[-1]
-    number = registry.next_version_number(database_url, tenant_id, model_name)
-    uri = registry.artifact_uri_for(artifacts_dir, tenant_id, model_name, number)
-    target = registry.artifact_path(uri)
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".git*", "*.md"))
     architecture["source"] = {"id": source, "revision": revision}
-    return registry.register_version(
-        database_url, tenant_id=tenant_id, model_name=model_name, framework=FRAMEWORK,
-        artifact_uri=uri, architecture=architecture, input_schema=input_schema,
-        output_schema=output_schema, metrics={}, version=number, task="huggingface",
-    )
+
+    def write(target: Path) -> None:
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".git*", "*.md"),
+                        dirs_exist_ok=True)  # fmt: skip
+
+    return publish_with(
+        database_url, write, tenant_id=tenant_id, model_name=model_name,
+        storage=as_storage(storage), framework=FRAMEWORK, architecture=architecture,
+        input_schema=input_schema, output_schema=output_schema, metrics={}, task="huggingface",
+    )  # fmt: skip
 
 
 def push_folder(

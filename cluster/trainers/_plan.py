@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -22,7 +21,8 @@ class TrainingPlan:
         data: the loaded, split dataset.
         architecture: ``{"type", "config"}`` of the model to train.
         run_name: unique name of the Ray Train run (its folder under ``storage_path``).
-        storage_path: where Ray Train persists checkpoints.
+        storage_path: where Ray Train persists checkpoints (a path on ``storage_filesystem``).
+        storage_filesystem: the platform storage's pyarrow filesystem (None: a local path).
         teacher: for distillation, ``{"architecture", "folder", ...}`` of the teacher version.
         callbacks: Ray Train ``UserCallback``s (progress reporting).
         env_vars: extra environment of the training workers.
@@ -32,7 +32,8 @@ class TrainingPlan:
     data: PreparedData
     architecture: dict[str, Any]
     run_name: str
-    storage_path: Path
+    storage_path: str
+    storage_filesystem: Any = None
     teacher: dict[str, Any] | None = None
     callbacks: list[Any] = field(default_factory=list)
     env_vars: dict[str, str] = field(default_factory=dict)
@@ -66,7 +67,8 @@ class TrainingPlan:
     def run_config(self, **overrides: Any) -> RunConfig:
         options: dict[str, Any] = {
             "name": self.run_name,
-            "storage_path": str(self.storage_path),
+            "storage_path": self.storage_path,
+            "storage_filesystem": self.storage_filesystem,
             "failure_config": FailureConfig(max_failures=self.spec.max_failures),
             "checkpoint_config": CheckpointConfig(num_to_keep=2),
             "callbacks": list(self.callbacks),

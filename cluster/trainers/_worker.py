@@ -131,4 +131,7 @@ def teacher_model(config: dict[str, Any]) -> nn.Module | None:
     teacher = config.get("teacher")
     if not teacher:
         return None
-    return load_registered_model(teacher["architecture"], Path(teacher["folder"]))
+    from mlaas.artifacts import local_folder
+
+    folder = local_folder(teacher["artifact_uri"], teacher["version_id"])
+    return load_registered_model(teacher["architecture"], folder)

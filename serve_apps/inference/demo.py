@@ -5,6 +5,7 @@ fresh platform has a model to predict with and tests and benchmarks have a real 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ def digits_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def register_torch_version(
     database_url: str,
-    artifacts_dir: Any,
+    storage: Any,
     tenant_id: str,
     model_name: str,
     model: Any,
@@ -75,34 +76,28 @@ def register_torch_version(
     stage: registry.Stage = "staging",
     schemas: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> ModelVersionInfo:
-    """Write weights and architecture to the artifact store, then register the version."""
+    """Publish weights and architecture to the storage (a :class:`~mlaas.storage.Storage`,
+    settings, or a local artifacts folder), then register the version."""
     from safetensors.torch import save_file
 
-    number = registry.next_version_number(database_url, tenant_id, model_name)
-    uri = registry.artifact_uri_for(artifacts_dir, tenant_id, model_name, number)
-    folder = registry.artifact_path(uri)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "architecture.json").write_text(json.dumps(architecture, indent=2))
+    from mlaas.artifacts import publish_with
+    from mlaas.storage import as_storage
+
+    def write(folder: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "architecture.json").write_text(json.dumps(architecture, indent=2))
+
     input_schema, output_schema = schemas or digits_schemas()
-    return registry.register_version(
-        database_url,
-        tenant_id=tenant_id,
-        model_name=model_name,
-        framework="pytorch",
-        artifact_uri=uri,
-        architecture=architecture,
-        input_schema=input_schema,
-        output_schema=output_schema,
-        metrics=metrics,
-        version=number,
-        stage=stage,
+    return publish_with(
+        database_url, write, tenant_id=tenant_id, model_name=model_name,
+        storage=as_storage(storage), framework="pytorch", architecture=architecture,
+        input_schema=input_schema, output_schema=output_schema, metrics=metrics, stage=stage,
         task="classification",
-    )
+    )  # fmt: skip
 
 
-def ensure_demo_model(database_url: str, artifacts_dir: Any, tenant_id: str) -> ModelVersionInfo:
+def ensure_demo_model(database_url: str, storage: Any, tenant_id: str) -> ModelVersionInfo:
     """The tenant's ``digits-demo@production``, trained and registered on first call."""
     try:
         return registry.get_version(database_url, tenant_id, DEMO_MODEL, "production")
@@ -110,13 +105,13 @@ def ensure_demo_model(database_url: str, artifacts_dir: Any, tenant_id: str) -> 
         pass
     model, architecture, accuracy = train_digits_mlp()
     return register_torch_version(
-        database_url, artifacts_dir, tenant_id, DEMO_MODEL, model, architecture,
+        database_url, storage, tenant_id, DEMO_MODEL, model, architecture,
         {"val_accuracy": accuracy}, stage="production",
     )
 
 
 def register_demo_when_admin_exists(
-    database_url: str, artifacts_dir: Any, *, timeout_s: float = 900, poll_s: float = 2.0
+    database_url: str, storage: Any, *, timeout_s: float = 900, poll_s: float = 2.0
 ) -> ModelVersionInfo | None:
     """Wait for the admin tenant (``mlaas up`` makes it once the platform is healthy), then
     make sure it owns ``digits-demo@production``. Runs in a replica's background thread."""
@@ -133,7 +128,7 @@ def register_demo_when_admin_exists(
             admin = None
         if admin is not None:
             try:
-                return ensure_demo_model(database_url, artifacts_dir, admin.id)
+                return ensure_demo_model(database_url, storage, admin.id)
             except ConflictError:  # another replica registered it at the same moment
                 return registry.get_version(database_url, admin.id, DEMO_MODEL, "production")
         time.sleep(poll_s)

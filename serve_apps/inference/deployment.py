@@ -53,6 +53,9 @@ class Inference:
         import torch
 
         torch.set_num_threads(parsed.torch_threads)
+        from mlaas.settings import Settings
+
+        self._settings = Settings(**parsed.settings)  # storage and cache of this node
         self._specs: dict[str, dict[str, Any]] = {}
         self._embedder = embedder
 
@@ -80,7 +83,7 @@ class Inference:
         settings = Settings(**parsed.settings)
         threading.Thread(
             target=register_demo_when_admin_exists,
-            args=(settings.resolved_database_url, settings.artifacts_dir),
+            args=(settings.resolved_database_url, settings),
             name="demo-model",
             daemon=True,
         ).start()
@@ -90,7 +93,7 @@ class Inference:
         if spec is None:
             raise ServiceUnavailableError(f"No spec was sent for version {version_id}")
         try:
-            runner = await asyncio.to_thread(load_runner, spec)
+            runner = await asyncio.to_thread(load_runner, spec, self._settings)
         except ArtifactUnavailable as exc:
             log.warning("model unavailable", extra={"fields": {"version": version_id}})
             raise ServiceUnavailableError(

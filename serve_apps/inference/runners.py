@@ -27,11 +27,17 @@ class Runner(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def artifact_folder(spec: dict[str, Any]) -> Path:
-    uri = str(spec.get("artifact_uri", ""))
-    if not uri.startswith("file://"):
-        raise ArtifactUnavailable(f"Only file:// artifacts can be served here (got {uri!r})")
-    folder = Path(uri.removeprefix("file://"))
+def artifact_folder(spec: dict[str, Any], settings: Any = None) -> Path:
+    """The version's files on this node, fetched from the platform storage into the node's
+    cache when they are not local."""
+    from mlaas.artifacts import local_folder
+    from mlaas.storage import StorageError
+
+    try:
+        folder = local_folder(str(spec.get("artifact_uri", "")), str(spec.get("id")),
+                              settings=settings)  # fmt: skip
+    except StorageError as exc:
+        raise ArtifactUnavailable(exc.message) from None
     if not folder.is_dir():
         raise ArtifactUnavailable(f"The artifact folder of version {spec.get('id')} is missing")
     return folder
@@ -141,7 +147,7 @@ _RUNNERS: dict[str, type] = {
 }
 
 
-def load_runner(spec: dict[str, Any]) -> Runner:
+def load_runner(spec: dict[str, Any], settings: Any = None) -> Runner:
     """The runner of a version spec.
 
     Raises:
@@ -153,7 +159,7 @@ def load_runner(spec: dict[str, Any]) -> Runner:
         raise ArtifactUnavailable(
             f"Framework {framework!r} cannot be served (servable: {sorted(_RUNNERS)})"
         )
-    folder = artifact_folder(spec)
+    folder = artifact_folder(spec, settings)
     try:
         return runner_class(spec, folder)  # type: ignore[no-any-return]
     except ArtifactUnavailable:

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mlaas import errors
 from mlaas.auth import Principal
+from mlaas.storage import get_storage
 from serve_apps.gateway.context import Context, CurrentPrincipal
 
 router = APIRouter(tags=["federated"])
@@ -77,8 +78,7 @@ async def _call(pool_id: str, ctx: Any, method: str, *args: Any) -> Any:
     import ray.exceptions
 
     for attempt in range(3):
-        handle = _federated().coordinator_for(pool_id, ctx.database_url,
-                                              str(ctx.settings.artifacts_dir))
+        handle = _federated().coordinator_for(pool_id, ctx.database_url, None)
         try:
             answer = await handle.call.remote(method, *args)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
@@ -102,10 +102,10 @@ async def create_pool(
 
     federated = _federated()
     pool = await run_in_threadpool(federated.create_pool, ctx.database_url,
-                                   ctx.settings.artifacts_dir, principal.tenant_id, spec,
+                                   get_storage(ctx.settings), principal.tenant_id, spec,
                                    tenant_data_dir(ctx.settings, principal.tenant_id))
     # Start the coordinator now, without waiting for it: it reads the pool from the database.
-    federated.coordinator_for(pool["id"], ctx.database_url, str(ctx.settings.artifacts_dir))
+    federated.coordinator_for(pool["id"], ctx.database_url, None)  # storage of its node
     return {**pool, "round": None, "stage": None,
             "join_url": f"/v1/federated/pools/{pool['id']}"}
 

@@ -1,0 +1,1 @@
+"""Real servers the tests start for themselves (PostgreSQL, an S3-compatible store)."""
