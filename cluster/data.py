@@ -20,7 +20,10 @@ import pyarrow.parquet as pq
 
 from cluster.errors import SpecError
 from cluster.spec import JobSpec
-from mlaas.settings import REPO_ROOT
+from mlaas.errors import ValidationError
+from mlaas.settings import REPO_ROOT, Settings
+from mlaas.storage import Storage, get_storage, tenant_data_prefix
+from mlaas.tenant_uris import check_tenant_uri, check_uri_syntax, filesystem_of
 
 _DIGITS_IMAGE_SHAPE = (1, 8, 8)
 SAMPLE_DATA_DIR = (REPO_ROOT / "configs" / "data").resolve()
@@ -51,33 +54,94 @@ class PreparedData:
     y_val: np.ndarray
 
 
-def resolve_data_source(spec: JobSpec, base_dir: Path, *, confine: bool, source: str) -> JobSpec:
-    """The spec with a local data path made absolute.
+def resolve_data_source(
+    spec: JobSpec,
+    base_dir: Path,
+    *,
+    confine: bool,
+    source: str,
+    tenant_id: str | None = None,
+    settings: Settings | None = None,
+) -> JobSpec:
+    """The spec with a local data path made absolute, or a tenant's URI checked.
 
     A relative path is looked up in ``base_dir``, then in the repository (for the sample
     data in ``configs/data``). With ``confine`` (the API), a local path must lie in
-    ``base_dir`` or the sample data folder: a tenant reads its own data folder, never
-    other files of the server.
+    ``base_dir``, the tenant's datasets folder of a local platform storage, or the sample
+    data folder; a remote URI must pass :func:`mlaas.tenant_uris.check_tenant_uri` (the
+    tenant's own storage prefix or an allow-listed bucket; no query, no credentials), and
+    a relative name found nowhere locally names a file under the tenant's storage prefix.
+
+    Raises:
+        SpecError: 422 on ``data.source`` (or ``model.path``).
+        ForbiddenError: 403 for a URI outside the tenant's prefix and the allow-list.
     """
     if spec.model.type == "huggingface" and confine:
         _confine_model_folder(spec.model.path, base_dir, source)
     text = spec.data.source
-    if spec.data.builtin is not None or ("://" in text and not text.startswith("file://")):
+    if spec.data.builtin is not None:
         return spec
-    path = Path(text.removeprefix("file://")).expanduser()
-    candidates = [path] if path.is_absolute() else [base_dir / path, REPO_ROOT / path]
-    resolved = next((c for c in candidates if c.exists()), candidates[0]).resolve()
-    allowed = (base_dir.resolve(), SAMPLE_DATA_DIR)
-    if confine and not any(resolved.is_relative_to(root) for root in allowed):
+    if confine:
+        resolved = _confined_source(text, base_dir, source, tenant_id, settings)
+    elif "://" in text and not text.startswith("file://"):
+        return spec
+    else:
+        path = Path(text.removeprefix("file://")).expanduser()
+        resolved = str(_first_existing(path, [base_dir, REPO_ROOT]))
+    data = spec.data.model_copy(update={"source": resolved})
+    return spec.model_copy(update={"data": data})
+
+
+def _first_existing(path: Path, roots: list[Path]) -> Path:
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
+    return next((c for c in candidates if c.exists()), candidates[0]).resolve()
+
+
+def _confined_source(
+    text: str, base_dir: Path, source: str, tenant_id: str | None, settings: Settings | None
+) -> str:
+    """Where an API spec's data is: a local path in an allowed folder, or a checked URI."""
+    try:
+        check_uri_syntax(text, field="data.source")
+    except ValidationError as exc:
+        raise SpecError(source, "data.source", exc.details["reason"], received=text) from exc
+    remote = "://" in text and not text.startswith("file://")
+    if tenant_id is None:
+        if remote:
+            raise SpecError(source, "data.source", "remote data needs a tenant")
+        storage = None
+    else:
+        storage = get_storage(settings)
+        if remote or _names_storage(storage, text, base_dir):
+            return check_tenant_uri(text, tenant_id, settings, field="data.source")
+    own = storage.local_path(tenant_data_prefix(tenant_id)) if storage and tenant_id else None
+    roots = [base_dir, *([own] if own else []), REPO_ROOT]
+    resolved = _first_existing(Path(text.removeprefix("file://")).expanduser(), roots)
+    allowed = [base_dir.resolve(), *([own.resolve()] if own else []), SAMPLE_DATA_DIR]
+    if not any(resolved.is_relative_to(root) for root in allowed):
+        if storage is not None and tenant_id and storage.key_of(resolved.as_uri()) is not None:
+            # Another tenant's files or the platform's own: the same 403 as for their URIs.
+            check_tenant_uri(resolved.as_uri(), tenant_id, settings, field="data.source")
         raise SpecError(
             source,
             "data.source",
-            f"local data must be in your data folder {base_dir} or in configs/data "
+            "local data must be in your data folder (data/<tenant id>/ of the platform home, "
+            "or datasets/<tenant id>/ of its storage) or in configs/data "
             "(or use builtin:<name> or a URI)",
             received=text,
         )
-    data = spec.data.model_copy(update={"source": str(resolved)})
-    return spec.model_copy(update={"data": data})
+    return str(resolved)
+
+
+def _names_storage(storage: Storage, text: str, base_dir: Path) -> bool:
+    """Whether a local-looking source means the platform storage: a path inside a local
+    storage, or (remote storage) a relative name that no local folder holds."""
+    if text.startswith(("file://", "/")):
+        uri = text if text.startswith("file://") else Path(text).as_uri()
+        return storage.key_of(uri) is not None
+    if storage.scheme == "file" or text.startswith("~"):
+        return False
+    return not any((root / text).exists() for root in (base_dir, REPO_ROOT))
 
 
 def _confine_model_folder(path: str, base_dir: Path, source: str) -> None:
@@ -94,8 +158,9 @@ def _confine_model_folder(path: str, base_dir: Path, source: str) -> None:
 
 
 def _filesystem(source: str) -> tuple[pa_fs.FileSystem, str]:
+    # The platform's filesystem (its endpoint and credentials), never from_uri on the string.
     if "://" in source:
-        return pa_fs.FileSystem.from_uri(source)
+        return filesystem_of(source)
     return pa_fs.LocalFileSystem(), str(Path(source).resolve())
 
 
@@ -126,10 +191,13 @@ def check_data(spec: JobSpec, source: str = "<request>") -> None:
     try:
         fs, path = _filesystem(data.source)
         exists = fs.get_file_info(path).type == pa_fs.FileType.File
+    except ValidationError as exc:
+        raise SpecError(source, "data.source", exc.message) from exc
     except (OSError, pa.ArrowInvalid) as exc:
-        raise SpecError(source, "data.source", f"cannot open: {exc}", received=data.source) from exc
+        # The reason stays out of the answer: it can quote a server path or what a host sent.
+        raise SpecError(source, "data.source", f"cannot open ({_kind_of(exc)})") from exc
     if not exists:
-        raise SpecError(source, "data.source", "no such file", received=data.source)
+        raise SpecError(source, "data.source", "no such file")
     if data.is_text:
         return
     if not data.target:
@@ -137,7 +205,9 @@ def check_data(spec: JobSpec, source: str = "<request>") -> None:
     try:
         columns = _columns_of(data.source)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise SpecError(source, "data.source", f"cannot read the header: {exc}") from exc
+        raise SpecError(
+            source, "data.source", f"cannot read the header ({_kind_of(exc)})"
+        ) from exc
     for name, where in [
         (data.target, "data.target"),
         *((f, "data.features") for f in data.features or []),
@@ -145,6 +215,13 @@ def check_data(spec: JobSpec, source: str = "<request>") -> None:
     ]:
         if name not in columns:
             raise SpecError(source, where, f"column {name!r} not in the file (columns: {columns})")
+
+
+def _kind_of(exc: Exception) -> str:
+    """What went wrong, in words that quote neither a path nor what a server answered."""
+    kinds = {FileNotFoundError: "no such file", PermissionError: "permission denied",
+             pa.ArrowInvalid: "not a readable CSV/Parquet file"}
+    return next((k for t, k in kinds.items() if isinstance(exc, t)), type(exc).__name__)
 
 
 def _check_model_folder(spec: JobSpec, source: str) -> None:
@@ -199,6 +276,9 @@ def _read_frame(source: str) -> Any:
     reader = (
         ray.data.read_parquet if source.lower().endswith((".parquet", ".pq")) else ray.data.read_csv
     )
+    if "://" in source:
+        fs, path = _filesystem(source)
+        return reader(path, filesystem=fs, ray_remote_args={"num_cpus": 0.25}).to_pandas()
     return reader(source, ray_remote_args={"num_cpus": 0.25}).to_pandas()
 
 

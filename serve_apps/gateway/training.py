@@ -38,10 +38,16 @@ def checked_spec(raw: Any, *, settings: Settings, database_url: str, tenant_id: 
 
     Raises:
         SpecError: a 422 naming the field.
+        ForbiddenError: a 403 for a data URI outside the tenant's storage prefix.
     """
     spec = validate_spec(raw, "<request>")
     spec = resolve_data_source(
-        spec, tenant_data_dir(settings, tenant_id), confine=True, source="<request>"
+        spec,
+        tenant_data_dir(settings, tenant_id),
+        confine=True,
+        source="<request>",
+        tenant_id=tenant_id,
+        settings=settings,
     )
     check_data(spec, "<request>")
     if spec.strategy.type == "deepspeed":
