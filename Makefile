@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # pip warns once per package about index folders this machine's pip.conf names; keep the rest.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || [ $$? -eq 1 ]; }
 
-.PHONY: install run test down lint bench clean
+.PHONY: install run test services down lint bench clean
 
 install: $(STAMP)
 
@@ -38,8 +38,18 @@ run: install
 down: install
 	$(VENV)/bin/mlaas down
 
-test: install
+# PostgreSQL 15 for the tests that run on both databases (they start throw-away clusters
+# themselves); on a machine without it, installed from Debian's packages.
+PG_BIN := /usr/lib/postgresql/15/bin
+services:
+	@test -x $(PG_BIN)/initdb || { echo "Installing postgresql-15 (tests start their own clusters)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
+
+# The whole suite on the embedded default (SQLite, file:// storage), then the cluster-state
+# tests again on a platform whose database is PostgreSQL and whose storage is S3 (SeaweedFS).
+test: install services
 	$(PY) -m pytest $(PYTEST_ARGS)
+	MLAAS_TEST_BACKEND=cluster $(PY) -m pytest -m cluster_state $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check mlaas cluster serve_apps federated knowledge tests benchmarks

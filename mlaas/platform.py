@@ -248,11 +248,15 @@ def bootstrap_admin(settings: Settings) -> str | None:
     return key
 
 
-def _safe_database_url(url: str) -> str | None:
-    """The URL when it carries no password (so it may go into a visible Serve config)."""
+def shareable_database_url(url: str) -> str | None:
+    """The URL when it carries no password (so it may go into a visible Serve config or a
+    task's arguments); None tells the receiver to read it from its node's environment."""
     from sqlalchemy.engine import make_url
 
     return None if make_url(url).password else url
+
+
+_safe_database_url = shareable_database_url
 
 
 def serve_config(settings: Settings) -> dict[str, Any]:
@@ -269,6 +273,7 @@ def serve_config(settings: Settings) -> dict[str, Any]:
         "jwt_ttl_s": settings.jwt_ttl_s,
         "host": settings.host,
         "port": settings.port,
+        "cluster_mode": settings.cluster_mode,  # replicas refuse what `mlaas up` refused
     }
     safe_url = _safe_database_url(settings.resolved_database_url)
     if safe_url:

@@ -1,63 +1,45 @@
 """Asynchronous batch prediction: a Ray task that runs a Ray Data ``map_batches`` pipeline over
-a file (or the rows of a large request saved as one), writes the predictions as Parquet to
-the artifact store, and keeps its state in a ``status.json`` beside them.
+a file (or the rows of a large request saved as one) and writes the predictions as one Parquet
+file to the platform storage. The job's state is a database record (:mod:`mlaas.batch_jobs`),
+so every gateway replica on every node reads the same status.
 
-Layout under ``<artifacts>/batch/<tenant>/<job id>/``: ``status.json``, ``inputs.parquet`` (for
-rows sent inline), ``predictions/`` (Parquet files, one row per input row, in input order).
-Readable inputs are the tenant's own files under ``<artifacts>/datasets/<tenant>/`` (by name)
-and remote URIs Ray Data reads (``s3://``, ``gs://``...); any other local path is refused.
+Layout under ``batch/<tenant>/<job id>/`` of the storage: ``inputs.npy`` (rows sent inline)
+and ``predictions.parquet`` (one row per input row, in input order; downloadable through
+``GET /v1/batch_predict/{id}/output``). Readable inputs are the tenant's own files under
+``datasets/<tenant>/`` and allow-listed buckets (:mod:`mlaas.tenant_uris`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import threading
-import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlaas.errors import ForbiddenError, NotFoundError, ValidationError
+from mlaas.errors import ValidationError
+from mlaas.settings import Settings
+from mlaas.tenant_uris import check_tenant_uri
 
-STATUS_FILE = "status.json"
 FORMATS = ("parquet", "csv", "json", "numpy")
-_WRITE_LOCK = threading.Lock()
-_REMOTE = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hf://")
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def job_key(tenant_id: str, job_id: str) -> str:
+    """The job's folder in the platform storage."""
+    return f"batch/{tenant_id}/{job_id}"
 
 
-def job_folder(artifacts_dir: Path, tenant_id: str, job_id: str) -> Path:
-    if not job_id.startswith("bp_") or not job_id[3:].isalnum():
-        raise NotFoundError(f"No batch job {job_id!r}", details={"id": job_id})
-    return artifacts_dir / "batch" / tenant_id / job_id
+def output_key(tenant_id: str, job_id: str) -> str:
+    return f"{job_key(tenant_id, job_id)}/predictions.parquet"
 
 
-def datasets_folder(artifacts_dir: Path, tenant_id: str) -> Path:
-    """Where a tenant's input files live (name them by file name in ``input_uri``)."""
-    return artifacts_dir / "datasets" / tenant_id
+def resolve_input(settings: Settings, tenant_id: str, uri: str) -> str:
+    """The checked URI of ``input_uri``: a file name under the tenant's datasets prefix, a URI
+    inside it, or an allow-listed bucket (see :func:`mlaas.tenant_uris.check_tenant_uri`).
 
-
-def resolve_input(artifacts_dir: Path, tenant_id: str, uri: str) -> str:
-    """A readable location for ``input_uri``, or a 403 for another tenant's or a system path."""
-    if uri.startswith(_REMOTE):
-        return uri
-    own = datasets_folder(artifacts_dir, tenant_id).resolve()
-    path = Path(uri.removeprefix("file://"))
-    resolved = (own / path).resolve() if not path.is_absolute() else path.resolve()
-    if not resolved.is_relative_to(own):
-        raise ForbiddenError(
-            f"input_uri must name a file under your datasets folder or a remote URI "
-            f"({', '.join(_REMOTE)})",
-            details={"field": "input_uri", "received": uri},
-        )
-    return str(resolved)
+    Raises:
+        ValidationError: 422 for a query, fragment, credentials or another scheme.
+        ForbiddenError: 403 for another tenant's or a system location.
+    """
+    return check_tenant_uri(uri, tenant_id, settings, field="input_uri")
 
 
 def format_of(uri: str, declared: str | None) -> str:
@@ -72,54 +54,6 @@ def format_of(uri: str, declared: str | None) -> str:
             details={"field": "format", "expected": list(FORMATS)},
         )
     return guessed
-
-
-def write_status(folder: Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into the job's status (written atomically; one writer at a time per
-    process, so the runner's heartbeat never undoes its own other updates)."""
-    path = folder / STATUS_FILE
-    with _WRITE_LOCK:
-        status = json.loads(path.read_text()) if path.exists() else {}
-        status.update(fields, updated_at=_now())
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, path)
-    return status
-
-
-def lost_job_reason(status: dict[str, Any], timeout_s: float, now: float | None = None) -> str:
-    """Why a RUNNING job is known dead (its task's heartbeat stopped), or "" if it is not."""
-    beat = status.get("heartbeat_at")
-    if status.get("status") != "RUNNING" or beat is None:
-        return ""
-    silent_s = (now if now is not None else time.time()) - float(beat)
-    if silent_s <= timeout_s:
-        return ""
-    return (f"LOST: the batch task stopped without finishing (no heartbeat for {silent_s:.0f} s; "
-            "its worker died or its node left the cluster); submit the job again")
-
-
-def read_status(
-    artifacts_dir: Path, tenant_id: str, job_id: str, heartbeat_timeout_s: float = 30.0
-) -> dict[str, Any]:
-    """The job's status; a RUNNING job whose task stopped beating is marked FAILED for good."""
-    folder = job_folder(artifacts_dir, tenant_id, job_id)
-    path = folder / STATUS_FILE
-    if not path.exists():
-        raise NotFoundError(f"No batch job {job_id!r}", details={"id": job_id})
-    status: dict[str, Any] = json.loads(path.read_text())
-    reason = lost_job_reason(status, heartbeat_timeout_s)
-    if reason:
-        status = write_status(folder, status="FAILED", error=reason, finished_at=_now())
-    return status
-
-
-def new_job(artifacts_dir: Path, tenant_id: str, **fields: Any) -> tuple[str, Path]:
-    job_id = "bp_" + secrets.token_hex(8)
-    folder = job_folder(artifacts_dir, tenant_id, job_id)
-    write_status(folder, id=job_id, status="PENDING", created_at=_now(), **fields)
-    return job_id, folder
 
 
 def feature_matrix(batch: dict[str, np.ndarray], schema: dict[str, Any]) -> np.ndarray:

@@ -1,38 +1,44 @@
-"""The body of an asynchronous batch-prediction job (run as a Ray task): read with Ray Data,
-count the rows against the tenant's quota, ``map_batches`` the version over them, write
-Parquet. Whatever goes wrong ends the job ``FAILED`` with the reason in its status."""
+"""The body of an asynchronous batch-prediction job (run as a Ray task on any node): read with
+Ray Data, count the rows against the tenant's quota, ``map_batches`` the version over them,
+write one Parquet file to the platform storage. Whatever goes wrong ends the job ``FAILED``
+with the reason in its record."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serve_apps.inference.batch_jobs import BatchPredictor, _now, write_status
+from mlaas import batch_jobs
+from mlaas.batch_jobs import now_text
+from serve_apps.inference.batch_jobs import BatchPredictor
 
 BATCH_ROWS = 8192
 ENDPOINT = "/v1/batch_predict"
 
 
 @contextmanager
-def heartbeat(job: Path, every_s: float) -> Any:
-    """Stamp ``heartbeat_at`` into the status while the block runs, from a daemon thread.
+def heartbeat(beat: Callable[[], Any], every_s: float) -> Iterator[None]:
+    """Call ``beat`` every ``every_s`` while the block runs, from a daemon thread.
 
-    A worker that dies stops the stamps, which is how a reader tells a lost job from a slow
+    A worker that dies stops the beats, which is how a reader tells a lost job from a slow
     one. The thread is stopped and joined before the block's final status is written.
     """
     stop = threading.Event()
 
-    def beat() -> None:
+    def run() -> None:
         while not stop.wait(every_s):
-            write_status(job, heartbeat_at=time.time())
+            try:
+                beat()
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
+                continue
 
-    thread = threading.Thread(target=beat, name="batch-heartbeat", daemon=True)
+    thread = threading.Thread(target=run, name="batch-heartbeat", daemon=True)
     thread.start()
     try:
         yield
@@ -42,15 +48,23 @@ def heartbeat(job: Path, every_s: float) -> Any:
 
 
 def _read(source: str, fmt: str) -> Any:
-    """The file as a Ray Dataset. Read here with pyarrow (local or remote URIs), not by Ray
-    Data's read tasks: those ask for a whole CPU each, which a two-core machine whose
-    replicas hold fractions of both cannot grant, so the job would wait forever."""
+    """The file as a Ray Dataset. Read here with pyarrow through the platform's filesystem
+    (its endpoint and credentials), not by Ray Data's read tasks: those ask for a whole CPU
+    each, which a two-core machine whose replicas hold fractions of both cannot grant."""
     import pyarrow as pa
     import pyarrow.dataset as pads
+    import pyarrow.fs as pa_fs
     import ray.data
 
+    from mlaas.tenant_uris import filesystem_of
+
+    fs, path = filesystem_of(source)
     if fmt == "numpy":
-        rows = np.load(source, allow_pickle=False).astype(np.float32)
+        if isinstance(fs, pa_fs.LocalFileSystem):  # also a pipe, which pyarrow cannot open
+            rows = np.load(path, allow_pickle=False).astype(np.float32)
+        else:
+            with fs.open_input_file(path) as handle:
+                rows = np.load(handle, allow_pickle=False).astype(np.float32)
         flat = rows.reshape(len(rows), -1)
         # An "inputs" column built here: a rename would be one more whole-CPU Ray Data task.
         inputs = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
@@ -58,25 +72,36 @@ def _read(source: str, fmt: str) -> Any:
     if fmt == "json":
         import pyarrow.json as pajson
 
-        table = pajson.read_json(source)
+        with fs.open_input_stream(path) as handle:
+            table = pajson.read_json(handle)
     else:
-        table = pads.dataset(source, format=fmt).to_table()
+        table = pads.dataset(path, format=fmt, filesystem=fs).to_table()
     if not isinstance(table, pa.Table) or table.num_rows == 0:
         raise ValueError(f"{source} has no rows")
     return ray.data.from_arrow(table)
 
 
-def _write(predicted: Any, out: Path) -> int:
-    """Predictions as Parquet parts in input order; returns the row count."""
+def _write(predicted: Any, key: str) -> int:
+    """Predictions as one Parquet file (a row group per batch, in input order) on the
+    platform storage; returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out.mkdir(parents=True, exist_ok=True)
+    from mlaas.storage import get_storage
+
     rows = 0
-    for index, batch in enumerate(predicted.iter_batches(batch_size=None, batch_format="pyarrow")):
-        pq.write_table(pa.Table.from_batches(batch.to_batches()) if hasattr(batch, "to_batches")
-                       else batch, out / f"part-{index:05d}.parquet")
-        rows += batch.num_rows
+    writer: pq.ParquetWriter | None = None
+    with get_storage().open_output(key) as sink:
+        try:
+            for batch in predicted.iter_batches(batch_size=None, batch_format="pyarrow"):
+                table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+                if writer is None:
+                    writer = pq.ParquetWriter(sink, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 
@@ -99,7 +124,8 @@ def _charge(tenant: dict[str, str], rows: int) -> str | None:
 
 
 def run_batch_job(
-    folder: str,
+    database_url: str | None,
+    job_id: str,
     spec: dict[str, Any],
     input_schema: dict[str, Any],
     source: str,
@@ -109,20 +135,32 @@ def run_batch_job(
     heartbeat_s: float = 5.0,
 ) -> dict[str, Any]:
     """Predict every row of ``source``; returns the final status. Beats every
-    ``heartbeat_s`` (a quarter of the time after which readers call the job lost)."""
-    job = Path(folder)
+    ``heartbeat_s`` (a quarter of the time after which readers call the job lost).
+
+    ``database_url`` is None when it carries a password: the task then reads it from its
+    node's environment (as every platform process does), never from its arguments.
+    """
+    from mlaas.settings import Settings
+
+    url = database_url or Settings().resolved_database_url
     started = time.monotonic()
-    write_status(job, status="RUNNING", started_at=_now(), worker_pid=os.getpid(),
-                 heartbeat_at=time.time())
-    with heartbeat(job, heartbeat_s):
-        outcome = _run(job, spec, input_schema, source, fmt, tenant, charge_rows, started)
-    return write_status(job, **outcome)
+    batch_jobs.update(url, job_id, status="RUNNING", started_at=now_text(),
+                      worker_pid=os.getpid(), heartbeat_at=time.time())
+    with heartbeat(lambda: batch_jobs.update(url, job_id, heartbeat_at=time.time()),
+                   heartbeat_s):  # fmt: skip
+        outcome = _run(job_id, spec, input_schema, source, fmt, tenant, charge_rows, started,
+                       lambda **fields: batch_jobs.update(url, job_id, **fields))
+    return batch_jobs.update(url, job_id, **outcome)
 
 
-def _run(job: Path, spec: dict[str, Any], input_schema: dict[str, Any], source: str, fmt: str,
-         tenant: dict[str, str], charge_rows: bool, started: float) -> dict[str, Any]:
+def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source: str,
+         fmt: str, tenant: dict[str, str], charge_rows: bool, started: float,
+         record: Callable[..., Any]) -> dict[str, Any]:
     """The job's work; returns the fields of its final status."""
     import ray.data
+
+    from mlaas.storage import get_storage
+    from serve_apps.inference.batch_jobs import output_key
 
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -130,8 +168,8 @@ def _run(job: Path, spec: dict[str, Any], input_schema: dict[str, Any], source: 
         rows = dataset.count()
         refusal = _charge(tenant, rows) if charge_rows else None
         if refusal:
-            return {"status": "FAILED", "error": refusal, "rows": rows, "finished_at": _now()}
-        write_status(job, rows=rows)
+            return {"status": "FAILED", "error": refusal, "rows": rows, "finished_at": now_text()}
+        record(rows=rows)
         predicted = dataset.map_batches(
             BatchPredictor,
             fn_constructor_args=(spec, input_schema),
@@ -140,14 +178,24 @@ def _run(job: Path, spec: dict[str, Any], input_schema: dict[str, Any], source: 
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0.25,
         )
-        out = job / "predictions"
-        _write(predicted, out)
+        key = output_key(tenant["tenant_id"], job_id)
+        _write(predicted, key)
         seconds = time.monotonic() - started
-        return {"status": "SUCCEEDED", "rows": rows, "output_uri": out.resolve().as_uri(),
+        return {"status": "SUCCEEDED", "rows": rows, "output_uri": get_storage().uri_of(key),
+                "output_url": f"/v1/batch_predict/{job_id}/output",
                 "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
-                "finished_at": _now()}
+                "finished_at": now_text()}
     except Exception as exc:  # unreadable file, bad columns, model that will not load...
-        reason = str(exc).strip().splitlines()
-        message = next((line for line in reversed(reason) if line.strip()), type(exc).__name__)
-        return {"status": "FAILED", "error": f"{type(exc).__name__}: {message[:500]}",
-                "finished_at": _now()}
+        return {"status": "FAILED", "error": _reason(exc, source), "finished_at": now_text()}
+
+
+def _reason(exc: BaseException, source: str) -> str:
+    """One line saying what went wrong, without the storage's server paths."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    message = lines[-1] if lines else type(exc).__name__
+    if isinstance(exc, FileNotFoundError) or "No such file" in message or "NoSuchKey" in message:
+        return f"FileNotFoundError: {source.rsplit('/', 1)[-1]}: no such file in your datasets"
+    from mlaas.storage import get_storage
+
+    root = get_storage().root
+    return f"{type(exc).__name__}: {message.replace(root, '<storage>')[:500]}"

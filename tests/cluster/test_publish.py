@@ -15,6 +15,7 @@ from cluster.trainers._worker import load_registered_model, save_weights
 from cluster.zoo import architecture_for, build_model
 from mlaas import accounts, registry
 from mlaas.db import migrate
+from mlaas.storage import local_storage
 
 SPEC = {
     "name": "tiny",
@@ -37,7 +38,7 @@ def plan_and_outcome(tmp_path: Path) -> tuple[TrainingPlan, TrainOutcome]:
     checkpoint_dir.mkdir()
     torch.manual_seed(0)
     save_weights(build_model(architecture).state_dict(), checkpoint_dir)
-    plan = TrainingPlan(spec, data, architecture, "run", tmp_path / "runs")
+    plan = TrainingPlan(spec, data, architecture, "run", str(tmp_path / "runs"))
     outcome = TrainOutcome(
         Checkpoint.from_directory(str(checkpoint_dir)),
         {"val_accuracy": 0.9},
@@ -54,20 +55,22 @@ def test_each_publish_takes_the_next_free_version_without_touching_others(
     migrate(url)
     tenant = accounts.create_tenant(url, "acme", tier="free").id
     plan, outcome = plan_and_outcome
-    artifacts = tmp_path / "artifacts"
-    # Another job is mid-way publishing version 1: its folder exists, not yet registered.
-    busy = artifacts / "models" / tenant / "tiny" / "v1"
-    busy.mkdir(parents=True)
-    (busy / "model.safetensors").write_text("another job's weights")
+    storage = local_storage(tmp_path / "artifacts", cache_dir=tmp_path / "cache")
+    # A job that crashed mid-way left files nothing references (no manifest, no row).
+    orphan = tmp_path / "artifacts" / "models" / tenant / "tiny" / "mv_crashed"
+    orphan.mkdir(parents=True)
+    (orphan / "model.safetensors").write_text("another job's weights")
 
-    first = publish(outcome, plan, JobContext(url, artifacts, tenant, "job_a"), train_seconds=1.0)
-    second = publish(outcome, plan, JobContext(url, artifacts, tenant, "job_b"), train_seconds=1.0)
+    first = publish(outcome, plan, JobContext(url, storage, tenant, "job_a"), train_seconds=1.0)
+    second = publish(outcome, plan, JobContext(url, storage, tenant, "job_b"), train_seconds=1.0)
 
-    assert (first.version, second.version) == (2, 3)
-    assert (busy / "model.safetensors").read_text() == "another job's weights"
+    assert (first.version, second.version) == (1, 2)
+    assert (orphan / "model.safetensors").read_text() == "another job's weights"
+    assert first.artifact_uri == storage.uri_of(f"models/{tenant}/tiny/{first.id}")
+    assert storage.manifest(f"models/{tenant}/tiny/{first.id}") is not None
     assert first.training_job_id == "job_a" and first.metrics["baseline_accuracy"] == 0.33
     assert first.metrics["num_parameters"] == 4 * 4 + 4 + 4 * 3 + 3
     model = load_registered_model(first.architecture, first.artifact_path)
     assert model(torch.zeros(2, 4)).shape == (2, 3)
     assert registry.get_version(url, tenant, "tiny").id == second.id
-    assert not list((artifacts / "models" / tenant).glob(".staging-*")), "no staging folder is left"
+    assert not list((tmp_path / "cache" / "publish").iterdir()), "no staging folder is left"

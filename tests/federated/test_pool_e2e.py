@@ -11,15 +11,18 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load
 
 from federated._model import build
 from mlaas import registry
+from mlaas.artifacts import local_folder
 from tests.conftest import Platform
 from tests.federated.conftest import Nodes, finished_pool, wait_for
 
 MODULUS_BITS = 40
+pytestmark = pytest.mark.cluster_state  # also runs on PostgreSQL + S3 (MLAAS_TEST_BACKEND)
 
 
 def _spec(name: str, **changes: Any) -> dict[str, Any]:
@@ -88,9 +91,10 @@ def test_round_completes_when_one_node_is_killed_and_the_sum_is_exact(
     assert len(first["survivors"]) == 4 and len(first["selected"]) == 5
     killed = next(n for n, c in labels.items() if c["label"] == "n4")
     assert killed not in first["survivors"]
-    stored = registry.get_version(f"sqlite:///{platform.home / 'mlaas.db'}", tenant_id,
-                                  spec["name"], 2)
-    aggregate = np.load(stored.artifact_path / "aggregate.npy")
+    stored = registry.get_version(platform.database_url, tenant_id, spec["name"], 2)
+    assert stored.artifact_uri.startswith(platform.storage.base_uri)
+    folder = local_folder(stored.artifact_uri, stored.id, settings=platform.settings)
+    aggregate = np.load(folder / "aggregate.npy")
     dumps = [np.load(platform_tmp(nodes, labels[n]["label"]) / "round-1.npy")
              for n in first["survivors"]]
     assert np.array_equal(aggregate, np.sum(dumps, axis=0) % (1 << MODULUS_BITS))

@@ -1,24 +1,32 @@
-"""``POST /v1/batch_predict`` and ``GET /v1/batch_predict/{id}``: small batches are answered
-inline; a file (``input_uri``) or more rows than ``MLAAS_BATCH_INLINE_ROWS`` become an
-asynchronous Ray Data job that writes Parquet predictions to the artifact store. Each row
-counts against the tenant's inference quota."""
+"""``POST /v1/batch_predict``, ``GET /v1/batch_predict/{id}`` and its ``/output``: small
+batches are answered inline; a file (``input_uri``) or more rows than
+``MLAAS_BATCH_INLINE_ROWS`` become an asynchronous Ray Data job that writes Parquet predictions
+to the platform storage, downloadable by the tenant. Each row counts against the tenant's
+inference quota."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from mlaas import batch_jobs
+from mlaas.errors import NotFoundError
+from mlaas.storage import StorageError, get_storage
 from serve_apps.gateway.context import Context, CurrentPrincipal
 from serve_apps.gateway.routes.predict import count_rows, version_header
 from serve_apps.inference import inference_client, version_spec
-from serve_apps.inference.batch_jobs import format_of, new_job, read_status, resolve_input
+from serve_apps.inference.batch_jobs import format_of, job_key, output_key, resolve_input
 from serve_apps.inference.schema import validate_inputs
 
 router = APIRouter(tags=["inference"])
+_CHUNK = 1024 * 1024
 
 
 class BatchPredictRequest(BaseModel):
@@ -28,7 +36,8 @@ class BatchPredictRequest(BaseModel):
     inputs: list[Any] | None = Field(default=None, description="Rows, as for /v1/predict")
     input_uri: str | None = Field(
         default=None, max_length=2000,
-        description="A file name under your datasets folder, or an s3:// (etc.) URI",
+        description="A file name under your datasets prefix (datasets/<tenant>/ of the "
+        "platform storage), its full URI, or an object in an allow-listed bucket",
     )
     format: Literal["parquet", "csv", "json", "numpy"] | None = None
 
@@ -39,16 +48,23 @@ class BatchPredictRequest(BaseModel):
         return self
 
 
-def _launch(folder: Any, spec: dict[str, Any], schema: dict[str, Any], source: str, fmt: str,
-            principal: Any, charge_rows: bool, heartbeat_timeout_s: float) -> None:
+def _launch(ctx: Any, job_id: str, spec: dict[str, Any], schema: dict[str, Any], source: str,
+            fmt: str, principal: Any, charge_rows: bool) -> None:
     import ray
 
+    from mlaas.platform import shareable_database_url
     from serve_apps.inference.batch_runner import run_batch_job
 
     tenant = {"tenant_id": principal.tenant_id, "tier": principal.tier}
     task = ray.remote(run_batch_job).options(num_cpus=0.1, max_retries=0)
-    task.remote(str(folder), spec, schema, source, fmt, tenant, charge_rows,
-                heartbeat_timeout_s / 4)
+    task.remote(shareable_database_url(ctx.database_url), job_id, spec, schema, source, fmt,
+                tenant, charge_rows, ctx.settings.batch_heartbeat_timeout_s / 4)
+
+
+def _save_rows(ctx: Any, key: str, rows: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, rows, allow_pickle=False)
+    return get_storage(ctx.settings).put_bytes(key, buffer.getvalue())
 
 
 @router.post("/v1/batch_predict")
@@ -59,7 +75,6 @@ async def batch_predict(
     id to poll."""
     version = await ctx.resolve_version(principal.tenant_id, body.model)
     spec = version_spec(version)
-    artifacts = ctx.settings.artifacts_dir
     if body.inputs is not None:
         rows = validate_inputs(
             version.input_schema, body.inputs, max_rows=ctx.settings.batch_max_rows
@@ -68,22 +83,20 @@ async def batch_predict(
         if len(rows) <= ctx.settings.batch_inline_rows:
             result = await inference_client.predict(spec, rows)
             return {"mode": "inline", **version_header(version), "rows": len(rows), **result}
-        job_id, folder = await run_in_threadpool(
-            new_job, artifacts, principal.tenant_id, model_version_id=version.id,
-            input="inline", rows=len(rows))
-        await run_in_threadpool(np.save, folder / "inputs.npy", rows)
-        source, fmt, charge = str(folder / "inputs.npy"), "numpy", False
+        job_id = await run_in_threadpool(
+            batch_jobs.create, ctx.database_url, principal.tenant_id,
+            model_version_id=version.id, input="inline", rows=len(rows))
+        source = await run_in_threadpool(
+            _save_rows, ctx, f"{job_key(principal.tenant_id, job_id)}/inputs.npy", rows)
+        fmt, charge = "numpy", False
     else:
-        source = resolve_input(artifacts, principal.tenant_id, str(body.input_uri))
+        source = resolve_input(ctx.settings, principal.tenant_id, str(body.input_uri))
         fmt = format_of(source, body.format)
-        job_id, folder = await run_in_threadpool(
-            new_job, artifacts, principal.tenant_id, model_version_id=version.id,
-            input=body.input_uri)
+        job_id = await run_in_threadpool(
+            batch_jobs.create, ctx.database_url, principal.tenant_id,
+            model_version_id=version.id, input=body.input_uri)
         charge = True
-    _launch(folder, spec, version.input_schema, source, fmt, principal, charge,
-            ctx.settings.batch_heartbeat_timeout_s)
-    from fastapi.responses import JSONResponse
-
+    _launch(ctx, job_id, spec, version.input_schema, source, fmt, principal, charge)
     return JSONResponse(
         {"mode": "async", "id": job_id, "status": "PENDING", **version_header(version),
          "status_url": f"/v1/batch_predict/{job_id}"},
@@ -93,9 +106,41 @@ async def batch_predict(
 
 @router.get("/v1/batch_predict/{job_id}")
 async def batch_status(job_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
-    """State of a batch job (PENDING, RUNNING, SUCCEEDED, FAILED), rows, and on success the
-    URI of the Parquet predictions; on failure the reason."""
+    """State of a batch job (PENDING, RUNNING, SUCCEEDED, FAILED), rows, and on success where
+    its Parquet predictions are (``output_url`` to download them); on failure the reason."""
     return await run_in_threadpool(  # type: ignore[no-any-return]
-        read_status, ctx.settings.artifacts_dir, principal.tenant_id, job_id,
+        batch_jobs.read, ctx.database_url, principal.tenant_id, job_id,
         ctx.settings.batch_heartbeat_timeout_s,
+    )
+
+
+@router.get("/v1/batch_predict/{job_id}/output")
+async def batch_output(job_id: str, principal: CurrentPrincipal, ctx: Context) -> Any:
+    """The job's predictions as one Parquet file (404 until the job has SUCCEEDED)."""
+    status = await run_in_threadpool(
+        batch_jobs.read, ctx.database_url, principal.tenant_id, job_id,
+        ctx.settings.batch_heartbeat_timeout_s,
+    )
+    if status.get("status") != "SUCCEEDED":
+        raise NotFoundError(
+            f"Batch job {job_id} has no output (status {status.get('status')})",
+            details={"id": job_id, "status": status.get("status")},
+        )
+    storage = get_storage(ctx.settings)
+    try:
+        handle = await run_in_threadpool(
+            storage.filesystem.open_input_stream,
+            storage.path_of(output_key(principal.tenant_id, job_id)),
+        )
+    except OSError as exc:
+        raise StorageError(f"The output of batch job {job_id} is not readable") from exc
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(_CHUNK):
+                yield bytes(chunk)
+
+    return StreamingResponse(
+        chunks(), media_type="application/vnd.apache.parquet",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.parquet"'},
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlaas.registry import ModelVersionInfo
+from mlaas.storage import Storage, tenant_data_prefix
 from serve_apps.inference.demo import digits, register_torch_version, train_digits_mlp
 from tests.conftest import Platform
 
@@ -26,15 +26,19 @@ class Tenant:
 
 @dataclass
 class Store:
-    """Where the platform keeps models: its database URL and artifact folder."""
+    """Where the platform keeps models: its database and its storage (local or S3)."""
 
     database_url: str
-    artifacts_dir: Path
+    storage: Storage
+
+    def put_dataset(self, tenant_id: str, name: str, data: bytes) -> str:
+        """A file in the tenant's datasets prefix, as the tenant would upload it."""
+        return self.storage.put_bytes(tenant_data_prefix(tenant_id) + name, data)
 
 
 @pytest.fixture(scope="module")
 def store(platform: Platform) -> Store:
-    return Store(f"sqlite:///{platform.home}/mlaas.db", platform.home / "artifacts")
+    return Store(platform.database_url, platform.storage)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def register_mlp(
     def register(tenant_id: str, name: str, stage: str = "staging") -> ModelVersionInfo:
         model, architecture, accuracy = trained_mlp
         return register_torch_version(
-            store.database_url, store.artifacts_dir, tenant_id, name, model, architecture,
+            store.database_url, store.storage, tenant_id, name, model, architecture,
             {"val_accuracy": accuracy}, stage=stage,  # type: ignore[arg-type]
         )
 
@@ -84,7 +88,7 @@ def register_tiny(store: Store) -> Callable[..., ModelVersionInfo]:
 
     def register(tenant_id: str, name: str, stage: str = "staging") -> ModelVersionInfo:
         return register_torch_version(
-            store.database_url, store.artifacts_dir, tenant_id, name, model, architecture, {},
+            store.database_url, store.storage, tenant_id, name, model, architecture, {},
             stage=stage, schemas=schemas,  # type: ignore[arg-type]
         )
 

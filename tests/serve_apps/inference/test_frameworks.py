@@ -9,23 +9,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlaas import registry
+from mlaas.artifacts import publish_with
 from serve_apps.inference.demo import digits_schemas
 from tests.conftest import Platform
 from tests.serve_apps.inference.conftest import Store, Tenant, post_until
 
 
 def _register(store: Store, tenant_id: str, name: str, framework: str, write: Any) -> Any:
-    number = registry.next_version_number(store.database_url, tenant_id, name)
-    uri = registry.artifact_uri_for(store.artifacts_dir, tenant_id, name, number)
-    folder = registry.artifact_path(uri)
-    folder.mkdir(parents=True, exist_ok=True)
-    write(folder)
     input_schema, output_schema = digits_schemas()
-    return registry.register_version(
-        store.database_url, tenant_id=tenant_id, model_name=name, framework=framework,
-        artifact_uri=uri, architecture={"type": "mlp"}, input_schema=input_schema,
-        output_schema=output_schema, metrics={}, version=number,
+    return publish_with(
+        store.database_url, write, tenant_id=tenant_id, model_name=name, storage=store.storage,
+        framework=framework, architecture={"type": "mlp"}, input_schema=input_schema,
+        output_schema=output_schema, metrics={},
     )
 
 
@@ -124,7 +119,7 @@ def test_an_imported_hugging_face_model_predicts_embeddings_from_text(
     from cluster.hub import import_model
 
     import_model(str(Path(get_model_path())), database_url=store.database_url,
-                 artifacts_dir=store.artifacts_dir, tenant_id=tenant.id, name="minilm-hf")
+                 storage=store.storage, tenant_id=tenant.id, name="minilm-hf")
     texts = ["Ray Serve multiplexes model versions.", "Federated nodes keep their data."]
     # Execute
     response = _predict_json(platform, tenant.key, {"model": "minilm-hf", "inputs": texts})

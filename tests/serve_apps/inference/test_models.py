@@ -136,6 +136,7 @@ def test_deleting_a_production_version_is_refused_and_a_staging_one_removes_it(
     assert refused.json()["error"]["code"] == "CONFLICT"
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["model_version_id"] == spare.id
-    assert not spare.artifact_path.exists()
-    assert doomed.artifact_path.exists()
+    storage = platform.storage
+    assert storage.list_files(storage.key_of(spare.artifact_uri) or "-") == {}, "files removed"
+    assert storage.list_files(storage.key_of(doomed.artifact_uri) or "-"), "production kept"
     assert again.status_code == 404 and predict.status_code == 404

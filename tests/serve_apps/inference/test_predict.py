@@ -171,11 +171,10 @@ def test_a_corrupt_artifact_is_503_for_that_model_only(
 ) -> None:
     # Prepare: a second version whose weights file is garbage
     broken = register_mlp(tenant.id, "broken")
-    (broken.artifact_path / "model.safetensors").write_bytes(b"not safetensors at all")
+    broken_key = store.storage.key_of(broken.artifact_uri)
+    store.storage.put_bytes(f"{broken_key}/model.safetensors", b"not safetensors at all")
     missing = register_mlp(tenant.id, "missing")
-    import shutil
-
-    shutil.rmtree(missing.artifact_path)
+    store.storage.delete(store.storage.key_of(missing.artifact_uri) or "-")
     rows = digit_rows[0][:2].tolist()
     # Execute
     with platform.client(tenant.key) as client:
