@@ -23,7 +23,7 @@ from cluster.errors import SpecError
 from cluster.job import JobContext, run_job
 from cluster.spec import JobSpec, apply_overrides, read_spec_file, validate_spec
 from mlaas import accounts, training_jobs
-from mlaas.db import migrate
+from mlaas.db import require_current_schema
 from mlaas.errors import MlaasError, NotFoundError
 from mlaas.settings import Settings
 from mlaas.storage import get_storage
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.resolved_database_url
     job_id = args.job_id
     try:
+        require_current_schema(url)  # `mlaas migrate` is the one migrator, never a job
         spec, source = _read_spec(args, url)
-        migrate(url)
         job = _job_record(url, spec, args)
         job_id = job.id
         print(

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlaas import accounts
+from mlaas.cluster_mode import alive_ray_nodes, require_cluster_ready
 from mlaas.db import migrate
 from mlaas.errors import MlaasError
 from mlaas.federated_cli import federated_app
@@ -51,9 +52,34 @@ def _settings() -> Settings:
 
 
 def _migrated(settings: Settings) -> str:
+    """The database URL, its schema brought to this code's migrations (what `mlaas migrate`
+    and `mlaas up` do; one migrator at a time, under the database's migration lock)."""
     url = settings.resolved_database_url
     migrate(url)
     return url
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Bring the database schema to this code's migrations, and print its revisions.
+
+    The one migrator: training jobs, replicas and `hub import` only check the revision and
+    refuse to work on a database that is not at it.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mlaas.db import current_revisions
+
+    settings = _settings()
+    shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    try:
+        with console.status(f"[bold]Migrating {shown}..."):
+            revisions = current_revisions(_migrated(settings))
+    except (MlaasError, SQLAlchemyError) as exc:
+        _fail(f"could not migrate {shown}: {getattr(exc, 'message', None) or exc}")
+    console.print(f"[green]✔[/] {shown} is at revision(s) {', '.join(revisions)}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -67,6 +93,8 @@ def up(
 
     settings = _settings()
     try:
+        # Forced cluster mode refuses before anything is made (a JWT secret, a database, Ray).
+        require_cluster_ready(settings, alive_nodes=1)
         load_tiers(settings.tiers_file)
         settings.jwt_signing_secret()  # a weak MLAAS_JWT_SECRET stops here, not in a replica
         state = platform.PlatformState.load(settings)
@@ -94,6 +122,7 @@ def up(
                 started_ray = state.started_ray
             status.update(f"[bold]Connecting to Ray at {address}...")
             platform.connect_ray(address)
+            require_cluster_ready(settings, alive_nodes=alive_ray_nodes())
             platform.PlatformState(
                 address, started_ray, settings.url, platform.current_session_name()
             ).save(settings)

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import (
@@ -17,11 +18,26 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from mlaas.errors import SchemaOutOfDateError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# pg_advisory_lock key held while migrating ("mlaas" in ASCII): one migrator at a time.
+MIGRATION_LOCK_KEY = 0x6D6C616173
+# Every module that declares tables on Base; their migrations all live in MIGRATIONS_DIR.
+TABLE_MODULES = (
+    "mlaas.registry",
+    "mlaas.training_jobs",
+    "mlaas.batch_jobs",
+    "mlaas.rewards",
+    "federated._store",
+    "knowledge._tables",
+)
 
 
 def utcnow() -> datetime:
@@ -86,7 +102,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 
 def get_engine(url: str) -> Engine:
-    """One engine per URL per process."""
+    """One engine per URL per process; a server database's pool is sized by the settings
+    ``MLAAS_DB_POOL_SIZE``, ``MLAAS_DB_MAX_OVERFLOW`` and ``MLAAS_DB_POOL_TIMEOUT_S``."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
@@ -96,9 +113,27 @@ def get_engine(url: str) -> Engine:
                 )
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True)
+                from mlaas.settings import get_settings
+
+                settings = get_settings()
+                engine = create_engine(
+                    url,
+                    pool_pre_ping=True,
+                    pool_size=settings.db_pool_size,
+                    max_overflow=settings.db_max_overflow,
+                    pool_timeout=settings.db_pool_timeout_s,
+                )
             _engines[url] = engine
         return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close this process's connections to ``url`` and forget its engine (a dropped database)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+        _session_factories.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 _session_factories: dict[str, sessionmaker[Session]] = {}
@@ -122,6 +157,39 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
+def load_all_tables() -> None:
+    """Put every package's tables on ``Base.metadata`` (for migrations and schema checks).
+
+    A table module of another package is loaded without its package's ``__init__``, which
+    pulls optional extras (FAISS, ...) that a migrator does not need and may not have.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    for name in TABLE_MODULES:
+        package = name.partition(".")[0]
+        if name in sys.modules:
+            continue
+        if package == "mlaas" or package in sys.modules:
+            importlib.import_module(name)
+            continue
+        package_spec = importlib.util.find_spec(package)  # locates, does not import
+        if package_spec is None or not package_spec.submodule_search_locations:
+            raise ImportError(f"package {package} is missing: its tables cannot be migrated")
+        folder = Path(list(package_spec.submodule_search_locations)[0])
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name.split('.')[1]}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        # Under its real name: a later `import <package>` reuses it (no table defined twice).
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+
+
 def _alembic_config(url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
@@ -131,13 +199,84 @@ def _alembic_config(url: str):  # type: ignore[no-untyped-def]
     return config
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest migration of every branch (packages branch from 0003)."""
+@lru_cache(maxsize=1)
+def head_revisions() -> tuple[str, ...]:
+    """The newest migration of every branch this code ships (what ``migrate`` brings a
+    database to)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+    return tuple(sorted(script.get_heads()))
+
+
+def migrate(url: str) -> tuple[str, ...]:
+    """Bring the schema to the newest migration of every branch (packages branch from 0003).
+
+    Only one migrator runs at a time: on PostgreSQL under an advisory lock, on SQLite under a
+    file lock beside the database; a second one waits, then finds nothing left to do.
+
+    Returns:
+        The revisions the database is at afterwards.
+    """
     from alembic import command
 
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(_alembic_config(url), "heads")
+    config = _alembic_config(url)
+    with _migration_lock(url) as connection:
+        config.attributes["connection"] = connection  # env.py migrates on this connection
+        command.upgrade(config, "heads")
+    return current_revisions(url)
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[Connection]:
+    """A connection of its own, holding the database's migration lock."""
+    sqlite_path = _sqlite_path(url)
+    if sqlite_path is not None:
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                # Session-level: it outlives the migration transactions, until unlocked.
+                connection.execute(
+                    text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+                connection.commit()
+                try:
+                    yield connection
+                finally:
+                    connection.rollback()
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                    connection.commit()
+            elif sqlite_path is not None:
+                with _file_lock(sqlite_path.with_name(sqlite_path.name + ".migrate-lock")):
+                    yield connection
+            else:
+                yield connection
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def current_revisions(url: str) -> tuple[str, ...]:
@@ -146,3 +285,34 @@ def current_revisions(url: str) -> tuple[str, ...]:
 
     with get_engine(url).connect() as connection:
         return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
+
+
+def require_current_schema(url: str) -> None:
+    """Refuse to work on a database whose schema is not the one this code expects.
+
+    Processes other than the migrator (training jobs, replicas, ``hub import``) call this
+    instead of migrating, so that a schema change never runs concurrently from many places.
+
+    Raises:
+        SchemaOutOfDateError: the database is unmigrated, behind, or ahead of this code.
+    """
+    expected = head_revisions()
+    sqlite_path = _sqlite_path(url)
+    if sqlite_path is not None and not sqlite_path.exists():
+        current: tuple[str, ...] = ()  # not even created: do not make an empty file
+    else:
+        current = current_revisions(url)
+    if set(current) == set(expected):
+        return
+    shown = make_url(url).render_as_string(hide_password=True)
+    if not current:
+        message = f"The database {shown} has no schema yet: run `mlaas migrate` first"
+    else:
+        message = (
+            f"The database {shown} is at revision(s) {', '.join(current)} but this code "
+            f"expects {', '.join(expected)}: run `mlaas migrate` (or, if the database is "
+            "newer, upgrade this code)"
+        )
+    raise SchemaOutOfDateError(
+        message, details={"current": list(current), "expected": list(expected)}
+    )

@@ -94,6 +94,13 @@ class ServiceUnavailableError(MlaasError, ConnectionError):
     code = "SERVICE_UNAVAILABLE"
 
 
+class SchemaOutOfDateError(MlaasError, RuntimeError):
+    """The database's schema revision is not this code's: someone must run ``mlaas migrate``."""
+
+    status_code = 503
+    code = "SCHEMA_OUT_OF_DATE"
+
+
 class ProcessingTimeoutError(MlaasError, TimeoutError):
     status_code = 504
     code = "PROCESSING_TIMEOUT"

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from mlaas import accounts
-from mlaas.db import migrate
+from mlaas.db import require_current_schema
 from mlaas.errors import MlaasError
 from mlaas.settings import Settings
 
@@ -44,7 +44,7 @@ def hub_import(
     settings = Settings()
     url = settings.resolved_database_url
     try:
-        migrate(url)
+        require_current_schema(url)  # `mlaas migrate` is the one migrator
         version = _hub().import_model(
             source, database_url=url, storage=settings,
             tenant_id=_tenant(url, tenant), name=name, revision=revision,

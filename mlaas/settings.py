@@ -43,6 +43,16 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".mlaas")
     database_url: str | None = None
+    # Connection pool of each process on a server database (PostgreSQL); not used by SQLite.
+    # Every process (gateway replica, actor, training job) has its own pool: keep processes x
+    # (pool size + overflow) under the server's max_connections (PostgreSQL default 100).
+    db_pool_size: int = Field(default=5, ge=1, description="Connections a process keeps open")
+    db_max_overflow: int = Field(
+        default=5, ge=0, description="Extra connections a process may open under load"
+    )
+    db_pool_timeout_s: float = Field(
+        default=30, gt=0, description="Wait for a free connection before failing"
+    )
     jwt_secret: SecretStr | None = None
     jwt_ttl_s: int = Field(default=900, ge=30, le=86_400)
     host: str = "127.0.0.1"
