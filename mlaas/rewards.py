@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     DateTime,
@@ -23,7 +24,9 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mlaas.db import Base, get_engine, session_scope, utcnow
@@ -94,14 +97,17 @@ def credit(url: str, tenant_id: str, source: str, credits: list[Credit]) -> int:
         }
         for item in credits
     ]
+    insert = pg_insert if get_engine(url).dialect.name == "postgresql" else sqlite_insert
+    # preserve_rowcount: without it an INSERT's rowcount is -1 on psycopg.
+    statement = (
+        insert(RewardEntry)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .execution_options(preserve_rowcount=True)
+    )
     with session_scope(url) as session:
-        if get_engine(url).dialect.name == "sqlite":
-            statement = sqlite_insert(RewardEntry).values(rows).on_conflict_do_nothing()
-        else:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            statement = pg_insert(RewardEntry).values(rows).on_conflict_do_nothing()
-        return int(session.execute(statement).rowcount or 0)
+        result = cast(CursorResult[Any], session.execute(statement))
+        return int(result.rowcount or 0)
 
 
 def balances(url: str, tenant_id: str, source: str | None = None) -> list[ContributorBalance]:

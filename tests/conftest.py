@@ -18,6 +18,7 @@ import pytest
 from mlaas.platform import port_is_free
 from tests.serve_apps.providers.catalogue import provider_env
 from tests.serve_apps.providers.fake_provider import FakeProvider
+from tests.services.postgres import PostgresServer, PostgresUnavailableError
 from tests.services.seaweed import SeaweedS3, weed_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,6 +105,71 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL 15 cluster on 127.0.0.1 for the session (password auth)."""
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailableError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL tests need a local server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to the heads, copied for each test that wants a database."""
+    from mlaas.db import dispose_engine, migrate
+
+    path = tmp_path_factory.mktemp("db-template") / "template.db"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    dispose_engine(url)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_postgres_template(postgres_server: PostgresServer) -> str:
+    """A PostgreSQL database migrated to the heads; tests get copies (CREATE ... TEMPLATE)."""
+    from mlaas.db import dispose_engine, migrate
+
+    name = "mlaas_template"
+    url = postgres_server.create_database(name)
+    migrate(url)
+    dispose_engine(url)  # a template must have no open connection when it is copied
+    return name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated platform database of its own for one test, on each backend."""
+    from mlaas.db import dispose_engine
+
+    if request.param == "sqlite":
+        import sqlite3
+        from contextlib import closing
+
+        path = tmp_path / "mlaas.db"
+        template = request.getfixturevalue("_migrated_sqlite_template")
+        with closing(sqlite3.connect(template)) as source, closing(sqlite3.connect(path)) as copy:
+            source.backup(copy)
+        url = f"sqlite:///{path}"
+        yield url
+        dispose_engine(url)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    template_name = request.getfixturevalue("_migrated_postgres_template")
+    name = f"t_{secrets.token_hex(6)}"
+    url = server.create_database(name, template=template_name)
+    try:
+        yield url
+    finally:
+        dispose_engine(url)
+        server.drop_database(name)
 
 
 @pytest.fixture(scope="session")

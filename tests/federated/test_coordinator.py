@@ -18,7 +18,6 @@ from federated._pools import create_pool
 from federated._scoring import contributors
 from federated._store import rounds_of
 from mlaas import accounts, registry
-from mlaas.db import migrate
 
 SPEC: dict[str, Any] = {
     "name": "iris-fl",
@@ -30,9 +29,8 @@ SPEC: dict[str, Any] = {
 
 
 @pytest.fixture()
-def pool(tmp_path: Path) -> tuple[str, str, Path]:
-    url = f"sqlite:///{tmp_path / 'mlaas.db'}"
-    migrate(url)
+def pool(database_url: str, tmp_path: Path) -> tuple[str, str, Path]:
+    url = database_url
     tenant = accounts.create_tenant(url, "fl-owner", tier="pro")
     created = create_pool(url, tmp_path / "artifacts", tenant.id, SPEC)
     return url, created["id"], tmp_path / "artifacts"

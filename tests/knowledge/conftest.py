@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from knowledge import KnowledgePool, PhraseEncoder
-from mlaas.db import Tenant, migrate, session_scope
+from mlaas.db import Tenant, session_scope
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +18,9 @@ def encoder() -> PhraseEncoder:
 
 
 @pytest.fixture()
-def database_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path}/knowledge.db"
-    migrate(url)
+def database_url(database_url: str) -> str:
+    """The shared fresh database (SQLite, then PostgreSQL) with two tenants."""
+    url = database_url
     with session_scope(url) as session:
         session.add_all([Tenant(id="t_a", name="a"), Tenant(id="t_b", name="b")])
     return url

@@ -6,17 +6,15 @@ from sqlalchemy import select
 
 from mlaas import accounts
 from mlaas.auth import authenticate, issue_token
-from mlaas.db import ApiKey, migrate, session_scope
+from mlaas.db import ApiKey, session_scope
 from mlaas.errors import ConflictError, UnauthorizedError, ValidationError
 
 SECRET = "k9Jd83hf-Qm2Lp0Zx7Vb4Nc6Rt1Ys5Wu8Ea3Gi0Ok2Hq"
 
 
 @pytest.fixture
-def db(tmp_path) -> str:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'mlaas.db'}"
-    migrate(url)
-    return url
+def db(database_url: str) -> str:
+    return database_url
 
 
 def test_key_is_stored_only_as_a_hash(db: str) -> None:

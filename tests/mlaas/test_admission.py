@@ -3,7 +3,6 @@ from sqlalchemy.exc import OperationalError
 
 from mlaas import accounts
 from mlaas.admission import AdmissionLedger
-from mlaas.db import migrate
 from mlaas.tiers import TiersConfig
 
 TIERS = {
@@ -17,10 +16,8 @@ TIERS = {
 
 
 @pytest.fixture
-def db(tmp_path) -> str:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'mlaas.db'}"
-    migrate(url)
-    return url
+def db(database_url: str) -> str:
+    return database_url
 
 
 def test_rate_limit_admits_exactly_the_limit_then_says_when_to_retry(db: str) -> None:

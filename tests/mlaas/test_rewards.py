@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mlaas import rewards
-from mlaas.db import Tenant, current_revisions, migrate, session_scope
+from mlaas.db import Tenant, current_revisions, session_scope
 from mlaas.errors import ValidationError
 
 
 @pytest.fixture()
-def url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    migrate(url)
+def url(database_url: str) -> str:
+    url = database_url
     with session_scope(url) as session:
         session.add_all([Tenant(id="t_a", name="a"), Tenant(id="t_b", name="b")])
     return url

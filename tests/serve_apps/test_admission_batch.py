@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 import ray
 
 from mlaas.admission import Admission
-from mlaas.db import migrate
 from serve_apps.gateway.admission_batch import AdmissionBatcher
 
 TIERS = {
@@ -20,9 +18,8 @@ TIERS = {
 
 
 @pytest.fixture
-def admission(tmp_path: Path, ray_driver: None) -> object:
-    url = f"sqlite:///{tmp_path / 'mlaas.db'}"
-    migrate(url)
+def admission(database_url: str, ray_driver: None) -> object:
+    url = database_url
     actor = Admission.options(max_concurrency=1000).remote(url, TIERS, 0.2)  # type: ignore[attr-defined]
     yield actor
     ray.kill(actor)
