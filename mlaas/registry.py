@@ -16,7 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -40,9 +51,22 @@ class RegisteredModel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+_IN_PRODUCTION = text("stage = 'production'")
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_number"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_model_versions_number"),
+        # At most one production version per model, whatever the writers (migration 0006).
+        Index(
+            "uq_model_versions_one_production",
+            "model_id",
+            unique=True,
+            sqlite_where=_IN_PRODUCTION,
+            postgresql_where=_IN_PRODUCTION,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
@@ -173,7 +197,8 @@ def register_version(
     were uploaded under it; by default a new one.
 
     ``version`` pins the number (the caller placed the artifacts at that number's folder);
-    without it the next free number is taken.
+    without it the next free number is taken. Registering straight into production moves
+    the previous production version to staging, as :func:`set_stage` does.
 
     Raises:
         ConflictError: when the pinned number is already taken.
@@ -183,7 +208,10 @@ def register_version(
     model = ensure_model(url, tenant_id, model_name, task=task)
     try:
         with session_scope(url) as session:
+            _lock_model(session, model.id)  # concurrent registrations take numbers in turn
             number = version or _latest_number(session, model.id) + 1
+            if stage == "production":
+                _demote_production(session, model.id)
             row = ModelVersion(
                 id=version_id or "mv_" + secrets.token_hex(8),
                 model_id=model.id,
@@ -280,14 +308,16 @@ def set_stage(
         raise ValidationError(f"stage must be one of {STAGES}", details={"field": "stage"})
     with session_scope(url) as session:
         model = _require_model(session, tenant_id, model_name)
-        rows = session.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)).all()
-        target = next((r for r in rows if r.version == version), None)
+        _lock_model(session, model.id)  # concurrent promotions apply one after the other
+        target = session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.model_id == model.id, ModelVersion.version == version
+            )
+        ).first()
         if target is None:
             raise NotFoundError(f"Model {model_name!r} has no version {version}")
-        if stage == "production":
-            for row in rows:
-                if row.stage == "production":
-                    row.stage = "staging"
+        if stage == "production" and target.stage != "production":
+            _demote_production(session, model.id)
         target.stage = stage
         session.flush()
         changed = ModelVersionInfo.of(target, model)
@@ -316,6 +346,33 @@ def _require_model(session: Session, tenant_id: str, name: str) -> RegisteredMod
     if row is None:
         raise NotFoundError(f"No model named {name!r}", details={"model": name})
     return row
+
+
+def _lock_model(session: Session, model_id: str) -> None:
+    """Hold the model's row until the transaction ends, so that writers of its versions
+    (numbering, stage changes) go one at a time."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite ignores FOR UPDATE: a first write takes the database's write lock instead.
+        session.execute(
+            update(RegisteredModel)
+            .where(RegisteredModel.id == model_id)
+            .values(task=RegisteredModel.task)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.execute(
+            select(RegisteredModel.id).where(RegisteredModel.id == model_id).with_for_update()
+        )
+
+
+def _demote_production(session: Session, model_id: str) -> None:
+    """The model's production version back to staging (before another one is promoted: the
+    partial unique index checks each statement)."""
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.model_id == model_id, ModelVersion.stage == "production")
+        .values(stage="staging")
+    )
 
 
 def _latest_number(session: Session, model_id: str) -> int:

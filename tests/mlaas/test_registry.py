@@ -1,19 +1,22 @@
-"""The model registry and training job records, on a real SQLite database."""
+"""The model registry and training job records, on real SQLite and PostgreSQL databases."""
 
-from pathlib import Path
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from mlaas import accounts, registry, training_jobs
-from mlaas.db import migrate
+from mlaas.db import session_scope
 from mlaas.errors import ConflictError, NotFoundError, ValidationError
+
+WRITERS = 8
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'mlaas.db'}"
-    migrate(url)
-    return url
+def db(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture
@@ -132,3 +135,84 @@ def test_another_tenants_job_is_not_found(db: str, tenant: str) -> None:
     with pytest.raises(NotFoundError):
         training_jobs.get_job(db, job.id, tenant_id=intruder)
     assert training_jobs.get_job(db, job.id, tenant_id=tenant).id == job.id
+
+
+def _all_at_once(work: Callable[[int], Any], count: int = WRITERS) -> list[Any]:
+    """Run ``work(i)`` in ``count`` threads released together; results or raised errors."""
+    start = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = work(i)
+        except BaseException as exc:  # noqa: BLE001 - the test asserts there are none
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_concurrent_promotions_leave_exactly_one_production_version(db: str, tenant: str) -> None:
+    for _ in range(WRITERS):
+        _register(db, tenant)
+
+    results = _all_at_once(
+        lambda i: registry.set_stage(db, tenant, "digits", i + 1, "production")
+    )
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    stages = [v.stage for v in registry.list_versions(db, tenant, "digits")]
+    assert stages.count("production") == 1 and len(stages) == WRITERS
+
+
+def test_concurrent_registrations_get_distinct_numbers(db: str, tenant: str) -> None:
+    results = _all_at_once(lambda i: _register(db, tenant, metrics={"writer": i}))
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert sorted(r.version for r in results) == list(range(1, WRITERS + 1))
+    assert len(registry.list_models(db, tenant)) == 1
+
+
+def test_registering_into_production_moves_the_previous_one_to_staging(
+    db: str, tenant: str
+) -> None:
+    _register(db, tenant, stage="production")
+
+    second = _register(db, tenant, stage="production")
+
+    stages = {v.version: v.stage for v in registry.list_versions(db, tenant, "digits")}
+    assert stages == {1: "staging", 2: "production"} and second.stage == "production"
+
+
+def test_the_database_refuses_a_second_production_version(db: str, tenant: str) -> None:
+    first = _register(db, tenant, stage="production")
+
+    with pytest.raises(IntegrityError), session_scope(db) as session:
+        session.add(
+            registry.ModelVersion(
+                id="mv_sneaky", model_id=first.model_id, version=2, framework="pytorch",
+                artifact_uri="file:///tmp/y", stage="production",
+            )
+        )
+
+
+def test_concurrent_submissions_with_one_idempotency_key_create_one_job(
+    db: str, tenant: str
+) -> None:
+    spec = {"name": "digits", "epochs": 2}
+
+    results = _all_at_once(
+        lambda i: training_jobs.create_job(
+            db, tenant_id=tenant, name="digits", spec=spec, idempotency_key="same-key"
+        )
+    )
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert len(training_jobs.list_jobs(db, tenant)) == 1
