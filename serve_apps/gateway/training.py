@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from cluster.data import check_data, resolve_data_source
 from cluster.errors import SpecError
 from cluster.spec import JobSpec, deepspeed_config, validate_spec
@@ -151,6 +153,9 @@ def job_env(settings: Settings, ray_address: str | None) -> dict[str, str]:
 
     ``MLAAS_RAY_ADDRESS`` pins the cluster: Ray's job supervisor hands the driver an address
     it resolves as "the latest cluster started on this machine", wrong when there are several.
+    A database URL carrying a password is left out: a job's runtime_env is shown in the Ray
+    dashboard and job API, and the driver inherits ``MLAAS_DATABASE_URL`` from the node's
+    environment anyway (Ray's processes start with the environment `mlaas up` started Ray in).
     """
     env = {
         "MLAAS_HOME": str(settings.home),
@@ -158,7 +163,7 @@ def job_env(settings: Settings, ray_address: str | None) -> dict[str, str]:
     }
     if ray_address:
         env["MLAAS_RAY_ADDRESS"] = ray_address
-    if settings.database_url:
+    if settings.database_url and make_url(settings.database_url).password is None:
         env["MLAAS_DATABASE_URL"] = settings.database_url
     if os.environ.get("MLAAS_TIERS_FILE"):
         env["MLAAS_TIERS_FILE"] = os.environ["MLAAS_TIERS_FILE"]
