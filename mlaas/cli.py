@@ -63,8 +63,8 @@ def _migrated(settings: Settings) -> str:
 def migrate_command() -> None:
     """Bring the database schema to this code's migrations, and print its revisions.
 
-    The one migrator: training jobs, replicas and `hub import` only check the revision and
-    refuse to work on a database that is not at it.
+    The one migrator (`mlaas up` runs it too): training jobs and `hub import` only check the
+    revision and refuse to work on a database that is not at it.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
