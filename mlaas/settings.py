@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         "FAILED (its worker died); the task beats every 5 s"
     )
     log_level: str = "INFO"
+    cluster_mode: bool = Field(
+        default=False,
+        description="Refuse single-machine settings (SQLite, a generated JWT secret, local "
+        "storage not declared shared, a loopback host) even with one Ray node alive; on with "
+        "more than one node anyway",
+    )
     storage_uri: str | None = Field(
         default=None,
         description="Root of everything the platform keeps (versions, checkpoints, batch "

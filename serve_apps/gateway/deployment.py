@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from mlaas.admission import get_or_create_admission
+from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.logs import get_logger
 from mlaas.settings import Settings
 from mlaas.tiers import load_tiers
@@ -65,6 +66,8 @@ class Gateway:
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         parsed = GatewayArgs.model_validate(args or {})
         settings = Settings(**parsed.settings)
+        # Before anything is opened: on a cluster, never a node's own SQLite, secret or disk.
+        require_cluster_ready_in_replica(settings, checks=("database", "jwt_secret", "storage"))
         tiers = load_tiers(settings.tiers_file)
         database_url = settings.resolved_database_url
         self._settings = settings

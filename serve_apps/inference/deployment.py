@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
+from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.errors import ServiceUnavailableError
 from mlaas.logs import get_logger
 from serve_apps.inference.runners import ArtifactUnavailable, Runner, load_runner, shape_outputs
@@ -56,6 +57,8 @@ class Inference:
         from mlaas.settings import Settings
 
         self._settings = Settings(**parsed.settings)  # storage and cache of this node
+        # The demo registration writes to the database; versions come from the storage.
+        require_cluster_ready_in_replica(self._settings, checks=("database", "storage"))
         self._specs: dict[str, dict[str, Any]] = {}
         self._embedder = embedder
 

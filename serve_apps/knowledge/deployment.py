@@ -27,6 +27,7 @@ from knowledge.answer import answer_messages, cited_results
 from knowledge.experts import routing_log
 from knowledge.settings import KnowledgeSettings
 from knowledge.store import list_documents
+from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.settings import Settings
 
 
@@ -53,6 +54,8 @@ class KnowledgeService:
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         parsed = KnowledgeArgs.model_validate(args or {})
         settings = Settings(**parsed.settings)
+        # Its rows live in the database and its index snapshots in the storage.
+        require_cluster_ready_in_replica(settings, checks=("database", "storage"))
         self.encoder = EncoderPool(actors=parsed.encoder_actors, num_cpus=parsed.encoder_num_cpus,
                                    batch_size=parsed.encoder_batch_size)
         self.pool = KnowledgePool(

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from ray import serve
 
+from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.logs import get_logger
 from mlaas.settings import Settings
 from serve_apps.providers.catalogue import Catalogue, load_catalogue
@@ -95,6 +96,7 @@ class ProviderRouter:
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         parsed = ProvidersArgs.model_validate(args or {})
         settings = Settings(**parsed.settings)
+        require_cluster_ready_in_replica(settings, checks=("database",))  # usage rows
         catalogue = load_catalogue(parsed.providers_file)
         routing = catalogue.routing
         handle = get_or_create_state(
