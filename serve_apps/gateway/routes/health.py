@@ -1,4 +1,5 @@
-"""``GET /health``: the database, the admission actor and every Serve application."""
+"""``GET /health``: the database and its schema revision, the storage, the admission actor and
+every Serve application."""
 
 from __future__ import annotations
 
@@ -12,19 +13,55 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import mlaas
-from mlaas.db import get_engine
-from mlaas.errors import utc_timestamp
+from mlaas.db import get_engine, require_current_schema
+from mlaas.errors import SchemaOutOfDateError, utc_timestamp
+from mlaas.settings import Settings
+from mlaas.storage import get_storage
 from serve_apps.gateway.context import Context, check_admission
 
 router = APIRouter(tags=["health"])
 _STATUS_TTL_S = 2.0
-_cache: dict[str, Any] = {"at": 0.0, "apps": {}}
+_STORAGE_PROBE_TTL_S = 10.0  # a probe write per replica at most this often, not per request
+_PROBE_KEY = "_health/probe"
+_cache: dict[str, Any] = {"at": 0.0, "apps": {}, "storage_at": float("-inf")}
 
 
 def _database_ok(url: str) -> bool:
     with get_engine(url).connect() as connection:
         connection.execute(text("SELECT 1"))
     return True
+
+
+def schema_status(url: str) -> str:
+    """``operational`` when the database is at this code's migration heads, ``out_of_date``
+    when someone must run ``mlaas migrate`` (or upgrade this code)."""
+    try:
+        require_current_schema(url)
+    except SchemaOutOfDateError:
+        return "out_of_date"
+    return "operational"
+
+
+def storage_ok(settings: Settings) -> bool:
+    """Whether the platform storage takes a write and gives it back (reachable, credentials
+    valid, writable); raises when it does not."""
+    storage = get_storage(settings)
+    probe = utc_timestamp().encode()
+    storage.put_bytes(_PROBE_KEY, probe)
+    if storage.get_bytes(_PROBE_KEY) != probe:
+        raise OSError("the storage gave back something else than was written")
+    return True
+
+
+async def _storage_status(settings: Settings) -> str:
+    if time.monotonic() - _cache["storage_at"] > _STORAGE_PROBE_TTL_S:
+        try:
+            await asyncio.wait_for(run_in_threadpool(storage_ok, settings), timeout=5)
+            _cache["storage"] = "operational"
+        except Exception:
+            _cache["storage"] = "unavailable"
+        _cache["storage_at"] = time.monotonic()
+    return str(_cache["storage"])
 
 
 def _application_statuses() -> dict[str, str]:
@@ -55,6 +92,13 @@ async def health(request: Request, ctx: Context) -> JSONResponse:
     except Exception:
         services["database"] = "unavailable"
     try:
+        services["schema"] = await asyncio.wait_for(
+            run_in_threadpool(schema_status, ctx.database_url), timeout=5
+        )
+    except Exception:
+        services["schema"] = "unavailable"
+    services["storage"] = await _storage_status(ctx.settings)
+    try:
         await asyncio.wait_for(ctx.admission.ping.remote(), timeout=5)
         services["admission"] = "operational"
     except Exception:
@@ -67,7 +111,7 @@ async def health(request: Request, ctx: Context) -> JSONResponse:
         status = apps.get(name, "NOT_DEPLOYED")
         services[name] = "operational" if status == "RUNNING" else status.lower()
     failing = sorted(k for k, v in services.items() if v != "operational")
-    body = {
+    body: dict[str, Any] = {
         "status": "degraded" if failing else "healthy",
         "timestamp": utc_timestamp(),
         "version": mlaas.__version__,
