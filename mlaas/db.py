@@ -35,6 +35,7 @@ TABLE_MODULES = (
     "mlaas.training_jobs",
     "mlaas.batch_jobs",
     "mlaas.rewards",
+    "mlaas.batch_jobs",
     "federated._store",
     "knowledge._tables",
 )
