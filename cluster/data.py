@@ -152,7 +152,7 @@ def _confine_model_folder(path: str, base_dir: Path, source: str) -> None:
         raise SpecError(
             source,
             "model.path",
-            f"a model folder must be in your data folder {base_dir}",
+            "a model folder must be in your data folder (data/<tenant id>/ of the platform home)",
             received=path,
         )
 
