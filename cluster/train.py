@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.resolved_database_url
     job_id = args.job_id
     try:
-        require_current_schema(url)  # `mlaas migrate` is the one migrator, never a job
-        spec, source = _read_spec(args, url)
+        if args.job_id:  # its spec is in the database
+            require_current_schema(url)  # `mlaas migrate` is the one migrator, never a job
+        spec, source = _read_spec(args, url)  # a bad spec file is refused before any database
+        require_current_schema(url)
         job = _job_record(url, spec, args)
         job_id = job.id
         print(

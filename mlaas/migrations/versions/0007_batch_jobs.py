@@ -1,15 +1,15 @@
 """Batch prediction jobs in the database (they were a status.json on one node's disk).
 
-Revision ID: 0006_batch_jobs
-Revises: 0003
+Revision ID: 0007_batch_jobs
+Revises: 0006_registry_locks
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_batch_jobs"
-down_revision = "0003"
+revision = "0007_batch_jobs"
+down_revision = "0006_registry_locks"
 branch_labels = None
 depends_on = None
 
