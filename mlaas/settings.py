@@ -123,6 +123,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Buckets besides the platform storage that tenants may name as data sources",
     )
+    synthetic_retention_days: float = Field(
+        default=7, gt=0, description="Days a synthetic dataset stays downloadable"
+    )
     storage_cache_dir: Path | None = Field(
         default=None, description="This node's cache of fetched versions; default $MLAAS_HOME/cache"
     )

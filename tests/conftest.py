@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from mlaas.platform import port_is_free
+from mlaas.settings import Settings
+from mlaas.storage import Storage, get_storage
 from tests.serve_apps.providers.catalogue import provider_env
 from tests.serve_apps.providers.fake_provider import FakeProvider
 from tests.services.postgres import PostgresServer, PostgresUnavailableError
@@ -50,6 +52,22 @@ class Platform:
     url: str
     admin_key: str
     env: dict[str, str] = field(repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        """The platform's settings, as its processes read them from their environment."""
+        fields = {k.removeprefix("MLAAS_").lower(): v for k, v in self.env.items()
+                  if k.startswith("MLAAS_")}  # fmt: skip
+        return Settings(**fields)
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.resolved_database_url
+
+    @property
+    def storage(self) -> Storage:
+        """The platform storage (its artifacts folder, or the S3 bucket of the cluster run)."""
+        return get_storage(self.settings)
 
     def cli(self, *args: str, timeout: float = 400, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -180,9 +198,26 @@ def fake_provider() -> Iterator[FakeProvider]:
     fake.stop()
 
 
+# MLAAS_TEST_BACKEND=cluster runs the shared platform on PostgreSQL and S3 (SeaweedFS), both
+# started by the session, as a cluster keeps its state; unset, the embedded default.
+TEST_BACKEND = os.environ.get("MLAAS_TEST_BACKEND", "embedded")
+
+
+def cluster_state_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings that put the platform's database on PostgreSQL and its storage on S3."""
+    postgres = request.getfixturevalue("postgres_server")
+    s3: SeaweedS3 = request.getfixturevalue("seaweed")
+    return {
+        "MLAAS_DATABASE_URL": postgres.create_database(f"platform_{secrets.token_hex(4)}"),
+        **s3.env(prefix="platform"),
+    }
+
+
 @pytest.fixture(scope="session")
 def platform(
-    tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_provider: FakeProvider,
 ) -> Iterator[Platform]:
     """`mlaas up` in a fresh home dir; `mlaas down` at the end of the session.
 
@@ -192,6 +227,8 @@ def platform(
     """
     home = tmp_path_factory.mktemp("mlaas-home")
     env = provider_env(home, fake_provider, platform_env(home))
+    if TEST_BACKEND == "cluster":
+        env.update(cluster_state_env(request))
     up = subprocess.run([MLAAS, "up"], env=env, capture_output=True, text=True, timeout=600)
     if up.returncode != 0:
         subprocess.run([MLAAS, "down"], env=env, capture_output=True, timeout=300)

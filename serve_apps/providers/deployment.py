@@ -17,6 +17,7 @@ from ray import serve
 from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.logs import get_logger
 from mlaas.settings import Settings
+from mlaas.storage import get_storage
 from serve_apps.providers.catalogue import Catalogue, load_catalogue
 from serve_apps.providers.chat import ChatService
 from serve_apps.providers.enhance import enhance
@@ -109,7 +110,8 @@ class ProviderRouter:
         self.chat = ChatService(self.router)
         self.tasks = AiTasks(
             self.router,
-            LocalProvider(artifacts_dir=settings.artifacts_dir, inline_rows=parsed.inline_rows),
+            LocalProvider(storage=get_storage(settings), inline_rows=parsed.inline_rows,
+                          retention_s=settings.synthetic_retention_days * 86_400),
         )
         configured = self.router.warm_up()
         log.info("provider router started", extra={"fields": {"configured": configured}})

@@ -143,7 +143,7 @@ class AiTasks:
         result, candidate = await self._route(
             "synthetic_data",
             request.provider,
-            lambda: self.local.synthetic_data(request),
+            lambda: self.local.synthetic_data(request, tenant.tenant_id),
             remote,
             tenant,
         )

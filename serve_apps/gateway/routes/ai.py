@@ -7,7 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from serve_apps.gateway.context import CurrentPrincipal
+from mlaas.errors import NotFoundError
+from serve_apps.gateway.context import Context, CurrentPrincipal
+from serve_apps.gateway.downloads import download
 from serve_apps.providers import providers_client
 from serve_apps.providers.schemas import AnalyzeRequest, EnhanceRequest, SyntheticDataRequest
 
@@ -30,6 +32,18 @@ async def synthetic_data(body: SyntheticDataRequest, principal: CurrentPrincipal
     return await providers_client.call(  # type: ignore[no-any-return]
         "synthetic_data", body.model_dump(), tenant_of(principal, "/v1/ai/synthetic-data")
     )
+
+
+@router.get("/v1/ai/synthetic-data/{dataset_id}")
+async def synthetic_dataset(dataset_id: str, principal: CurrentPrincipal, ctx: Context) -> Any:
+    """A synthetic dataset this tenant generated, as Parquet (404 after its retention)."""
+    from mlaas.storage import get_storage
+    from serve_apps.providers.local import synthetic_key
+
+    if not dataset_id.startswith("syn_") or not dataset_id[4:].isalnum():
+        raise NotFoundError(f"No synthetic dataset {dataset_id!r}", details={"id": dataset_id})
+    return await download(get_storage(ctx.settings), synthetic_key(principal.tenant_id, dataset_id),
+                          f"{dataset_id}.parquet")
 
 
 @router.post("/v1/ai/analyze")

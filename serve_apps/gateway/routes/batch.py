@@ -7,26 +7,25 @@ inference quota."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from mlaas import batch_jobs
 from mlaas.errors import NotFoundError
-from mlaas.storage import StorageError, get_storage
+from mlaas.storage import get_storage
 from serve_apps.gateway.context import Context, CurrentPrincipal
+from serve_apps.gateway.downloads import download
 from serve_apps.gateway.routes.predict import count_rows, version_header
 from serve_apps.inference import inference_client, version_spec
 from serve_apps.inference.batch_jobs import format_of, job_key, output_key, resolve_input
 from serve_apps.inference.schema import validate_inputs
 
 router = APIRouter(tags=["inference"])
-_CHUNK = 1024 * 1024
 
 
 class BatchPredictRequest(BaseModel):
@@ -73,6 +72,9 @@ async def batch_predict(
 ) -> Any:
     """Inline outputs for up to ``settings.batch_inline_rows`` rows; otherwise 202 with a job
     id to poll."""
+    # A URI that could steer the reader is refused before anything else is looked up.
+    source = (resolve_input(ctx.settings, principal.tenant_id, body.input_uri)
+              if body.input_uri is not None else "")  # fmt: skip
     version = await ctx.resolve_version(principal.tenant_id, body.model)
     spec = version_spec(version)
     if body.inputs is not None:
@@ -90,7 +92,6 @@ async def batch_predict(
             _save_rows, ctx, f"{job_key(principal.tenant_id, job_id)}/inputs.npy", rows)
         fmt, charge = "numpy", False
     else:
-        source = resolve_input(ctx.settings, principal.tenant_id, str(body.input_uri))
         fmt = format_of(source, body.format)
         job_id = await run_in_threadpool(
             batch_jobs.create, ctx.database_url, principal.tenant_id,
@@ -126,21 +127,5 @@ async def batch_output(job_id: str, principal: CurrentPrincipal, ctx: Context) -
             f"Batch job {job_id} has no output (status {status.get('status')})",
             details={"id": job_id, "status": status.get("status")},
         )
-    storage = get_storage(ctx.settings)
-    try:
-        handle = await run_in_threadpool(
-            storage.filesystem.open_input_stream,
-            storage.path_of(output_key(principal.tenant_id, job_id)),
-        )
-    except OSError as exc:
-        raise StorageError(f"The output of batch job {job_id} is not readable") from exc
-
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            while chunk := handle.read(_CHUNK):
-                yield bytes(chunk)
-
-    return StreamingResponse(
-        chunks(), media_type="application/vnd.apache.parquet",
-        headers={"Content-Disposition": f'attachment; filename="{job_id}.parquet"'},
-    )
+    return await download(get_storage(ctx.settings), output_key(principal.tenant_id, job_id),
+                          f"{job_id}.parquet")

@@ -129,15 +129,25 @@ def test_synthetic_data_over_the_inline_limit_is_stored_as_a_dataset(
             },
         )
 
-    body = response.json()
-    assert response.status_code == 200, body
-    data = body["synthetic_data"]
+        body = response.json()
+        assert response.status_code == 200, body
+        data = body["synthetic_data"]
+        downloaded = client.get(data["dataset_url"])
+    _, other_key = ai_platform.new_tenant()
+    with ai_platform.client(other_key) as other:
+        foreign = other.get(data["dataset_url"])
+
     assert data["generated_samples"] == 5000 and data["rows_are_sample"] is True
-    assert data["dataset_uri"].startswith("file://") and data["dataset_uri"].endswith(".parquet")
+    assert data["dataset_uri"].startswith(ai_platform.storage.base_uri + "/synthetic/")
+    assert data["dataset_uri"].endswith(f"/{data['dataset_id']}.parquet")
+    import io
+
     import pandas as pd
 
-    stored = pd.read_parquet(data["dataset_uri"].removeprefix("file://"))
+    assert downloaded.status_code == 200, downloaded.text
+    stored = pd.read_parquet(io.BytesIO(downloaded.content))
     assert len(stored) == 5000
+    assert foreign.status_code == 404, "another tenant's dataset is never revealed"
     assert data["data_schema"]["features"] == ["amount", "merchant", "time", "location"]
     assert data["assumptions"], "columns read from prose are declared as assumptions"
 
