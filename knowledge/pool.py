@@ -7,12 +7,18 @@ rebuilt from the stored embeddings and concepts; if even that fails the tenant's
 routes answer 503 until it is repaired, never wrong results. With ``index_shards`` above 1
 (``MLAAS_KNOWLEDGE_INDEX_SHARDS``) a tenant's index is a ``ShardedIndex`` over that many
 actors instead, filled from the stored embeddings at first use and never written to a file.
+
+With ``snapshots`` (the platform storage when it is shared by the nodes: S3, or a file://
+declared shared), each write of a tenant's files is also uploaded to ``knowledge/<tenant>/``
+of the storage, and a replica on a node that has no files yet starts from that snapshot
+instead of re-indexing every stored embedding.
 """
 
 from __future__ import annotations
 
 import functools
 import secrets
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,7 @@ from knowledge.sharding import ShardedIndex
 from mlaas import rewards
 from mlaas.errors import ValidationError
 from mlaas.logs import get_logger
+from mlaas.storage import MANIFEST, Storage, StorageError
 
 log = get_logger("mlaas.knowledge")
 RETURNED_CREDIT = 1.0
@@ -71,8 +78,10 @@ class KnowledgePool:
 
     def __init__(self, *, database_url: str, home: Path, encoder: Encoder,
                  policy: IndexPolicy | None = None, max_document_chars: int = 1_000_000,
-                 settings: KnowledgeSettings | None = None) -> None:
+                 settings: KnowledgeSettings | None = None,
+                 snapshots: Storage | None = None) -> None:
         self.url = database_url
+        self.snapshots = snapshots
         self.settings = settings or KnowledgeSettings()
         self.root = home / "knowledge"
         self.encoder = encoder
@@ -106,8 +115,38 @@ class KnowledgePool:
                 self._tenants[tenant_id] = state
             return state
 
+    def _snapshot_key(self, tenant_id: str) -> str:
+        return f"knowledge/{tenant_id}"
+
+    def _restore_snapshot(self, tenant_id: str, index_path: Path) -> None:
+        """Bring the tenant's files from the storage when this node has none (best effort:
+        whatever is missing or stale is rebuilt from the database right after)."""
+        if self.snapshots is None or index_path.exists():
+            return
+        try:
+            folder = self.snapshots.fetch_folder(self._snapshot_key(tenant_id),
+                                                 cache_id=f"knowledge-{tenant_id}")
+            index_path.parent.mkdir(parents=True, exist_ok=True)
+            for item in folder.iterdir():
+                if item.is_file() and item.name != MANIFEST:
+                    shutil.copy2(item, index_path.parent / item.name)
+        except (StorageError, OSError) as exc:
+            log.info("no knowledge snapshot", extra={"fields": {"tenant": tenant_id,
+                                                                 "reason": str(exc)[:200]}})
+
+    def _upload_snapshot(self, tenant_id: str) -> None:
+        if self.snapshots is None:
+            return
+        try:
+            self.snapshots.upload_folder(self.root / tenant_id, self._snapshot_key(tenant_id))
+        except OSError as exc:  # the local files are written; the next write uploads again
+            log.warning("knowledge snapshot upload failed", extra={"fields": {
+                "tenant": tenant_id, "reason": str(exc)[:200]}})
+
     def _load(self, tenant_id: str) -> TenantState:
         index_path, graph_path = self._paths(tenant_id)
+        if self.settings.index_shards <= 1:
+            self._restore_snapshot(tenant_id, index_path)
         expected = store.chunk_count(self.url, tenant_id)
         recovered: list[str] = []
         if self.settings.index_shards > 1:
@@ -185,6 +224,7 @@ class KnowledgePool:
         index_path, graph_path = self._paths(tenant_id)
         state.index.save(index_path)
         state.graph.save(graph_path)
+        self._upload_snapshot(tenant_id)
 
     def _snapshot(self, tenant_id: str) -> Any:
         return functools.partial(store.embeddings, self.url, tenant_id)  # pickles, for shards
@@ -351,6 +391,7 @@ class KnowledgePool:
         with state.lock:
             state.graph.set_expert(info.name, info.domains)
             state.graph.save(self._paths(tenant_id)[1])
+            self._upload_snapshot(tenant_id)
         return info.public()
 
     def route(self, tenant_id: str, text: str) -> dict[str, Any]:

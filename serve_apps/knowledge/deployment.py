@@ -63,7 +63,8 @@ class KnowledgeService:
             encoder=self.encoder, policy=IndexPolicy(flat_max=parsed.flat_max),
             max_document_chars=parsed.max_document_chars,
             settings=KnowledgeSettings(**(
-                {"index_shards": parsed.index_shards} if parsed.index_shards else {})))
+                {"index_shards": parsed.index_shards} if parsed.index_shards else {})),
+            snapshots=_shared_storage(settings))
 
     async def ingest(self, tenant_id: str, documents: list[dict[str, Any]],
                      chunk_size: int, chunk_overlap: int) -> list[dict[str, Any]]:
@@ -134,3 +135,12 @@ class KnowledgeService:
 
 def app_builder(args: dict[str, Any]) -> Any:
     return KnowledgeService.bind(args)  # type: ignore[attr-defined]
+
+
+def _shared_storage(settings: Any) -> Any:
+    """The platform storage when every node reaches it (S3, or a file:// declared shared),
+    where the pool keeps its index snapshots; None keeps them on this node only."""
+    from mlaas.storage import get_storage
+
+    storage = get_storage(settings)
+    return storage if not storage.is_local() or settings.storage_shared else None

@@ -3,6 +3,7 @@ persistence and recovery, graph expansion, rewards, tenant isolation and bad inp
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ from knowledge import (
     node_link,
 )
 from mlaas.errors import NotFoundError, ValidationError
+from mlaas.settings import Settings
+from mlaas.storage import open_storage
 from tests.knowledge.corpus import documents
+from tests.services.seaweed import SeaweedS3
 
 
 def test_chunks_overlap_and_cover_every_word() -> None:
@@ -74,6 +78,30 @@ def test_state_survives_a_restart(pool: KnowledgePool, database_url: str, tmp_pa
     assert [r["chunk_id"] for r in after] == [r["chunk_id"] for r in before]
     assert reopened.stats("t_a")["recovered"] == []
     assert reopened.stats("t_a")["graph_nodes"] == pool.stats("t_a")["graph_nodes"]
+
+
+def test_a_node_without_files_starts_from_the_storage_snapshot(
+    database_url: str, tmp_path: Path, encoder: PhraseEncoder, seaweed: SeaweedS3
+) -> None:
+    # Prepare: a pool whose snapshots go to S3 ingests the corpus
+    settings = Settings(home=tmp_path, **{k.removeprefix("MLAAS_").lower(): v for k, v in
+                                          seaweed.env(prefix="kn-" + secrets.token_hex(3)).items()})
+    snapshots = open_storage(settings)
+    first = KnowledgePool(database_url=database_url, home=tmp_path / "node-a", encoder=encoder,
+                          snapshots=snapshots)
+    first.ingest("t_a", documents())
+    before = first.query("t_a", "marathon training", k=4, expand=True)["results"]
+    first.forget()
+    # Execute: a pool on another node (its own empty home) with the same database and storage
+    second = KnowledgePool(database_url=database_url, home=tmp_path / "node-b", encoder=encoder,
+                           snapshots=snapshots)
+    after = second.query("t_a", "marathon training", k=4, expand=True)["results"]
+    # Assert: the same answers, from the snapshot rather than a rebuild
+    assert [r["chunk_id"] for r in after] == [r["chunk_id"] for r in before]
+    assert second.stats("t_a")["recovered"] == []
+    assert (tmp_path / "node-b" / "knowledge" / "t_a" / "index.faiss").exists()
+    assert snapshots.manifest("knowledge/t_a") is not None
+    second.forget()
 
 
 def test_pool_switches_to_ivf_as_it_grows_and_keeps_it_across_a_restart(
