@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, String, select
+from sqlalchemy import update as sa_update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mlaas.db import Base, session_scope, utcnow
@@ -59,9 +60,14 @@ def update(url: str, job_id: str, **fields: Any) -> dict[str, Any]:
     Returns the status after the write (or the final one, unchanged).
     """
     with session_scope(url) as session:
-        row = session.scalars(
-            select(BatchJob).where(BatchJob.id == job_id).with_for_update()
-        ).first()
+        # The heartbeat thread and the job write the same row: one read-modify-write at a
+        # time. The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite, which
+        # ignores FOR UPDATE) before the row is read.
+        session.execute(
+            sa_update(BatchJob).where(BatchJob.id == job_id)
+            .values(updated_at=utcnow()).execution_options(synchronize_session=False)
+        )
+        row = session.scalars(select(BatchJob).where(BatchJob.id == job_id)).first()
         if row is None:
             raise NotFoundError(f"No batch job {job_id!r}", details={"id": job_id})
         if row.status in TERMINAL:
