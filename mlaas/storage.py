@@ -35,8 +35,10 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pa_fs
 
 from mlaas.errors import ConfigurationError, MlaasError
+from mlaas.logs import get_logger
 from mlaas.settings import Settings, get_settings
 
+log = get_logger("mlaas.storage")
 MANIFEST = "MANIFEST.json"
 _CHUNK = 4 * 1024 * 1024
 
@@ -44,8 +46,8 @@ _CHUNK = 4 * 1024 * 1024
 class StorageError(MlaasError, OSError):
     """A storage object is missing, incomplete or unreadable."""
 
-    code = "STORAGE_ERROR"
-    http_status = 503
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
 
 
 def tenant_data_prefix(tenant_id: str) -> str:
@@ -282,8 +284,11 @@ class Storage:
             except OSError:
                 if not (target / MANIFEST).exists():
                     raise
-        except OSError as exc:
-            raise StorageError(f"Could not fetch {key!r} from storage: {exc}") from exc
+        except StorageError:
+            raise
+        except OSError as exc:  # the reason (endpoint, bucket, local path) stays in the log
+            log.warning("storage fetch failed", extra={"fields": {"key": key, "reason": str(exc)}})
+            raise StorageError(f"Could not fetch {key!r} from storage") from exc
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return target
