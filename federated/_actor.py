@@ -28,8 +28,9 @@ class CoordinatorActor:
     def __init__(self, pool_id: str, database_url: str, artifacts_dir: str | None,
                  tick_s: float = TICK_S) -> None:
         from federated._coordinator import PoolCoordinator
+        from mlaas.db import node_database_url
 
-        self.core = PoolCoordinator(pool_id, database_url, artifacts_dir)
+        self.core = PoolCoordinator(pool_id, node_database_url(database_url), artifacts_dir)
         self.tick_s = tick_s
         threading.Thread(target=self._run, daemon=True, name="coordinator-tick").start()
 
@@ -55,4 +56,10 @@ def coordinator_for(pool_id: str, database_url: str, artifacts_dir: str | None) 
     return CoordinatorActor.options(  # type: ignore[attr-defined]
         name=actor_name(pool_id), namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True, max_concurrency=64,  # long polls wait in threads
-    ).remote(pool_id, database_url, artifacts_dir)
+    ).remote(pool_id, _shareable(database_url), artifacts_dir)
+
+
+def _shareable(database_url: str) -> str | None:
+    from mlaas.db import shareable_database_url
+
+    return shareable_database_url(database_url)

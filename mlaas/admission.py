@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from sqlalchemy import func, select
 
-from mlaas.db import UsageEvent, session_scope
+from mlaas.db import UsageEvent, node_database_url, session_scope, shareable_database_url
 from mlaas.logs import get_logger
 from mlaas.tiers import TiersConfig
 
@@ -172,8 +172,10 @@ class AdmissionLedger:
 class Admission:
     """The named actor wrapping :class:`AdmissionLedger`, flushing usage in the background."""
 
-    def __init__(self, database_url: str, tiers: dict[str, Any], flush_interval_s: float = 1.0):
-        self._ledger = AdmissionLedger(database_url, tiers)
+    def __init__(
+        self, database_url: str | None, tiers: dict[str, Any], flush_interval_s: float = 1.0
+    ):
+        self._ledger = AdmissionLedger(node_database_url(database_url), tiers)
         # Replicas cache credentials and drop the cache whenever this number changes: on a
         # revocation, and on every new incarnation of this actor (hence the clock start).
         self._credentials_epoch = time.time_ns()
@@ -292,4 +294,4 @@ def get_or_create_admission(
         lifetime="detached",
         get_if_exists=True,
         max_concurrency=10_000,
-    ).remote(database_url, tiers.model_dump(), flush_interval_s)
+    ).remote(shareable_database_url(database_url), tiers.model_dump(), flush_interval_s)

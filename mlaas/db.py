@@ -317,3 +317,19 @@ def require_current_schema(url: str) -> None:
     raise SchemaOutOfDateError(
         message, details={"current": list(current), "expected": list(expected)}
     )
+
+
+def shareable_database_url(url: str) -> str | None:
+    """The URL when it carries no password (so it may go into a visible Serve config, a task's
+    or an actor's arguments); None tells the receiver to read it from its node's environment."""
+    from sqlalchemy.engine import make_url
+
+    return None if make_url(url).password else url
+
+
+def node_database_url(shared: str | None) -> str:
+    """The URL a task or actor was given, or (None: it carries a password) the one of this
+    node's environment, as every platform process reads it."""
+    from mlaas.settings import Settings
+
+    return shared or Settings().resolved_database_url

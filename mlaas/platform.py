@@ -21,6 +21,7 @@ import httpx
 import yaml
 
 from mlaas import accounts
+from mlaas.db import node_database_url, shareable_database_url  # noqa: F401 - re-exported
 from mlaas.errors import ConfigurationError, MlaasError
 from mlaas.settings import Settings, write_private_file
 
@@ -246,14 +247,6 @@ def bootstrap_admin(settings: Settings) -> str | None:
     _, key = accounts.create_key(url, tenant.id, name="admin", scopes=("admin", "tenant"))
     write_private_file(settings.home / "admin_key", key)
     return key
-
-
-def shareable_database_url(url: str) -> str | None:
-    """The URL when it carries no password (so it may go into a visible Serve config or a
-    task's arguments); None tells the receiver to read it from its node's environment."""
-    from sqlalchemy.engine import make_url
-
-    return None if make_url(url).password else url
 
 
 _safe_database_url = shareable_database_url

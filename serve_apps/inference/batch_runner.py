@@ -140,9 +140,9 @@ def run_batch_job(
     ``database_url`` is None when it carries a password: the task then reads it from its
     node's environment (as every platform process does), never from its arguments.
     """
-    from mlaas.settings import Settings
+    from mlaas.db import node_database_url
 
-    url = database_url or Settings().resolved_database_url
+    url = node_database_url(database_url)
     started = time.monotonic()
     batch_jobs.update(url, job_id, status="RUNNING", started_at=now_text(),
                       worker_pid=os.getpid(), heartbeat_at=time.time())

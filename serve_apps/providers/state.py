@@ -18,7 +18,7 @@ import ray
 from sqlalchemy import func, select
 
 from mlaas.admission import current_period
-from mlaas.db import UsageEvent, session_scope
+from mlaas.db import UsageEvent, node_database_url, session_scope, shareable_database_url
 from serve_apps.providers.accounting import AI_COST, usage_categories
 from serve_apps.providers.breaker import CircuitBreaker
 from serve_apps.providers.cache import ResponseCache
@@ -110,9 +110,11 @@ class ProviderState:
     """The named actor holding a :class:`ProviderStateBook`; usage goes on to the admission
     actor's ledger, so AI tokens and cost land in ``usage_events`` with everything else."""
 
-    def __init__(self, database_url: str, breaker: dict[str, Any], cache: dict[str, Any]) -> None:
+    def __init__(
+        self, database_url: str | None, breaker: dict[str, Any], cache: dict[str, Any]
+    ) -> None:
         self._book = ProviderStateBook(BreakerSpec(**breaker), CacheSpec(**cache))
-        self._database_url = database_url
+        self._database_url = node_database_url(database_url)
         self._admission: Any = None
 
     async def configure(self, breaker: dict[str, Any], cache: dict[str, Any]) -> None:
@@ -189,4 +191,4 @@ def get_or_create_state(database_url: str, breaker: BreakerSpec, cache: CacheSpe
         lifetime="detached",
         get_if_exists=True,
         max_concurrency=10_000,
-    ).remote(database_url, breaker.model_dump(), cache.model_dump())
+    ).remote(shareable_database_url(database_url), breaker.model_dump(), cache.model_dump())

@@ -51,7 +51,7 @@ def _launch(ctx: Any, job_id: str, spec: dict[str, Any], schema: dict[str, Any],
             fmt: str, principal: Any, charge_rows: bool) -> None:
     import ray
 
-    from mlaas.platform import shareable_database_url
+    from mlaas.db import shareable_database_url
     from serve_apps.inference.batch_runner import run_batch_job
 
     tenant = {"tenant_id": principal.tenant_id, "tier": principal.tier}
