@@ -9,6 +9,7 @@ from ray import serve
 
 from mlaas.admission import get_or_create_admission
 from mlaas.cluster_mode import require_cluster_ready_in_replica
+from mlaas.db import require_current_schema
 from mlaas.logs import get_logger
 from mlaas.settings import Settings
 from mlaas.tiers import load_tiers
@@ -70,6 +71,9 @@ class Gateway:
         require_cluster_ready_in_replica(settings, checks=("database", "jwt_secret", "storage"))
         tiers = load_tiers(settings.tiers_file)
         database_url = settings.resolved_database_url
+        # `mlaas migrate` is the one migrator: a replica of newer code waits for it, refusing
+        # to start (SCHEMA_OUT_OF_DATE in the application's status) rather than failing routes.
+        require_current_schema(database_url)
         self._settings = settings
         self._ctx = GatewayContext(
             settings=settings,

@@ -158,3 +158,16 @@ def test_mlaas_up_in_cluster_mode_refuses_single_machine_settings_before_startin
     assert not (tmp_path / "state.json").exists(), "no Ray head was started"
     assert not (tmp_path / "mlaas.db").exists(), "no database was made"
     assert not (tmp_path / "jwt_secret").exists(), "no per-node secret was generated"
+
+
+def test_a_gateway_replica_refuses_a_database_behind_its_code(tmp_path: Path) -> None:
+    # `mlaas migrate` is the one migrator: a replica never migrates, it refuses to start.
+    from mlaas.errors import SchemaOutOfDateError
+    from serve_apps.gateway.deployment import Gateway
+
+    ours = next(c for c in Gateway.func_or_class.__mro__
+                if "__init__" in vars(c) and not inspect.iscoroutinefunction(c.__init__))
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+
+    with pytest.raises(SchemaOutOfDateError, match="mlaas migrate"):
+        ours({"settings": {"home": str(tmp_path), "database_url": url}})
