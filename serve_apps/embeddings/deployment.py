@@ -1,5 +1,6 @@
 """The ``Embedder`` deployment: MiniLM loaded once per replica from the installed package
-(offline: nothing is downloaded), sentences dynamically batched across requests."""
+(offline: nothing is downloaded) on the replica's device, sentences dynamically batched
+across requests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from ray import serve
 
 from serve_apps.embeddings import DIMENSIONS, MODEL_ID
+from serve_apps.inference.runners import resolve_device
 
 
 def minilm_folder() -> Path:
@@ -21,15 +23,16 @@ def minilm_folder() -> Path:
     return Path(get_model_path())
 
 
-def load_minilm(threads: int = 1) -> Any:
-    """The sentence-transformers model, loaded with the hub switched off."""
+def load_minilm(threads: int = 1, device: str = "cpu") -> Any:
+    """The sentence-transformers model on ``device`` (``cpu`` or ``cuda``), loaded with the hub
+    switched off."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    return SentenceTransformer(str(minilm_folder()), device="cpu")
+    return SentenceTransformer(str(minilm_folder()), device=device)
 
 
 @serve.deployment(
@@ -42,7 +45,9 @@ class Embedder:
     """Encodes lists of texts to unit-length 384-dimensional vectors."""
 
     def __init__(self, args: dict[str, Any] | None = None) -> None:
-        self.model = load_minilm()
+        # The inference app's args: ``device`` as for the Inference replicas, checked at start.
+        self.device = resolve_device(str((args or {}).get("device", "auto")))
+        self.model = load_minilm(device=self.device)
         self.tokenizer = self.model.tokenizer
         assert self.model.get_sentence_embedding_dimension() == DIMENSIONS
 

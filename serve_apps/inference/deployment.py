@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -20,7 +20,13 @@ from ray import serve
 from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.errors import ServiceUnavailableError
 from mlaas.logs import get_logger
-from serve_apps.inference.runners import ArtifactUnavailable, Runner, load_runner, shape_outputs
+from serve_apps.inference.runners import (
+    ArtifactUnavailable,
+    Runner,
+    load_runner,
+    resolve_device,
+    shape_outputs,
+)
 
 log = get_logger("mlaas.inference")
 
@@ -33,6 +39,10 @@ class InferenceArgs(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, description="Requests per dynamic batch")
     batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=1)
     torch_threads: int = Field(default=1, ge=1, description="Intra-op threads per replica")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where models run: auto is cuda when the replica holds a GPU (num_gpus)",
+    )
     embeddings: bool = Field(default=True, description="Also deploy the MiniLM embedder")
     demo_model: bool = Field(
         default=True, description="Register digits-demo@production for the admin tenant"
@@ -54,6 +64,8 @@ class Inference:
         import torch
 
         torch.set_num_threads(parsed.torch_threads)
+        # Resolved now: a replica asked for cuda without one fails to start, not at first predict.
+        self.device = resolve_device(parsed.device)
         from mlaas.settings import Settings
 
         self._settings = Settings(**parsed.settings)  # storage and cache of this node
@@ -96,14 +108,14 @@ class Inference:
         if spec is None:
             raise ServiceUnavailableError(f"No spec was sent for version {version_id}")
         try:
-            runner = await asyncio.to_thread(load_runner, spec, self._settings)
+            runner = await asyncio.to_thread(load_runner, spec, self._settings, self.device)
         except ArtifactUnavailable as exc:
             log.warning("model unavailable", extra={"fields": {"version": version_id}})
             raise ServiceUnavailableError(
                 str(exc), details={"model_version_id": version_id, "reason": "artifact"}
             ) from None
         self.loads += 1
-        log.info("model loaded", extra={"fields": {"version": version_id}})
+        log.info("model loaded", extra={"fields": {"version": version_id, "device": self.device}})
         return runner
 
     async def runner(self, spec: dict[str, Any]) -> Runner:
