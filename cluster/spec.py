@@ -151,6 +151,10 @@ class Hyperparameters(_Strict):
     batch_size: int = Field(default=64, ge=1, le=1_000_000, description="per worker")
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     steps_per_epoch: int = Field(default=50, ge=1, description="language model only")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="ddp: bf16 autocast of the forward and loss (deepspeed: its JSON's bf16)",
+    )
 
 
 class TeacherRef(_Strict):
@@ -212,6 +216,13 @@ class JobSpec(_Strict):
         return self
 
 
+_BF16_ELSEWHERE = {
+    "deepspeed": "DeepSpeed takes bf16 from its JSON config: set strategy.config to "
+    "configs/deepspeed/zero2-gpu-bf16.json (or bf16.enabled in yours) and keep precision fp32",
+    "tensorflow": "bf16 autocast is for the ddp strategy; the tensorflow strategy trains in fp32",
+}
+
+
 def _combination_problems(spec: JobSpec) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if spec.model.type == "gpt" and not spec.data.is_text:
@@ -238,6 +249,8 @@ def _combination_problems(spec: JobSpec) -> list[tuple[str, str]]:
         problems.append(("distill", "distillation trains a torch (ddp/deepspeed) MLP or CNN"))
     if spec.tune and spec.strategy.type != "ddp":
         problems.append(("tune", "Tune searches run with the ddp strategy"))
+    if spec.hyperparameters.precision == "bf16" and spec.strategy.type != "ddp":
+        problems.append(("hyperparameters.precision", _BF16_ELSEWHERE[spec.strategy.type]))
     if spec.scaling.use_gpu and spec.scaling.resources_per_worker.get("GPU", 1) <= 0:
         problems.append(("scaling.resources_per_worker.GPU", "use_gpu needs a GPU per worker"))
     return problems

@@ -122,6 +122,16 @@ def epoch_metrics(
     }
 
 
+def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast of a forward and its loss for ``precision: bf16``, a no-op for ``fp32``.
+
+    Weights, gradients and optimizer state stay fp32 (bf16 has fp32's range: no loss scaling).
+    """
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
+
+
 def worker_data(config: dict[str, Any]) -> PreparedData:
     """The dataset the driver put in the object store (one copy per node, not per worker)."""
     return ray.get(config["data_ref"])  # type: ignore[no-any-return]

@@ -1,8 +1,10 @@
 """PyTorch DistributedDataParallel through Ray Train's ``TorchTrainer``.
 
 Each worker trains on its shard; gradients are all-reduced by DDP (gloo on CPU, NCCL on GPU,
-chosen by Ray Train). Rank 0 writes the checkpoint: full weights as safetensors plus the
-optimizer state, so a restarted worker group resumes where the last checkpoint left off.
+chosen by Ray Train). With ``hyperparameters.precision: bf16`` the forward and loss run under
+bf16 autocast while weights and optimizer stay fp32. Rank 0 writes the checkpoint: full
+weights as safetensors plus the optimizer state, so a restarted worker group resumes where the
+last checkpoint left off.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cluster.trainers._worker import (
     epoch_metrics,
     is_checkpoint_epoch,
     load_weights,
+    precision_autocast,
     report_epoch,
     restored_attempt,
     save_weights,
@@ -63,6 +66,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _train_epochs(config, task, model, optimizer, attempt.start_epoch, attempt.step, rank, world)
 
 
+def train_step(
+    task: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """One optimizer step on a batch (forward and loss under ``precision``'s autocast);
+    returns the detached loss."""
+    with precision_autocast(batch[0].device, precision):
+        loss = task.loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def _train_epochs(
     config: dict[str, Any],
     task: Any,
@@ -78,16 +98,14 @@ def _train_epochs(
         print(
             f"[train] starting at epoch {start_epoch + 1}/{epochs} on {world} worker(s)", flush=True
         )
+    precision = config["hyperparameters"].get("precision", "fp32")
     for epoch in range(start_epoch + 1, epochs + 1):
         started, total, samples = time.monotonic(), 0.0, 0
         model.train()
         for batch in task.train_batches(epoch, rank, world):
-            loss = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(task, model, optimizer, batch, precision)
             step += 1
-            total, samples = total + float(loss.detach()), samples + len(batch[0])
+            total, samples = total + float(loss), samples + len(batch[0])
         steps = max(task.steps_per_epoch(world), 1)
         metrics = epoch_metrics(
             task.evaluate(_unwrap(model)),

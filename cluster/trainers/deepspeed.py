@@ -6,6 +6,10 @@ shard of optimizer states, and for stage 3 of parameters), all uploaded into one
 checkpoint, so a restarted worker group reloads its shards. Next to them, rank 0 writes the
 full weights as safetensors (gathered from the ZeRO-3 partitions), which are what the
 registry keeps.
+
+With ``bf16.enabled`` in the JSON (``configs/deepspeed/zero2-gpu-bf16.json``) DeepSpeed casts
+the parameters to bf16 and keeps fp32 master weights in the optimizer; the batches stay float32,
+so :func:`cast_inputs_to_parameter_dtype` casts them where they meet the parameters.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
+from torch import nn
 
 from cluster.spec import deepspeed_config
 from cluster.trainers._plan import TrainingPlan, TrainOutcome
@@ -74,11 +80,75 @@ def full_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
+        return value.to(dtype)
+    return value
+
+
+def _cast_arguments(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, dtype: torch.dtype
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (
+        tuple(_cast_floating(a, dtype) for a in args),
+        {k: _cast_floating(v, dtype) for k, v in kwargs.items()},
+    )
+
+
+def _outputs_to_float32(module: nn.Module, args: Any, output: Any) -> Any:
+    return _cast_floating(output, torch.float32)
+
+
+def cast_inputs_to_parameter_dtype(model: nn.Module) -> int:
+    """Cast floating inputs of every module holding low-precision parameters to their dtype,
+    and the model's floating output back to float32 (so the loss is computed in float32).
+
+    DeepSpeed's bf16 casts parameters but keeps buffers (an MLP's standardisation statistics)
+    in float32, and the batches are float32: one cast at the model's input would meet float32
+    buffers and promote back, and would round raw features before standardisation. Casting at
+    each parameterised module's entry does neither. Integer inputs (token ids) pass unchanged.
+
+    Returns:
+        How many modules got a cast (0 for an fp32 model, which is left untouched).
+    """
+    casting = 0
+    for module in model.modules():
+        dtypes = {p.dtype for p in module.parameters(recurse=False) if p.is_floating_point()}
+        if len(dtypes) == 1 and (dtype := dtypes.pop()) != torch.float32:
+            cast = partial(_cast_arguments, dtype=dtype)
+            module.register_forward_pre_hook(cast, with_kwargs=True)
+            casting += 1
+    if casting:
+        model.register_forward_hook(_outputs_to_float32)
+    return casting
+
+
+def build_engine(model: nn.Module, ds_config: dict[str, Any]) -> Any:
+    """The DeepSpeed engine of a model (the process group must exist), its inputs cast to the
+    parameters' dtype when the config trains in bf16 or fp16."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config,
+        dist_init_required=False,
+    )
+    cast_inputs_to_parameter_dtype(engine.module)
+    return engine
+
+
+def train_step(task: Any, engine: Any, batch: Any) -> torch.Tensor:
+    """One DeepSpeed step on a batch; returns the detached loss."""
+    loss = task.loss(engine, batch)
+    engine.backward(loss)
+    engine.step()
+    return loss.detach()  # type: ignore[no-any-return]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One DeepSpeed worker: build the engine, reload its shards if restarted, train, report."""
     use_venv_extensions()  # the ops `make install` compiled, not a minute of compiling here
-    import deepspeed
-
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -88,13 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task = build_task(config, data, device, teacher_model(config))
     model = build_model(config["architecture"])
     task.prepare(model)
-    ds_config = config["deepspeed"]
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config,
-        dist_init_required=False,
-    )
+    engine = build_engine(model, config["deepspeed"])
     with restored_attempt() as attempt:
         if attempt.folder is not None:
             engine.load_checkpoint(str(attempt.folder), tag=CHECKPOINT_TAG)
@@ -122,11 +186,9 @@ def _train_epochs(
         started, total, samples = time.monotonic(), 0.0, 0
         engine.train()
         for batch in task.train_batches(epoch, rank, world):
-            loss = task.loss(engine, batch)
-            engine.backward(loss)
-            engine.step()
+            loss = train_step(task, engine, batch)
             step += 1
-            total, samples = total + float(loss.detach()), samples + len(batch[0])
+            total, samples = total + float(loss), samples + len(batch[0])
         metrics = epoch_metrics(
             task.evaluate(engine),
             epoch=epoch,
