@@ -21,6 +21,7 @@ from mlaas.errors import MlaasError
 from mlaas.federated_cli import federated_app
 from mlaas.hub_cli import hub_app
 from mlaas.knowledge_cli import knowledge_app
+from mlaas.kuberay_cli import bootstrap_admin_command, kuberay_app
 from mlaas.settings import Settings
 from mlaas.tiers import load_tiers
 
@@ -32,6 +33,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(hub_app, name="hub")
 app.add_typer(federated_app, name="federated")
 app.add_typer(knowledge_app, name="knowledge")
+app.add_typer(kuberay_app, name="kuberay")
+app.command("bootstrap-admin")(bootstrap_admin_command)
 console = Console()
 err = Console(stderr=True)
 
