@@ -489,12 +489,17 @@ def test_manifests_run_the_image_as_its_user_in_its_checkout() -> None:
 # ---------------------------------------------------------------------------------------
 # mlaas bootstrap-admin
 @pytest.fixture
-def migrated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh MLAAS_HOME (SQLite, not migrated), and no other MLAAS_ variable."""
     for variable in [v for v in os.environ if v.startswith("MLAAS_")]:
         monkeypatch.delenv(variable)
     monkeypatch.setenv("MLAAS_HOME", str(tmp_path / "home"))
+    return Settings().ensure_home()
+
+
+@pytest.fixture
+def migrated_home(home: Path) -> str:
     url = Settings().resolved_database_url
-    Settings().ensure_home()
     migrate(url)
     return url
 
@@ -575,12 +580,7 @@ def test_bootstrap_admin_stores_the_key_in_a_new_secret_once(
     assert "mlaas keys create" in lost.stderr and lost.exit_code == 1
 
 
-def test_bootstrap_admin_refuses_an_unmigrated_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MLAAS_HOME", str(tmp_path))
-    monkeypatch.delenv("MLAAS_DATABASE_URL", raising=False)
-
+def test_bootstrap_admin_refuses_an_unmigrated_database(home: Path) -> None:
     result = CliRunner().invoke(app, ["bootstrap-admin"])
 
     assert result.exit_code == 1 and "mlaas migrate" in result.stderr
