@@ -80,6 +80,10 @@ def _linear_input_dtypes(model: nn.Module) -> list[torch.dtype]:
     return seen
 
 
+def _last_linear(model: nn.Module) -> nn.Module:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def _deepspeed_config(on_cpu: bool) -> dict[str, Any]:
     from cluster.trainers.deepspeed import effective_config
 
@@ -149,7 +153,7 @@ def test_a_ddp_step_under_bf16_autocast_keeps_fp32_weights(process_group: str) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     received = _linear_input_dtypes(model)
     outputs: list[torch.dtype] = []
-    model.module.net[-1].register_forward_hook(lambda _m, _a, out: outputs.append(out.dtype))
+    _last_linear(model).register_forward_hook(lambda _m, _a, out: outputs.append(out.dtype))
     before = [p.detach().clone() for p in model.parameters()]
     batch = next(task.train_batches(epoch=1, rank=0, world=1))
     # Execute
@@ -167,7 +171,7 @@ def test_an_fp32_ddp_step_runs_without_autocast(process_group: str) -> None:
     model = build_model(MLP).to(process_group)
     task.prepare(model)
     outputs: list[torch.dtype] = []
-    model.net[-1].register_forward_hook(lambda _m, _a, out: outputs.append(out.dtype))
+    _last_linear(model).register_forward_hook(lambda _m, _a, out: outputs.append(out.dtype))
 
     ddp.train_step(task, model, torch.optim.AdamW(model.parameters()),
                    next(task.train_batches(1, 0, 1)))

@@ -91,12 +91,12 @@ def test_an_inference_replica_asked_for_cuda_without_one_fails_at_start(
     args = {"device": "cuda", "demo_model": False, "torch_threads": threads}
     # Execute: the replica's constructor, as Serve calls it (before any model is requested)
     with pytest.raises(DeviceUnavailable, match="sees no CUDA device"):
-        Inference.func_or_class(args)
+        Inference.func_or_class(args)  # type: ignore[attr-defined]
 
 
 def test_an_embedder_replica_asked_for_cuda_without_one_fails_at_start(no_cuda: None) -> None:
     with pytest.raises(DeviceUnavailable, match="sees no CUDA device"):
-        Embedder.func_or_class({"device": "cuda"})
+        Embedder.func_or_class({"device": "cuda"})  # type: ignore[attr-defined]
 
 
 def test_torch_runner_returns_float32_numpy(mlp_version: Any) -> None:
