@@ -39,7 +39,8 @@ def secret_strength_problem(secret: str) -> str | None:
 class Settings(BaseSettings):
     """Platform settings; every field can be set as ``MLAAS_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="MLAAS_", extra="ignore")
+    # populate_by_name: ``public_url`` is read from MLAAS_URL, and passed by its name in code.
+    model_config = SettingsConfigDict(env_prefix="MLAAS_", extra="ignore", populate_by_name=True)
 
     home: Path = Field(default_factory=lambda: Path.home() / ".mlaas")
     database_url: str | None = None
@@ -55,8 +56,47 @@ class Settings(BaseSettings):
     )
     jwt_secret: SecretStr | None = None
     jwt_ttl_s: int = Field(default=900, ge=30, le=86_400)
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Where Serve's HTTP proxy listens: 0.0.0.0 (or this node's address) for "
+        "clients on other machines",
+    )
     port: int = Field(default=8000, ge=1, le=65_535)
+    public_url: str | None = Field(
+        default=None,
+        validation_alias="MLAAS_URL",
+        description="The API's URL as clients reach it (a load balancer, a DNS name); default "
+        "what `mlaas up` published in the cluster, else http://host:port",
+    )
+    node_ip_address: str = Field(
+        default="127.0.0.1",
+        description="This node's address in the Ray cluster (`ray start --node-ip-address`): "
+        "one the other machines reach, for a head they join",
+    )
+    dashboard_host: str = Field(
+        default="127.0.0.1",
+        description="Where the head's dashboard and job server listen; 0.0.0.0 (or the "
+        "node's address) when gateway replicas on other nodes submit training jobs",
+    )
+    node_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources this node offers (`ray start --resources`), for "
+        "the head `mlaas up` starts and a node `mlaas join` adds, e.g. {\"mlaas_state\": 1}",
+    )
+    platform_actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom resources each of the platform's own actors asks for (admission, "
+        "provider state, federated coordinators, knowledge shards and encoders, platform "
+        "info), e.g. {\"mlaas_state\": 0.001}: they then run only on nodes offering it",
+    )
+    actor_call_timeout_s: float = Field(
+        default=30, gt=0, description="A gateway call to the admission actor unanswered this "
+        "long is a 503 with Retry-After (the actor is restarting, or its node is gone)",
+    )
+    training_driver_num_cpus: float = Field(
+        default=0.1, ge=0, description="Logical CPUs reserved for a training job's driver, so "
+        "that Ray's scheduler places it on a node with room (0: wherever the job server is)",
+    )
     ray_port: int = Field(
         default=6379, ge=1, le=65_535, description="GCS port of a head `mlaas up` starts"
     )
@@ -154,8 +194,10 @@ class Settings(BaseSettings):
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        """The API's URL from these settings alone: MLAAS_URL, else this node's proxy."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return proxy_url(self.host, self.port, self.node_ip_address)
 
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -180,6 +222,15 @@ class Settings(BaseSettings):
         if problem:
             raise ConfigurationError(f"JWT secret from {source} {problem}")
         return secret
+
+
+def proxy_url(host: str, port: int, node_address: str) -> str:
+    """The URL of a proxy listening on ``host`` of the node at ``node_address``."""
+    if host in ("0.0.0.0", "::", ""):
+        host = node_address  # listening on every interface: the node's own address
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6
+    return f"http://{host}:{port}"
 
 
 def write_private_file(path: Path, content: str) -> None:

@@ -70,6 +70,13 @@ DEFAULT_IS_RIGHT = {
     "MLAAS_STORAGE_SHARED": "false: the storage is S3, not a shared file system",
     "MLAAS_STORAGE_ALLOWED_BUCKETS": "none beside the platform's by default",
     "MLAAS_STORAGE_CACHE_DIR": "$MLAAS_HOME/cache of each pod",
+    "MLAAS_URL": "a client's override; on Kubernetes the mlaas-serve Service is the URL",
+    "MLAAS_PUBLIC_URL": "as MLAAS_URL (the field it sets)",
+    "MLAAS_NODE_IP_ADDRESS": "as MLAAS_RAY_PORT (and `mlaas join`); KubeRay sets pod IPs",
+    "MLAAS_DASHBOARD_HOST": "as MLAAS_RAY_PORT; KubeRay's head listens on 0.0.0.0",
+    "MLAAS_NODE_RESOURCES": "as MLAAS_RAY_PORT; a group's rayStartParams carry resources",
+    "MLAAS_PLATFORM_ACTOR_RESOURCES": "none: Ray's scheduler places the platform's actors",
+    "MLAAS_ACTOR_CALL_TIMEOUT_S": "tuning", "MLAAS_TRAINING_DRIVER_NUM_CPUS": "tuning",
 }  # fmt: skip
 
 
