@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from mlaas.admission import Refusal
+from mlaas.errors import ServiceUnavailableError
 
 AdmitRequest = tuple[str, str, str | None, str, dict[str, int] | None]
 # (refusal, credentials epoch, registry epoch)
@@ -19,11 +20,14 @@ AdmitAnswer = tuple[Refusal | None, int, int]
 
 
 class AdmissionBatcher:
-    """Coalesces ``admit`` calls of one event loop; ``max_batch`` bounds one call's size."""
+    """Coalesces ``admit`` calls of one event loop; ``max_batch`` bounds one call's size, and
+    a call unanswered after ``timeout_s`` fails its requests with a 503 (the actor is
+    restarting, or its node is gone and Ray has not noticed yet)."""
 
-    def __init__(self, actor: Any, *, max_batch: int = 256) -> None:
+    def __init__(self, actor: Any, *, max_batch: int = 256, timeout_s: float = 30) -> None:
         self.actor = actor
         self.max_batch = max_batch
+        self.timeout_s = timeout_s
         self._queue: list[tuple[AdmitRequest, asyncio.Future[AdmitAnswer]]] = []
         self._sender: asyncio.Task[None] | None = None
         self.calls = 0  # actor calls made (the admission test reads it)
@@ -47,14 +51,26 @@ class AdmissionBatcher:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             self.calls += 1
             try:
-                refusals, credentials_epoch, registry_epoch = await self.actor.admit_many.remote(
-                    [request for request, _ in batch]
+                refusals, credentials_epoch, registry_epoch = await asyncio.wait_for(
+                    self.actor.admit_many.remote([request for request, _ in batch]),
+                    self.timeout_s,
                 )
             except asyncio.CancelledError:  # the replica is shutting down
                 for _, future in batch + self._queue:
                     future.cancel()
                 self._queue = []
                 raise
+            except TimeoutError:
+                unanswered = ServiceUnavailableError(
+                    f"The admission service did not answer within {self.timeout_s:g} s; "
+                    "retry shortly",
+                    details={"reason": "admission_timeout"},
+                    headers={"Retry-After": "2"},
+                )
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(unanswered)
+                continue
             except Exception as error:  # each caller sees the actor's failure as its own
                 for _, future in batch:
                     if not future.done():

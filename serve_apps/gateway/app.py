@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mlaas
-from mlaas.errors import MlaasError, error_body
+from mlaas.errors import MlaasError, ServiceUnavailableError, error_body
+from mlaas.logs import get_logger
 from serve_apps.gateway.routes import (
     ai,
     auth,
@@ -28,6 +29,10 @@ from serve_apps.gateway.routes import (
     train,
     usage,
 )
+
+# Seconds a client waits before retrying while an actor of the platform restarts.
+ACTOR_RETRY_AFTER_S = "2"
+log = get_logger("mlaas.gateway")
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -71,6 +76,28 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 async def _on_mlaas_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MlaasError)
     return _json_error(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _on_actor_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A platform actor (admission, provider state, a coordinator) died, is restarting, is
+    unreachable or could not be placed: a 503 the client retries, never a 500."""
+    log.warning("platform actor unavailable", extra={"fields": {
+        "path": request.url.path, "error": type(exc).__name__}})
+    unavailable = ServiceUnavailableError(
+        "A service of the platform is restarting or unreachable; retry shortly",
+        details={"reason": "actor_unavailable"},
+        headers={"Retry-After": ACTOR_RETRY_AFTER_S},
+    )
+    return await _on_mlaas_error(request, unavailable)
+
+
+def actor_unavailable_errors() -> tuple[type[Exception], ...]:
+    """Ray's errors for an actor that is gone, restarting, unreachable or unplaceable, and
+    for a ``ray.get`` that timed out (an error a task re-raises is a subclass of these)."""
+    from ray import exceptions
+
+    return (exceptions.RayActorError, exceptions.ActorUnschedulableError,
+            exceptions.GetTimeoutError)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -126,6 +153,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(MlaasError, _on_mlaas_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for error in actor_unavailable_errors():
+        app.add_exception_handler(error, _on_actor_unavailable)
     app.add_exception_handler(Exception, _on_unhandled)
     routers = (health, auth, keys, tenants, usage, ai, chat, predict, batch, models, embeddings,
                train, knowledge, experts, federated)

@@ -31,7 +31,9 @@ class GatewayContext:
     admissions: AdmissionBatcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.admissions = AdmissionBatcher(self.admission)
+        self.admissions = AdmissionBatcher(
+            self.admission, timeout_s=self.settings.actor_call_timeout_s
+        )
 
     async def resolve_version(self, tenant_id: str, reference: str) -> ModelVersionInfo:
         """The version a model reference names for the tenant (cached per replica)."""

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mlaas.errors import MlaasError
-from serve_apps.providers.errors import ServiceUnavailableError
+from mlaas.errors import MlaasError, ServiceUnavailableError
 
 APP_NAME = "providers"
 DEPLOYMENT_NAME = "ProviderRouter"
+RETRY_AFTER_S = "2"
 
 
 def _unwrapped(error: Exception) -> Exception:
@@ -19,9 +19,13 @@ def _unwrapped(error: Exception) -> Exception:
         return cause
     if isinstance(error, MlaasError):
         return error
+    # A replica or the provider-state actor died or restarts: worth a retry, unlike the
+    # router's own 503 after every provider failed (which says ``x-should-retry: false``).
     return ServiceUnavailableError(
-        f"The providers application failed ({type(error).__name__}); see `mlaas status`",
+        f"The providers application failed ({type(error).__name__}); retry shortly, or see "
+        "`mlaas status`",
         details={"application": APP_NAME},
+        headers={"Retry-After": RETRY_AFTER_S},
     )
 
 
