@@ -51,11 +51,17 @@ class CoordinatorActor:
                               "details": exc.details}}
 
 
-def coordinator_for(pool_id: str, database_url: str, artifacts_dir: str | None) -> Any:
-    """The pool's coordinator actor, created when it does not exist (or died for good)."""
+def coordinator_for(pool_id: str, database_url: str, artifacts_dir: str | None, *,
+                    placement: dict[str, Any] | None = None) -> Any:
+    """The pool's coordinator actor, created when it does not exist (or died for good).
+
+    Args:
+        placement: extra actor options (``mlaas.placement.platform_actor_options``).
+    """
     return CoordinatorActor.options(  # type: ignore[attr-defined]
         name=actor_name(pool_id), namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True, max_concurrency=64,  # long polls wait in threads
+        **(placement or {}),
     ).remote(pool_id, _shareable(database_url), artifacts_dir)
 
 

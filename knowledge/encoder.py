@@ -140,12 +140,14 @@ class EncoderPool:
     The actors run on the CPU unless ``num_gpus`` grants each a (share of a) GPU."""
 
     def __init__(self, *, actors: int = 2, num_cpus: float = 0.25, batch_size: int = 32,
-                 forward_batch: int = FORWARD_BATCH, num_gpus: float = 0) -> None:
+                 forward_batch: int = FORWARD_BATCH, num_gpus: float = 0,
+                 placement: dict[str, Any] | None = None) -> None:
         import ray
         from ray.util import ActorPool
 
         # With num_gpus (a fraction shares one GPU between actors) MiniLM runs on CUDA.
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(PhraseEncoder)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(PhraseEncoder).options(
+            **(placement or {}))
         self.actors = [remote.remote(forward_batch=forward_batch) for _ in range(actors)]
         self.pool = ActorPool(self.actors)
         self.batch_size = batch_size

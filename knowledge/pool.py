@@ -79,8 +79,10 @@ class KnowledgePool:
     def __init__(self, *, database_url: str, home: Path, encoder: Encoder,
                  policy: IndexPolicy | None = None, max_document_chars: int = 1_000_000,
                  settings: KnowledgeSettings | None = None,
-                 snapshots: Storage | None = None) -> None:
+                 snapshots: Storage | None = None,
+                 shard_placement: dict[str, Any] | None = None) -> None:
         self.url = database_url
+        self.shard_placement = shard_placement  # extra options of the shard actors
         self.snapshots = snapshots
         self.settings = settings or KnowledgeSettings()
         self.root = home / "knowledge"
@@ -186,7 +188,8 @@ class KnowledgePool:
 
     def _sharded_index(self, tenant_id: str) -> ShardedIndex:
         index = ShardedIndex(self.settings.index_shards, policy=self.policy,
-                             num_cpus=self.settings.shard_num_cpus)
+                             num_cpus=self.settings.shard_num_cpus,
+                             placement=self.shard_placement)
         ids, vectors = store.embeddings(self.url, tenant_id)
         if len(ids):
             index.add(ids, vectors)

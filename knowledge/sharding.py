@@ -76,12 +76,12 @@ class ShardedIndex:
     """A pool's vectors spread over ``shards`` ``IndexShard`` actors."""
 
     def __init__(self, shards: int, *, policy: IndexPolicy | None = None,
-                 num_cpus: float = 0.05) -> None:
+                 num_cpus: float = 0.05, placement: dict[str, Any] | None = None) -> None:
         import ray
 
         if shards < 1:
             raise ValueError(f"shards must be at least 1 (got {shards})")
-        remote = ray.remote(num_cpus=num_cpus)(IndexShard)
+        remote = ray.remote(num_cpus=num_cpus)(IndexShard).options(**(placement or {}))
         self.shards: list[Any] = [remote.remote(policy) for _ in range(shards)]
         self.on_rebuilt: Any = None  # the pool's hook; nothing to persist here
 

@@ -285,13 +285,22 @@ def notify_registry_changed() -> None:
 
 
 def get_or_create_admission(
-    database_url: str, tiers: TiersConfig, flush_interval_s: float = 1.0
+    database_url: str,
+    tiers: TiersConfig,
+    flush_interval_s: float = 1.0,
+    *,
+    placement: dict[str, Any] | None = None,
 ) -> ray.actor.ActorHandle:
-    """The cluster's one admission actor, created on first use."""
+    """The cluster's one admission actor, created on first use.
+
+    Args:
+        placement: extra actor options (``mlaas.placement.platform_actor_options``).
+    """
     return Admission.options(  # type: ignore[attr-defined]
         name=ACTOR_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         max_concurrency=10_000,
+        **(placement or {}),
     ).remote(shareable_database_url(database_url), tiers.model_dump(), flush_interval_s)

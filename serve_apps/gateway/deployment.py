@@ -11,6 +11,7 @@ from mlaas.admission import get_or_create_admission
 from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.db import require_current_schema
 from mlaas.logs import get_logger
+from mlaas.placement import platform_actor_options
 from mlaas.settings import Settings
 from mlaas.tiers import load_tiers
 from serve_apps.gateway.app import create_app
@@ -80,7 +81,10 @@ class Gateway:
             database_url=database_url,
             jwt_secret=settings.jwt_signing_secret(),
             tiers=tiers,
-            admission=get_or_create_admission(database_url, tiers, settings.usage_flush_interval_s),
+            admission=get_or_create_admission(
+                database_url, tiers, settings.usage_flush_interval_s,
+                placement=platform_actor_options(settings),
+            ),
             applications=tuple(parsed.applications),
         )
         self._replica = serve.get_replica_context().replica_id.unique_id

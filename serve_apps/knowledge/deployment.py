@@ -28,6 +28,7 @@ from knowledge.experts import routing_log
 from knowledge.settings import KnowledgeSettings
 from knowledge.store import list_documents
 from mlaas.cluster_mode import require_cluster_ready_in_replica
+from mlaas.placement import platform_actor_options
 from mlaas.settings import Settings
 
 
@@ -56,15 +57,16 @@ class KnowledgeService:
         settings = Settings(**parsed.settings)
         # Its rows live in the database and its index snapshots in the storage.
         require_cluster_ready_in_replica(settings, checks=("database", "storage"))
+        placement = platform_actor_options(settings)
         self.encoder = EncoderPool(actors=parsed.encoder_actors, num_cpus=parsed.encoder_num_cpus,
-                                   batch_size=parsed.encoder_batch_size)
+                                   batch_size=parsed.encoder_batch_size, placement=placement)
         self.pool = KnowledgePool(
             database_url=settings.resolved_database_url, home=settings.home,
             encoder=self.encoder, policy=IndexPolicy(flat_max=parsed.flat_max),
             max_document_chars=parsed.max_document_chars,
             settings=KnowledgeSettings(**(
                 {"index_shards": parsed.index_shards} if parsed.index_shards else {})),
-            snapshots=_shared_storage(settings))
+            snapshots=_shared_storage(settings), shard_placement=placement)
 
     async def ingest(self, tenant_id: str, documents: list[dict[str, Any]],
                      chunk_size: int, chunk_overlap: int) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from ray import serve
 
 from mlaas.cluster_mode import require_cluster_ready_in_replica
 from mlaas.logs import get_logger
+from mlaas.placement import platform_actor_options
 from mlaas.settings import Settings
 from mlaas.storage import get_storage
 from serve_apps.providers.catalogue import Catalogue, load_catalogue
@@ -101,7 +102,8 @@ class ProviderRouter:
         catalogue = load_catalogue(parsed.providers_file)
         routing = catalogue.routing
         handle = get_or_create_state(
-            settings.resolved_database_url, routing.circuit_breaker, routing.cache
+            settings.resolved_database_url, routing.circuit_breaker, routing.cache,
+            placement=platform_actor_options(settings),
         )
         handle.configure.remote(routing.circuit_breaker.model_dump(), routing.cache.model_dump())
         self.router = Router(

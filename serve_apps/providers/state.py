@@ -183,12 +183,23 @@ class ProviderState:
         return "ok"
 
 
-def get_or_create_state(database_url: str, breaker: BreakerSpec, cache: CacheSpec) -> Any:
-    """The cluster's one provider-state actor, created on first use."""
+def get_or_create_state(
+    database_url: str,
+    breaker: BreakerSpec,
+    cache: CacheSpec,
+    *,
+    placement: dict[str, Any] | None = None,
+) -> Any:
+    """The cluster's one provider-state actor, created on first use.
+
+    Args:
+        placement: extra actor options (``mlaas.placement.platform_actor_options``).
+    """
     return ProviderState.options(  # type: ignore[attr-defined]
         name=STATE_ACTOR_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         max_concurrency=10_000,
+        **(placement or {}),
     ).remote(shareable_database_url(database_url), breaker.model_dump(), cache.model_dump())

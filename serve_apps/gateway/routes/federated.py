@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mlaas import errors
 from mlaas.auth import Principal
+from mlaas.placement import platform_actor_options
 from mlaas.storage import get_storage
 from serve_apps.gateway.context import Context, CurrentPrincipal
 
@@ -78,7 +79,8 @@ async def _call(pool_id: str, ctx: Any, method: str, *args: Any) -> Any:
     import ray.exceptions
 
     for attempt in range(3):
-        handle = _federated().coordinator_for(pool_id, ctx.database_url, None)
+        handle = _federated().coordinator_for(pool_id, ctx.database_url, None,
+                                              placement=platform_actor_options(ctx.settings))
         try:
             answer = await handle.call.remote(method, *args)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
@@ -105,7 +107,8 @@ async def create_pool(
                                    get_storage(ctx.settings), principal.tenant_id, spec,
                                    tenant_data_dir(ctx.settings, principal.tenant_id))
     # Start the coordinator now, without waiting for it: it reads the pool from the database.
-    federated.coordinator_for(pool["id"], ctx.database_url, None)  # storage of its node
+    federated.coordinator_for(pool["id"], ctx.database_url, None,  # storage of its node
+                              placement=platform_actor_options(ctx.settings))
     return {**pool, "round": None, "stage": None,
             "join_url": f"/v1/federated/pools/{pool['id']}"}
 
