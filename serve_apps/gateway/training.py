@@ -136,6 +136,9 @@ def submit(
             entrypoint=f"{shlex.quote(sys.executable)} -m cluster.train --job-id {job.id}",
             submission_id=job.id,
             runtime_env={"env_vars": job_env(settings, cluster_address())},
+            # With resources of its own the driver is placed by Ray's scheduler on a node with
+            # room; without, Ray runs it on the head, whatever the head's load.
+            entrypoint_num_cpus=settings.training_driver_num_cpus or None,
             metadata={"tenant_id": tenant_id, "training_job_id": job.id, "name": spec.name},
         )
     except Exception as exc:  # noqa: BLE001 - any refusal leaves a FAILED record, not a PENDING one
