@@ -62,7 +62,10 @@ Probe = Callable[[str, BinaryMessage], None]
 
 
 def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
-              binary_inputs: bool = True, probe: Probe | None = None) -> None:
+              binary_inputs: bool = True, probe: Probe | None = None,
+              hold_before: str | None = None, release: threading.Event | None = None) -> None:
+    """A node in a thread; with ``hold_before`` it does not answer that stage until
+    ``release`` is set (so a test can act while a round is surely in flight)."""
     identity = Identity()
     joined = client.post(f"/v1/federated/pools/{pool_id}/nodes",
                          json={"identity_key": b64(identity.public_bytes)}).json()
@@ -80,6 +83,10 @@ def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
         known = view["marker"]
         if view["pool_status"] != "open":
             return
+        if hold_before and view.get("stage") == hold_before and release is not None \
+                and not release.is_set():  # fmt: skip
+            time.sleep(0.2)
+            continue
         message = node.respond(view)
         if message is None:
             continue
@@ -142,15 +149,18 @@ def test_a_killed_coordinator_aborts_the_round_in_flight_and_the_pool_finishes(
     import ray
 
     _, key = platform.new_tenant("pro")
-    stop = threading.Event()
+    stop, release = threading.Event(), threading.Event()
     with _client(platform, key) as client:
         pool_id = _new_pool(client)
-        _start_nodes(client, pool_id, stop, [{}, {}, {}])
+        # One node holds round 1 at masked_input, so the crash surely lands mid-round.
+        _start_nodes(client, pool_id, stop,
+                     [{}, {}, {"hold_before": "masked_input", "release": release}])
         try:
-            wait_for(lambda: pool_state(client, pool_id).get("stage") in ("share", "masked_input"),
-                     120, "round 1")
+            wait_for(lambda: pool_state(client, pool_id).get("stage") == "masked_input",
+                     120, "round 1 to reach masked_input")
             actor = ray.get_actor(f"federated:{pool_id}", namespace="mlaas")
             ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor
+            release.set()
             final = finished_pool(client, pool_id)
         finally:
             stop.set()
