@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import typer
@@ -15,7 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from mlaas import accounts
-from mlaas.cluster_mode import alive_ray_nodes, require_cluster_ready
+from mlaas.cluster_mode import (
+    CHECKS,
+    HEAD_CHECKS,
+    alive_ray_nodes,
+    is_loopback,
+    require_cluster_ready,
+)
 from mlaas.db import migrate
 from mlaas.errors import MlaasError
 from mlaas.federated_cli import federated_app
@@ -39,7 +45,7 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(1)
 
@@ -85,52 +91,78 @@ def migrate_command() -> None:
                   highlight=False, soft_wrap=True)
 
 
+def _apply_flags(**variables: str | None) -> None:
+    """Flags of a command as the MLAAS_* variables they stand for, so that the Ray processes
+    it starts (whose environment their workers inherit) read the same settings."""
+    for name, value in variables.items():
+        if value is not None:
+            os.environ[f"MLAAS_{name.upper()}"] = value
+
+
+def _up_checks(owns_head: bool) -> tuple[str, ...]:
+    return (*CHECKS, *HEAD_CHECKS) if owns_head else tuple(CHECKS)
+
+
 @app.command()
 def up(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the platform to be healthy")
     ] = 300,
+    node_ip_address: Annotated[str | None, typer.Option(
+        help="This node's address that other machines reach (MLAAS_NODE_IP_ADDRESS)")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Where the HTTP proxy listens, e.g. 0.0.0.0 (MLAAS_HOST)")] = None,
+    dashboard_host: Annotated[str | None, typer.Option(
+        help="Where the dashboard and job server listen (MLAAS_DASHBOARD_HOST)")] = None,
 ) -> None:
     """Start Ray (or use RAY_ADDRESS), migrate the database, deploy the Serve apps."""
-    from mlaas import platform
+    from mlaas import discovery, platform
+    from mlaas.placement import platform_actor_options, require_offered
 
+    _apply_flags(node_ip_address=node_ip_address, host=host, dashboard_host=dashboard_host)
     settings = _settings()
+    address = os.environ.get("RAY_ADDRESS")
     try:
         # Forced cluster mode refuses before anything is made (a JWT secret, a database, Ray).
-        require_cluster_ready(settings, alive_nodes=1)
+        require_cluster_ready(settings, alive_nodes=1, checks=_up_checks(not address))
         load_tiers(settings.tiers_file)
         settings.jwt_signing_secret()  # a weak MLAAS_JWT_SECRET stops here, not in a replica
         state = platform.PlatformState.load(settings)
-        address = os.environ.get("RAY_ADDRESS")
         started_ray = False
         with console.status("[bold]Checking the port and the database...") as status:
             # A taken port is fine only when it is this platform's own Serve proxy.
             ours = state is not None and platform.ray_reachable(state.ray_address)
-            if not ours and not platform.port_is_free(settings.host, settings.port):
-                _fail(
-                    f"Port {settings.port} on {settings.host} is taken by another program. "
-                    "Stop it, or choose another port with MLAAS_PORT=<port>."
-                )
+            _check_proxy_port(settings, address, ours=ours)
             _migrated(settings)
             if not address:
                 if state and state.started_ray and platform.ray_reachable(state.ray_address):
                     address, started_ray = state.ray_address, True
                 else:
-                    status.update("[bold]Starting a local Ray head...")
+                    status.update("[bold]Starting a Ray head...")
                     address = platform.start_ray_head(settings)
                     started_ray = True
                     # Saved now: `mlaas down` can then stop this head even if a later step fails.
                     platform.PlatformState(address, True, settings.url).save(settings)
             elif state is not None and state.ray_address == address:
                 started_ray = state.started_ray
+            assert address is not None  # given, found, or just started
             status.update(f"[bold]Connecting to Ray at {address}...")
             platform.connect_ray(address)
-            require_cluster_ready(settings, alive_nodes=alive_ray_nodes())
+            require_cluster_ready(
+                settings, alive_nodes=alive_ray_nodes(), checks=_up_checks(started_ray)
+            )
+            import ray
+
+            require_offered(settings, ray.cluster_resources())
+            # The head's proxy as clients reach it, on a cluster `mlaas up` did not start too.
+            url = discovery.published_url(settings, discovery.head_node_ip())
             platform.PlatformState(
-                address, started_ray, settings.url, platform.current_session_name()
+                address, started_ray, url, platform.current_session_name()
             ).save(settings)
             status.update("[bold]Deploying the Serve applications...")
             names = platform.deploy(settings)
+            discovery.publish({"url": url, "ray_address": address},
+                              platform_actor_options(settings))
 
             def tick(last: str) -> None:
                 apps = ", ".join(f"{k}={v}" for k, v in platform.application_statuses().items())
@@ -138,13 +170,35 @@ def up(
                     f"[bold]Waiting for {', '.join(names)} to be healthy[/] ({apps or last})"
                 )
 
-            platform.wait_until_healthy(settings, timeout, tick)
+            platform.wait_until_healthy(settings, timeout, tick, url=url)
             # Made only once the platform is healthy, so that the one printing is not lost.
             admin_key = platform.bootstrap_admin(settings)
     except MlaasError as exc:
         _fail(exc.message)
-    console.print(f"[green]✔[/] Platform is up at [bold]{settings.url}[/]")
-    console.print(f"  API docs: {settings.url}/docs   Ray: {address}")
+    _print_up(settings, url, address, admin_key, started_ray=started_ray)
+
+
+def _check_proxy_port(settings: Settings, address: str | None, *, ours: bool) -> None:
+    """Refuse a host that is not this machine's, or a taken HTTP port, when the proxy will
+    listen here (no RAY_ADDRESS, or one on loopback) and is not already ``ours``."""
+    from mlaas import platform
+
+    if address and not is_loopback(address.rpartition(":")[0] or "127.0.0.1"):
+        return  # the proxy runs on the cluster's head, not here
+    problem = platform.address_problem(settings.host, "MLAAS_HOST")
+    if problem:
+        _fail(problem)
+    if not ours and not platform.port_is_free(settings.host, settings.port):
+        _fail(
+            f"Port {settings.port} on {settings.host} is taken by another program. "
+            "Stop it, or choose another port with MLAAS_PORT=<port>."
+        )
+
+
+def _print_up(settings: Settings, url: str, address: str, admin_key: str | None, *,
+              started_ray: bool) -> None:
+    console.print(f"[green]✔[/] Platform is up at [bold]{url}[/]")
+    console.print(f"  API docs: {url}/docs   Ray: {address}")
     if admin_key:
         console.print(
             "[bold yellow]Admin API key (shown once; also saved with mode 0600 to "
@@ -153,7 +207,13 @@ def up(
         console.print(admin_key, soft_wrap=True, highlight=False)
     else:
         console.print(f"  Admin key: in {settings.home / 'admin_key'}")
-    console.print(f"URL: {settings.url}", highlight=False)
+    if started_ray and not is_loopback(settings.node_ip_address):
+        console.print(
+            "  Add a node: copy ~/.ray/auth_token to it, export the same MLAAS_* settings, "
+            f"then run `mlaas join --address {address}` there (README: Add a node)",
+            highlight=False, soft_wrap=True,
+        )
+    console.print(f"URL: {url}", highlight=False)
 
 
 @app.command()
@@ -161,7 +221,7 @@ def down(
     keep_ray: Annotated[bool, typer.Option(help="Leave the Ray head running")] = False,
 ) -> None:
     """Flush usage, stop the Serve apps, and stop the Ray head that `mlaas up` started."""
-    from mlaas import platform
+    from mlaas import discovery, platform
 
     settings = _settings()
     state = platform.PlatformState.load(settings)
@@ -174,6 +234,7 @@ def down(
         if platform.ray_reachable(address):
             try:
                 platform.connect_ray(address)
+                discovery.withdraw()
                 platform.flush_and_shutdown_serve(stop_serve=not stop_head)
             except MlaasError as exc:
                 err.print(f"[yellow]warning:[/] {exc.message}")
@@ -189,22 +250,26 @@ def down(
 
 @app.command()
 def status() -> None:
-    """Show the cluster, the Serve applications and the URL."""
-    from mlaas import platform
+    """Show the cluster, the Serve applications and the URL (as the cluster publishes it)."""
+    from mlaas import discovery, platform
 
     settings = _settings()
     state = platform.PlatformState.load(settings)
     address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
     table = Table(show_header=False, box=None)
-    table.add_row("URL", settings.url)
-    table.add_row("Home", str(settings.home))
     if address is None or not platform.ray_reachable(address):
+        table.add_row("URL", discovery.client_url(settings))
+        table.add_row("Home", str(settings.home))
         table.add_row("Ray", "[red]not running[/] (start with `mlaas up`)")
         console.print(table)
         raise typer.Exit(1)
     platform.connect_ray(address)
     import ray
 
+    url = settings.url if settings.public_url else (
+        discovery.cluster_url(settings) or discovery.client_url(settings))
+    table.add_row("URL", url)
+    table.add_row("Home", str(settings.home))
     resources = ray.cluster_resources()
     table.add_row(
         "Ray", f"{address}  ({len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU)"
@@ -213,11 +278,43 @@ def status() -> None:
         colour = "green" if app_status == "RUNNING" else "yellow"
         table.add_row(f"app {name}", f"[{colour}]{app_status}[/]")
     try:
-        health = httpx.get(settings.url + "/health", timeout=5)
+        health = httpx.get(url + "/health", timeout=5)
         table.add_row("Health", f"{health.status_code} {health.json().get('status')}")
     except (httpx.HTTPError, ValueError) as exc:
         table.add_row("Health", f"[red]unreachable[/] ({type(exc).__name__})")
     console.print(table)
+
+
+@app.command()
+def join(
+    address: Annotated[str, typer.Option(
+        help="The head's Ray address HOST:PORT, as `mlaas up` printed it")],
+    token_file: Annotated[Path | None, typer.Option(
+        help="The head's auth token (default RAY_AUTH_TOKEN, else ~/.ray/auth_token)")] = None,
+    print_only: Annotated[bool, typer.Option(
+        "--print", help="Print the `ray start` command instead of running it")] = False,
+) -> None:
+    """Add this machine to the platform's Ray cluster as a worker node.
+
+    Run it with the same MLAAS_* settings as the head (database, JWT secret, storage): the
+    node's replicas and jobs read them from the environment its Ray starts with.
+    MLAAS_NODE_IP_ADDRESS sets this node's address (default: the one Ray finds),
+    MLAAS_NODE_RESOURCES its custom resources. Leave the cluster with `ray stop`.
+    """
+    from mlaas import node_join
+
+    settings = _settings()
+    try:
+        if print_only:
+            env = node_join.join_env(address, token_file)
+            print(node_join.shown_command(node_join.join_command(settings, address), env))
+            return
+        with console.status(f"[bold]Joining the cluster at {address}..."):
+            node_join.join_cluster(settings, address, token_file)
+    except MlaasError as exc:
+        _fail(exc.message)
+    console.print(f"[green]✔[/] This machine is a node of the cluster at {address}; "
+                  "`mlaas status` lists the nodes, `ray stop` leaves", highlight=False)
 
 
 @tenants_app.command("create")
@@ -340,16 +437,18 @@ def train(
 ) -> None:
     """Submit a training job to the platform (POST /v1/train) and show its progress live."""
     from mlaas import train_client
+    from mlaas.discovery import client_url
 
     settings = _settings()
     key = api_key or _admin_key(settings)
     try:
         spec = train_client.read_spec(config, set_ or [])
-        with httpx.Client(base_url=settings.url, headers={"Authorization": f"Bearer {key}"},
+        url = client_url(settings)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
                           timeout=60) as client:
             accepted = train_client.submit(client, spec, idempotency_key)
             console.print(f"Submitted {accepted['training_job_id']} ({accepted['status']}); "
-                          f"status at {settings.url}{accepted['monitoring_url']}", highlight=False)
+                          f"status at {url}{accepted['monitoring_url']}", highlight=False)
             if detach:
                 return
             final = train_client.follow(client, accepted["training_job_id"], console)

@@ -57,6 +57,26 @@ def _host_problem(settings: Settings) -> str | None:
     )
 
 
+def _node_address_problem(settings: Settings) -> str | None:
+    if not is_loopback(settings.node_ip_address):
+        return None
+    return (
+        f"MLAAS_NODE_IP_ADDRESS={settings.node_ip_address} makes a head no other machine can "
+        "join: set it (or `mlaas up --node-ip-address`) to this node's address that the other "
+        "nodes reach"
+    )
+
+
+def _dashboard_host_problem(settings: Settings) -> str | None:
+    if not is_loopback(settings.dashboard_host):
+        return None
+    return (
+        f"MLAAS_DASHBOARD_HOST={settings.dashboard_host} hides the head's job server from the "
+        "other nodes (gateway replicas there submit training jobs to it): set "
+        "MLAAS_DASHBOARD_HOST=0.0.0.0 or this node's address"
+    )
+
+
 def is_loopback(host: str) -> bool:
     name = host.strip("[]").lower()
     if name == "localhost" or name.endswith(".localhost"):
@@ -74,6 +94,12 @@ CHECKS: dict[str, Callable[[Settings], str | None]] = {
     "storage": _storage_problem,
     "host": _host_problem,
 }
+# Checked only by `mlaas up` when it starts (or owns) the Ray head.
+HEAD_CHECKS: dict[str, Callable[[Settings], str | None]] = {
+    "node_ip_address": _node_address_problem,
+    "dashboard_host": _dashboard_host_problem,
+}
+_ALL_CHECKS = {**CHECKS, **HEAD_CHECKS}
 
 
 def cluster_mode_on(settings: Settings, *, alive_nodes: int) -> bool:
@@ -88,11 +114,12 @@ def cluster_mode_problems(
     Args:
         settings: the settings of the process that is starting.
         alive_nodes: Ray nodes alive now (1 when Ray is not reachable yet).
-        checks: names from :data:`CHECKS` (a replica passes the parts it uses).
+        checks: names from :data:`CHECKS` (a replica passes the parts it uses) and
+            :data:`HEAD_CHECKS` (for a head `mlaas up` starts).
     """
     if not cluster_mode_on(settings, alive_nodes=alive_nodes):
         return []
-    found = (CHECKS[name](settings) for name in checks)
+    found = (_ALL_CHECKS[name](settings) for name in checks)
     return [problem for problem in found if problem]
 
 

@@ -21,7 +21,8 @@ knowledge_app = typer.Typer(help="Knowledge pool: ingest a folder, query it.")
 console = Console()
 err = Console(stderr=True)
 
-UrlOption = Annotated[str | None, typer.Option(help="Platform URL (default: from MLAAS_ settings)")]
+UrlOption = Annotated[str | None, typer.Option(
+    help="Platform URL (default: MLAAS_URL, else what `mlaas up` published)")]
 KeyOption = Annotated[str | None, typer.Option(
     "--api-key", help="API key (default: $MLAAS_API_KEY, else $MLAAS_HOME/admin_key)")]
 
@@ -38,7 +39,11 @@ def _client(url: str | None, api_key: str | None) -> httpx.Client:
         key = (settings.home / "admin_key").read_text().strip()
     if not key:
         _fail("no API key: pass --api-key, set MLAAS_API_KEY, or run on the platform's host")
-    return httpx.Client(base_url=url or settings.url, timeout=600,
+    if url is None:
+        from mlaas.discovery import client_url
+
+        url = client_url(settings)
+    return httpx.Client(base_url=url, timeout=600,
                         headers={"Authorization": f"Bearer {key}"})
 
 

@@ -58,6 +58,22 @@ class PlatformState:
         write_private_file(self.path(settings), json.dumps(self.__dict__))
 
 
+def address_problem(host: str, variable: str, *, every_interface_ok: bool = True) -> str | None:
+    """Why this machine cannot listen on ``host`` (not one of its addresses), or None."""
+    hint = "one of this machine's addresses (`hostname -I`)"
+    if host in ("0.0.0.0", "::", ""):
+        return None if every_interface_ok else f"{variable}={host!r}: set it to {hint}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host.strip("[]"), 0))
+        except OSError as exc:
+            also = ", or 0.0.0.0 for every interface" if every_interface_ok else ""
+            return (f"{variable}={host} is not an address of this machine ({exc.strerror}): "
+                    f"set it to {hint}{also}")
+    return None
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -68,40 +84,65 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _ray_binary() -> str:
+def ray_binary() -> str:
+    """The `ray` command of this environment (the venv's, else the one on PATH)."""
     candidate = Path(sys.executable).parent / "ray"
     return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
+
+
+def auth_token_available(env: dict[str, str] | None = None) -> bool:
+    """Whether Ray finds a token here: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token`` (what ``ray get-auth-token --generate`` writes)."""
+    variables = os.environ if env is None else env
+    if variables.get("RAY_AUTH_TOKEN") or variables.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").exists()
 
 
 def ray_env() -> dict[str, str]:
     """Environment for Ray processes and clients: token auth when a token exists."""
     env = dict(os.environ)
-    if (Path.home() / ".ray" / "auth_token").exists():
+    if auth_token_available(env):
         env.setdefault("RAY_AUTH_MODE", "token")
     return env
 
 
-def start_ray_head(settings: Settings) -> str:
-    """Start a local head node; returns its address."""
-    for port, what, variable in (
-        (settings.ray_port, "Ray GCS", "MLAAS_RAY_PORT"),
-        (settings.ray_port + 1, "Ray client server", "MLAAS_RAY_PORT"),
-        (settings.ray_port + 2, "Ray dashboard agent", "MLAAS_RAY_PORT"),
-        (settings.dashboard_port, "Ray dashboard", "MLAAS_DASHBOARD_PORT"),
+def head_address(settings: Settings) -> str:
+    """The GCS address of the head `mlaas up` starts, as the other nodes reach it."""
+    return f"{settings.node_ip_address}:{settings.ray_port}"
+
+
+def _check_head_ports(settings: Settings) -> None:
+    problem = address_problem(
+        settings.node_ip_address, "MLAAS_NODE_IP_ADDRESS", every_interface_ok=False
+    ) or address_problem(settings.dashboard_host, "MLAAS_DASHBOARD_HOST")
+    if problem:
+        raise PlatformError(problem)
+    for host, port, what, variable in (
+        (settings.node_ip_address, settings.ray_port, "Ray GCS", "MLAAS_RAY_PORT"),
+        (settings.node_ip_address, settings.ray_port + 1, "Ray client server", "MLAAS_RAY_PORT"),
+        (settings.node_ip_address, settings.ray_port + 2, "Ray dashboard agent",
+         "MLAAS_RAY_PORT"),
+        (settings.dashboard_host, settings.dashboard_port, "Ray dashboard",
+         "MLAAS_DASHBOARD_PORT"),
     ):
-        if not port_is_free("127.0.0.1", port):
+        if not port_is_free(host, port):
             raise PlatformError(
-                f"Port {port} for the {what} is taken. Stop what uses it (`ray stop` if it is "
-                f"another Ray), set {variable} to a free port, or set RAY_ADDRESS to use that "
-                "cluster."
+                f"Port {port} on {host} for the {what} is taken. Stop what uses it (`ray stop` "
+                f"if it is another Ray), set {variable} to a free port, or set RAY_ADDRESS to "
+                "use that cluster."
             )
+
+
+def head_command(settings: Settings) -> list[str]:
+    """The ``ray start --head`` command of the head `mlaas up` starts."""
     command = [
-        _ray_binary(),
+        ray_binary(),
         "start",
         "--head",
         f"--port={settings.ray_port}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
+        f"--node-ip-address={settings.node_ip_address}",
+        f"--dashboard-host={settings.dashboard_host}",
         f"--dashboard-port={settings.dashboard_port}",
         # Derived from the GCS port so that two platforms can share a machine.
         f"--ray-client-server-port={settings.ray_port + 1}",
@@ -109,18 +150,27 @@ def start_ray_head(settings: Settings) -> str:
         f"--num-cpus={settings.head_num_cpus}",
         "--disable-usage-stats",
     ]
+    if settings.node_resources:
+        command.append(f"--resources={json.dumps(settings.node_resources)}")
+    return command
+
+
+def start_ray_head(settings: Settings) -> str:
+    """Start a head node on this machine at ``MLAAS_NODE_IP_ADDRESS``; returns its address."""
+    _check_head_ports(settings)
+    command = head_command(settings)
     env = ray_env()
     env["RAY_AUTH_MODE"] = "token"
     # Workers inherit the raylet's environment: code in them that looks for "the" cluster
     # (Ray Train's placement-group cleaner, job supervisors, state API calls) finds this one,
     # not whichever Ray started last on a machine that runs several.
-    env["RAY_ADDRESS"] = f"127.0.0.1:{settings.ray_port}"
+    env["RAY_ADDRESS"] = head_address(settings)
     if settings.ingress == "haproxy":
         env.update(haproxy_env(settings))
-    if not (Path.home() / ".ray" / "auth_token").exists():
+    if not auth_token_available(env):
         # Token auth guards the job server and GCS; the token lives in ~/.ray/auth_token.
         subprocess.run(
-            [_ray_binary(), "get-auth-token", "--generate"],
+            [ray_binary(), "get-auth-token", "--generate"],
             env=env,
             capture_output=True,
             check=True,
@@ -139,7 +189,7 @@ def start_ray_head(settings: Settings) -> str:
         stop_ray_head("", settings.ray_port)
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
         raise PlatformError(f"`ray start --head` failed:\n{tail}")
-    return f"127.0.0.1:{settings.ray_port}"
+    return head_address(settings)
 
 
 def haproxy_env(settings: Settings) -> dict[str, str]:
@@ -267,6 +317,10 @@ def serve_config(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "cluster_mode": settings.cluster_mode,  # replicas refuse what `mlaas up` refused
+        # Where the replicas place the platform's actors, and how long they wait on them.
+        "platform_actor_resources": settings.platform_actor_resources,
+        "actor_call_timeout_s": settings.actor_call_timeout_s,
+        "training_driver_num_cpus": settings.training_driver_num_cpus,
     }
     safe_url = _safe_database_url(settings.resolved_database_url)
     if safe_url:
@@ -304,13 +358,16 @@ def application_statuses() -> dict[str, str]:
     }
 
 
-def wait_until_healthy(settings: Settings, timeout_s: float, on_tick: Any = None) -> None:
-    """Poll ``/health`` until it answers 200; raise with the last answer at the deadline."""
+def wait_until_healthy(
+    settings: Settings, timeout_s: float, on_tick: Any = None, *, url: str | None = None
+) -> None:
+    """Poll ``/health`` of ``url`` (default the settings' URL) until it answers 200; raise
+    with the last answer at the deadline."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(settings.url + "/health", timeout=5)
+            response = httpx.get((url or settings.url) + "/health", timeout=5)
             if response.status_code == 200:
                 return
             last = f"{response.status_code} {response.text[:300]}"
