@@ -160,7 +160,9 @@ def up(
                 address, started_ray, url, platform.current_session_name()
             ).save(settings)
             status.update("[bold]Deploying the Serve applications...")
-            names = platform.deploy(settings)
+            # On a cluster of other machines, this machine's paths mean nothing to replicas.
+            local = started_ray or platform.is_on_this_machine(address)
+            names = platform.deploy(settings, machine_paths=local)
             discovery.publish({"url": url, "ray_address": address},
                               platform_actor_options(settings))
 
@@ -183,7 +185,7 @@ def _check_proxy_port(settings: Settings, address: str | None, *, ours: bool) ->
     listen here (no RAY_ADDRESS, or one on loopback) and is not already ``ours``."""
     from mlaas import platform
 
-    if address and not is_loopback(address.rpartition(":")[0] or "127.0.0.1"):
+    if address and not platform.is_on_this_machine(address):
         return  # the proxy runs on the cluster's head, not here
     problem = platform.address_problem(settings.host, "MLAAS_HOST")
     if problem:

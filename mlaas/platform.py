@@ -276,6 +276,17 @@ def connect_ray(address: str) -> None:
         ) from exc
 
 
+def is_on_this_machine(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``auto``) names a head on this machine (one of
+    its addresses); an address of another machine, or a ``ray://`` one, does not."""
+    if address in ("auto", "local"):
+        return True
+    if "://" in address:
+        return False
+    host = address.rpartition(":")[0] or "127.0.0.1"
+    return address_problem(host, "RAY_ADDRESS") is None
+
+
 def ray_reachable(address: str, timeout_s: float = 3) -> bool:
     """Whether the GCS of ``host:port`` accepts connections (``ray.init`` would hang otherwise)."""
     if address in ("auto", "local") or "://" in address:
@@ -302,8 +313,13 @@ def bootstrap_admin(settings: Settings) -> str | None:
 _safe_database_url = shareable_database_url
 
 
-def serve_config(settings: Settings) -> dict[str, Any]:
-    """The Serve config file with this machine's settings filled into each application."""
+def serve_config(settings: Settings, *, machine_paths: bool = True) -> dict[str, Any]:
+    """The Serve config file with this machine's settings filled into each application.
+
+    Args:
+        machine_paths: also pass this machine's home, tiers file and SQLite database; off for
+            a cluster on other machines, whose nodes read them from their own environment.
+    """
     try:
         config = yaml.safe_load(settings.serve_config.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -325,6 +341,11 @@ def serve_config(settings: Settings) -> dict[str, Any]:
     safe_url = _safe_database_url(settings.resolved_database_url)
     if safe_url:
         overrides["database_url"] = safe_url
+    if not machine_paths:
+        for name in ("home", "tiers_file"):
+            overrides.pop(name)
+        if str(overrides.get("database_url", "")).startswith("sqlite"):
+            overrides.pop("database_url")
     for app in config.get("applications", []):
         args = app.setdefault("args", {}) or {}
         args.setdefault("settings", {}).update(overrides)
@@ -332,14 +353,18 @@ def serve_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def deploy(settings: Settings) -> list[str]:
-    """Deploy every application of the Serve config; returns their names."""
+def deploy(settings: Settings, *, machine_paths: bool = True) -> list[str]:
+    """Deploy every application of the Serve config; returns their names.
+
+    Args:
+        machine_paths: as :func:`serve_config` (off for a cluster on other machines).
+    """
     if settings.ingress == "haproxy":  # Serve reads these when its modules are imported
         os.environ.update(haproxy_env(settings))
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(serve_config(settings))
+    config = ServeDeploySchema.model_validate(serve_config(settings, machine_paths=machine_paths))
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
         proxy_location=config.proxy_location,

@@ -158,3 +158,23 @@ def test_a_node_address_must_be_one_address_not_every_interface(tmp_path: Path) 
 
     with pytest.raises(PlatformError, match="MLAAS_NODE_IP_ADDRESS='0.0.0.0'"):
         platform._check_head_ports(settings)
+
+
+def test_a_cluster_on_other_machines_gets_no_path_of_this_one(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+
+    local = platform.serve_config(settings)["applications"][0]["args"]["settings"]
+    remote = platform.serve_config(settings, machine_paths=False)["applications"][0]["args"][
+        "settings"]
+
+    assert {"home", "tiers_file", "database_url"} <= set(local)
+    assert not {"home", "tiers_file", "database_url"} & set(remote)
+    assert remote["port"] == settings.port
+
+
+@pytest.mark.parametrize(("address", "here"), [
+    ("127.0.0.1:6379", True), ("auto", True), (f"{NOT_THIS_MACHINE}:6379", False),
+    ("ray://10.1.2.3:10001", False),
+])
+def test_which_ray_addresses_are_on_this_machine(address: str, here: bool) -> None:
+    assert platform.is_on_this_machine(address) is here
