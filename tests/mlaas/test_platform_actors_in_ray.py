@@ -23,11 +23,19 @@ from mlaas.tiers import load_tiers
 @pytest.fixture(scope="module")
 def small_ray() -> Iterator[None]:
     # address="local": a new Ray for this process, never one already running on the machine.
+    # The suite's driver connection to the shared platform (if made) is put back afterwards.
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    if address:
+        ray.shutdown()
     ray.init(address="local", num_cpus=1, resources={"mlaas_state": 1},
              include_dashboard=False, namespace="mlaas", logging_level=logging.ERROR,
              log_to_driver=False)
     yield
     ray.shutdown()
+    if address:
+        from mlaas.platform import connect_ray
+
+        connect_ray(address)
 
 
 def test_the_published_url_is_found_and_replaced_by_the_next_start(
