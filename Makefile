@@ -45,11 +45,13 @@ services:
 	@test -x $(PG_BIN)/initdb || { echo "Installing postgresql-15 (tests start their own clusters)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
-# The whole suite on the embedded default (SQLite, file:// storage), then the cluster-state
-# tests again on a platform whose database is PostgreSQL and whose storage is S3 (SeaweedFS).
+# The whole suite on the embedded default (SQLite, file:// storage); the cluster-state tests
+# again on a platform whose database is PostgreSQL and whose storage is S3 (SeaweedFS); then
+# the multi-node tests (Ray nodes in namespaces of their own), with no other Ray running.
 test: install services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not multinode" $(PYTEST_ARGS)
 	MLAAS_TEST_BACKEND=cluster $(PY) -m pytest -m cluster_state $(PYTEST_ARGS)
+	$(PY) -m pytest -m multinode $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check mlaas cluster serve_apps federated knowledge tests benchmarks
