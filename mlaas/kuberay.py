@@ -45,12 +45,9 @@ def serve_config_v2(serve_config: Path = SERVE_CONFIG) -> dict[str, Any]:
         ConfigurationError: the file does not parse, or an application's ``args.settings``
             sets what only the pod environment may carry.
     """
-    try:
-        config = yaml.safe_load(serve_config.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"{serve_config}: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ConfigurationError(f"{serve_config}: a Serve config is a mapping")
+    from mlaas.platform import read_serve_config
+
+    config = read_serve_config(serve_config)
     config["proxy_location"] = "EveryNode"
     config["http_options"] = {**(config.get("http_options") or {}), "host": "0.0.0.0"}
     for app in config.get("applications") or []:

@@ -313,6 +313,21 @@ def bootstrap_admin(settings: Settings) -> str | None:
 _safe_database_url = shareable_database_url
 
 
+def read_serve_config(path: Path) -> dict[str, Any]:
+    """The Serve config file as a mapping.
+
+    Raises:
+        ConfigurationError: the file cannot be read, does not parse, or is not a mapping.
+    """
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"{path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigurationError(f"{path}: a Serve config is a mapping")
+    return config
+
+
 def serve_config(settings: Settings, *, machine_paths: bool = True) -> dict[str, Any]:
     """The Serve config file with this machine's settings filled into each application.
 
@@ -320,10 +335,7 @@ def serve_config(settings: Settings, *, machine_paths: bool = True) -> dict[str,
         machine_paths: also pass this machine's home, tiers file and SQLite database; off for
             a cluster on other machines, whose nodes read them from their own environment.
     """
-    try:
-        config = yaml.safe_load(settings.serve_config.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"{settings.serve_config}: {exc}") from exc
+    config = read_serve_config(settings.serve_config)
     config.setdefault("http_options", {}).update(host=settings.host, port=settings.port)
     overrides: dict[str, Any] = {
         "home": str(settings.home),

@@ -101,7 +101,7 @@ def test_an_admission_actor_that_does_not_answer_is_503_after_the_timeout(
     tmp_path: Path,
 ) -> None:
     async def silent() -> None:
-        await asyncio.sleep(3600)  # its node is gone and Ray has not noticed yet
+        await asyncio.Event().wait()  # never answers: its node is gone, Ray has not noticed
 
     client = gateway_client(tmp_path, FakeAdmission(silent), actor_call_timeout_s=0.2)
 
