@@ -144,6 +144,11 @@ class ScalingSpec(_Strict):
     resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"CPU": 1.0}
     )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="how the workers' bundles land on nodes: STRICT_SPREAD puts each worker "
+        "on a node of its own (and waits until there are that many nodes)",
+    )
 
 
 class Hyperparameters(_Strict):

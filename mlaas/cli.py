@@ -295,6 +295,9 @@ def join(
         help="The head's auth token (default RAY_AUTH_TOKEN, else ~/.ray/auth_token)")] = None,
     print_only: Annotated[bool, typer.Option(
         "--print", help="Print the `ray start` command instead of running it")] = False,
+    block: Annotated[bool, typer.Option(
+        help="Stay in the foreground as the node (a container's or service's main process); "
+        "stopping it takes the node out")] = False,
 ) -> None:
     """Add this machine to the platform's Ray cluster as a worker node.
 
@@ -309,8 +312,12 @@ def join(
     try:
         if print_only:
             env = node_join.join_env(address, token_file)
-            print(node_join.shown_command(node_join.join_command(settings, address), env))
+            command = node_join.join_command(settings, address, block=block)
+            print(node_join.shown_command(command, env))
             return
+        if block:
+            console.print(f"Joining the cluster at {address} in the foreground...")
+            node_join.join_cluster(settings, address, token_file, block=True)
         with console.status(f"[bold]Joining the cluster at {address}..."):
             node_join.join_cluster(settings, address, token_file)
     except MlaasError as exc:

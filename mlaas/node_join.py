@@ -17,16 +17,25 @@ from pathlib import Path
 
 from mlaas.cluster_mode import cluster_mode_problems, is_loopback
 from mlaas.errors import ConfigurationError
-from mlaas.platform import PlatformError, auth_token_available, ray_binary, ray_reachable
+from mlaas.platform import (
+    PlatformError,
+    auth_token_available,
+    collective_env,
+    ray_binary,
+    ray_reachable,
+)
 from mlaas.settings import Settings
 
 # What a node must share with the others (the Serve host is the head's business).
 SHARED_STATE_CHECKS = ("database", "jwt_secret", "storage")
 
 
-def join_command(settings: Settings, address: str) -> list[str]:
-    """``ray start`` joining the head at ``address``, as a node of these settings."""
+def join_command(settings: Settings, address: str, *, block: bool = False) -> list[str]:
+    """``ray start`` joining the head at ``address``, as a node of these settings (in the
+    foreground with ``block``, as a container's or a service manager's main process)."""
     command = [ray_binary(), "start", f"--address={address}", "--disable-usage-stats"]
+    if block:
+        command.append("--block")
     if not is_loopback(settings.node_ip_address):
         command.append(f"--node-ip-address={settings.node_ip_address}")
     # else Ray finds the address this machine reaches the head from.
@@ -81,8 +90,13 @@ def shown_command(command: list[str], env: dict[str, str]) -> str:
     return line + (f"\n# with this shell's {', '.join(names)}" if names else "")
 
 
-def join_cluster(settings: Settings, address: str, token_file: Path | None = None) -> None:
+def join_cluster(
+    settings: Settings, address: str, token_file: Path | None = None, *, block: bool = False
+) -> None:
     """Start this machine's Ray node in the cluster of the head at ``address``.
+
+    With ``block``, this process becomes ``ray start --block`` (after the checks): the node
+    lives as long as it, and stopping it (or its process group) takes the node out.
 
     Raises:
         ConfigurationError: settings that do not share the platform's state.
@@ -90,14 +104,19 @@ def join_cluster(settings: Settings, address: str, token_file: Path | None = Non
     """
     check_shared_state(settings)
     env = join_env(address, token_file)
+    env.update(collective_env(settings, env))
     if not ray_reachable(address):
         raise PlatformError(
             f"Cannot reach the head at {address}: nothing answers there. Check the address "
             "`mlaas up` printed, and that this machine reaches its MLAAS_RAY_PORT."
         )
+    if block:
+        command = join_command(settings, address, block=True)
+        os.execvpe(command[0], command, env)
     try:
-        result = subprocess.run(join_command(settings, address), env=env, capture_output=True,
-                                text=True, timeout=180)
+        result = subprocess.run(
+            join_command(settings, address), env=env, capture_output=True, text=True, timeout=180
+        )
     except subprocess.TimeoutExpired:
         raise PlatformError(
             "`ray start` did not finish within 180 s; `ray stop` on this machine, then retry"

@@ -69,8 +69,10 @@ def address_problem(host: str, variable: str, *, every_interface_ok: bool = True
             sock.bind((host.strip("[]"), 0))
         except OSError as exc:
             also = ", or 0.0.0.0 for every interface" if every_interface_ok else ""
-            return (f"{variable}={host} is not an address of this machine ({exc.strerror}): "
-                    f"set it to {hint}{also}")
+            return (
+                f"{variable}={host} is not an address of this machine ({exc.strerror}): "
+                f"set it to {hint}{also}"
+            )
     return None
 
 
@@ -107,6 +109,37 @@ def ray_env() -> dict[str, str]:
     return env
 
 
+def _is_loopback(host: str) -> bool:
+    from mlaas.cluster_mode import is_loopback
+
+    return is_loopback(host)
+
+
+def interface_of(ip: str) -> str | None:
+    """The name of this machine's network interface that holds ``ip`` (None if none does)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == ip for a in addresses):
+            return name
+    return None
+
+
+def collective_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """Pin Gloo (DDP and DeepSpeed on CPU) to the node's own address.
+
+    Gloo takes the address the machine's host name resolves to, which is a loopback address
+    on many machines (Debian maps it to 127.0.1.1) and in containers sharing a host name:
+    the other nodes then "connect" to their own loopback and the run fails with "Gloo
+    connectFullMesh failed ... Connection refused". A node joined with an explicit
+    MLAAS_NODE_IP_ADDRESS gets ``GLOO_SOCKET_IFNAME`` of that address's interface, unless set.
+    """
+    if "GLOO_SOCKET_IFNAME" in env or _is_loopback(settings.node_ip_address):
+        return {}
+    interface = interface_of(settings.node_ip_address)
+    return {"GLOO_SOCKET_IFNAME": interface} if interface else {}
+
+
 def head_address(settings: Settings) -> str:
     """The GCS address of the head `mlaas up` starts, as the other nodes reach it."""
     return f"{settings.node_ip_address}:{settings.ray_port}"
@@ -121,10 +154,8 @@ def _check_head_ports(settings: Settings) -> None:
     for host, port, what, variable in (
         (settings.node_ip_address, settings.ray_port, "Ray GCS", "MLAAS_RAY_PORT"),
         (settings.node_ip_address, settings.ray_port + 1, "Ray client server", "MLAAS_RAY_PORT"),
-        (settings.node_ip_address, settings.ray_port + 2, "Ray dashboard agent",
-         "MLAAS_RAY_PORT"),
-        (settings.dashboard_host, settings.dashboard_port, "Ray dashboard",
-         "MLAAS_DASHBOARD_PORT"),
+        (settings.node_ip_address, settings.ray_port + 2, "Ray dashboard agent", "MLAAS_RAY_PORT"),
+        (settings.dashboard_host, settings.dashboard_port, "Ray dashboard", "MLAAS_DASHBOARD_PORT"),
     ):
         if not port_is_free(host, port):
             raise PlatformError(
@@ -165,6 +196,7 @@ def start_ray_head(settings: Settings) -> str:
     # (Ray Train's placement-group cleaner, job supervisors, state API calls) finds this one,
     # not whichever Ray started last on a machine that runs several.
     env["RAY_ADDRESS"] = head_address(settings)
+    env.update(collective_env(settings, env))
     if settings.ingress == "haproxy":
         env.update(haproxy_env(settings))
     if not auth_token_available(env):

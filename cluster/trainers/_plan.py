@@ -61,7 +61,8 @@ class TrainingPlan:
         else:
             resources.pop("GPU", None)
         return ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker=resources, placement_strategy=scaling.placement_strategy,
         )
 
     def run_config(self, **overrides: Any) -> RunConfig:

@@ -27,8 +27,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MultiNod
         pytest.skip(f"the multi-node harness {why}")
     home = tmp_path_factory.mktemp("mn-home")  # stands for the head's MLAAS_HOME
     (home / "head-only.txt").write_text("written on the head")
-    nodes = MultiNodeCluster(root=tmp_path_factory.mktemp("mn"), hidden=[home], workers=2,
-                             cpus_per_node=1)
+    nodes = MultiNodeCluster(
+        root=tmp_path_factory.mktemp("mn"), hidden=[home], workers=2, cpus_per_node=1
+    )
     nodes.start(gcs_port=_free_port_block(5))
     yield nodes, home
     nodes.stop()
@@ -39,7 +40,8 @@ def test_three_nodes_join_and_each_worker_has_its_own_address_and_filesystem(
 ) -> None:
     nodes, home = cluster
     # Execute: one task pinned to each node reports its address and what it sees of the home
-    seen = json.loads(nodes.run_python(f"""
+    seen = json.loads(
+        nodes.run_python(f"""
 import json, os
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -54,7 +56,8 @@ for node in ray.nodes():
         answers[node["NodeManagerAddress"]] = ray.get(
             look.options(scheduling_strategy=pinned).remote(), timeout=60)
 print(json.dumps(answers))
-"""))
+""")
+    )
     # Assert
     workers = [node.ip for node in nodes.nodes]
     assert sorted(seen) == sorted([nodes.head_ip, *workers]), seen

@@ -49,12 +49,13 @@ class SeaweedS3:
     access_key: str = field(default_factory=lambda: "AK" + secrets.token_hex(8))
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     bucket: str = BUCKET
+    host: str = "127.0.0.1"  # the address it listens on (another for other namespaces)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self, prefix: str = "platform") -> dict[str, str]:
         """The settings that point the platform's storage at this server."""
@@ -80,7 +81,8 @@ class SeaweedS3:
         base = _free_base()
         self.port = base + 3
         command = [
-            binary, "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            binary, "mini", f"-dir={self.folder / 'data'}", f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
             f"-s3.port={self.port}", f"-admin.port={base + 4}", "-admin.ui=false",
             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -89,7 +91,10 @@ class SeaweedS3:
         ]  # fmt: skip
         log = open(self.folder / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             cwd=self.folder,
         )
         deadline = time.monotonic() + timeout_s
@@ -109,7 +114,7 @@ class SeaweedS3:
 
             fs = pa_fs.S3FileSystem(
                 access_key=self.access_key, secret_key=self.secret_key, region="us-east-1",
-                endpoint_override=f"127.0.0.1:{self.port}", scheme="http", connect_timeout=1,
+                endpoint_override=f"{self.host}:{self.port}", scheme="http", connect_timeout=1,
                 request_timeout=2,
             )  # fmt: skip
             fs.get_file_info(pa_fs.FileSelector(self.bucket, allow_not_found=False))

