@@ -6,6 +6,7 @@ with the reason in its record."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -115,9 +116,11 @@ def _charge(tenant: dict[str, str], rows: int) -> str | None:
     from mlaas.platform import NAMESPACE
 
     actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-    refusal = ray.get(actor.consume.remote(
-        tenant["tenant_id"], tenant["tier"], "inference_requests", rows - 1, ENDPOINT
-    ))
+    refusal = ray.get(
+        actor.consume.remote(
+            tenant["tenant_id"], tenant["tier"], "inference_requests", rows - 1, ENDPOINT
+        )
+    )
     if refusal is None:
         return None
     return f"QUOTA_EXCEEDED: {rows} rows would exceed the monthly limit of {refusal[2]}"
@@ -144,18 +147,41 @@ def run_batch_job(
 
     url = node_database_url(database_url)
     started = time.monotonic()
-    batch_jobs.update(url, job_id, status="RUNNING", started_at=now_text(),
-                      worker_pid=os.getpid(), heartbeat_at=time.time())
+    batch_jobs.update(
+        url,
+        job_id,
+        status="RUNNING",
+        started_at=now_text(),
+        worker_pid=os.getpid(),
+        heartbeat_at=time.time(),
+    )
     with heartbeat(lambda: batch_jobs.update(url, job_id, heartbeat_at=time.time()),
                    heartbeat_s):  # fmt: skip
-        outcome = _run(job_id, spec, input_schema, source, fmt, tenant, charge_rows, started,
-                       lambda **fields: batch_jobs.update(url, job_id, **fields))
+        outcome = _run(
+            job_id,
+            spec,
+            input_schema,
+            source,
+            fmt,
+            tenant,
+            charge_rows,
+            started,
+            lambda **fields: batch_jobs.update(url, job_id, **fields),
+        )
     return batch_jobs.update(url, job_id, **outcome)
 
 
-def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source: str,
-         fmt: str, tenant: dict[str, str], charge_rows: bool, started: float,
-         record: Callable[..., Any]) -> dict[str, Any]:
+def _run(
+    job_id: str,
+    spec: dict[str, Any],
+    input_schema: dict[str, Any],
+    source: str,
+    fmt: str,
+    tenant: dict[str, str],
+    charge_rows: bool,
+    started: float,
+    record: Callable[..., Any],
+) -> dict[str, Any]:
     """The job's work; returns the fields of its final status."""
     import ray.data
 
@@ -181,21 +207,49 @@ def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source
         key = output_key(tenant["tenant_id"], job_id)
         _write(predicted, key)
         seconds = time.monotonic() - started
-        return {"status": "SUCCEEDED", "rows": rows, "output_uri": get_storage().uri_of(key),
-                "output_url": f"/v1/batch_predict/{job_id}/output",
-                "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
-                "finished_at": now_text()}
+        return {
+            "status": "SUCCEEDED",
+            "rows": rows,
+            "output_uri": get_storage().uri_of(key),
+            "output_url": f"/v1/batch_predict/{job_id}/output",
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(rows / max(seconds, 1e-9), 1),
+            "finished_at": now_text(),
+        }
     except Exception as exc:  # unreadable file, bad columns, model that will not load...
         return {"status": "FAILED", "error": _reason(exc, source), "finished_at": now_text()}
 
 
+# A line "SomeError: message" of a traceback, other than Ray's own wrappers.
+_ERROR_LINE = re.compile(r"^(?!ray\.exceptions\.)[A-Za-z_][\w.]*(?:Error|Exception): .+")
+
+
+def _innermost_error_line(text: str) -> str | None:
+    """The first "XxxError: ..." line of a (remote) traceback: Python prints the innermost
+    cause first, Ray Data's wrapper and its advice on retries last."""
+    for line in text.splitlines():
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()
+    return None
+
+
 def _reason(exc: BaseException, source: str) -> str:
-    """One line saying what went wrong, without the storage's server paths."""
+    """One line saying what went wrong, without the storage's server paths: the innermost
+    error of a Ray task's traceback (not Ray Data's closing advice on retries)."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     message = lines[-1] if lines else type(exc).__name__
+    inner = _innermost_error_line(str(exc))
+    if inner is not None:
+        name, _, message = inner.partition(": ")
+        return _without_paths(f"{name.rsplit('.', 1)[-1]}: {message}", source, message)
     if isinstance(exc, FileNotFoundError) or "No such file" in message or "NoSuchKey" in message:
+        return f"FileNotFoundError: {source.rsplit('/', 1)[-1]}: no such file in your datasets"
+    return _without_paths(f"{type(exc).__name__}: {message}", source, message)
+
+
+def _without_paths(reason: str, source: str, message: str) -> str:
+    if "No such file" in message or "NoSuchKey" in message:
         return f"FileNotFoundError: {source.rsplit('/', 1)[-1]}: no such file in your datasets"
     from mlaas.storage import get_storage
 
-    root = get_storage().root
-    return f"{type(exc).__name__}: {message.replace(root, '<storage>')[:500]}"
+    return reason.replace(get_storage().root, "<storage>")[:500]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ import yaml
 
 from mlaas import kuberay
 from tests.conftest import MLAAS, _free_port_block
+from tests.serve_apps.test_train_api import tiny_spec
 from tests.services.multinode import MultiNodeCluster, namespaces_supported
 from tests.services.postgres import PostgresServer, PostgresUnavailableError
 from tests.services.seaweed import SeaweedS3, weed_binary
@@ -60,7 +62,8 @@ class MultiNodePlatform:
 
     def client(self, key: str | None = None, url: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=url or self.url, headers=headers, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return httpx.Client(base_url=url or self.url, headers=headers, **kwargs)
 
     def new_tenant(self, tier: str = "pro") -> tuple[str, str]:
         with self.client(self.admin_key) as client:
@@ -81,10 +84,19 @@ class MultiNodePlatform:
             return self.nodes.run_python(f"""
 from ray.job_submission import JobSubmissionClient
 client = JobSubmissionClient("http://{self.nodes.head_ip}:{self.nodes.gcs_port + 3}")
-print(client.get_job_logs({job_id!r})[-{tail}:])
+result = client.get_job_logs({job_id!r})[-{tail}:]
 """)
         except Exception as exc:  # noqa: BLE001 - a diagnostic only
             return f"(no logs: {exc})"
+
+    def job_driver_ip(self, job_id: str) -> str:
+        """The address of the node running a training job's driver."""
+        return self.nodes.run_python(f"""
+from ray.job_submission import JobSubmissionClient
+client = JobSubmissionClient("http://{self.nodes.head_ip}:{self.nodes.gcs_port + 3}")
+node = client.get_job_info({job_id!r}).driver_node_id
+result = {{n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}}.get(node, "")
+""")
 
     def node_ip_of_actor(self, name: str) -> str | None:
         """The address of the node running the live platform actor ``name`` (namespace mlaas)."""
@@ -92,9 +104,9 @@ print(client.get_job_logs({job_id!r})[-{tail}:])
 from ray.util.state import list_actors
 rows = list_actors(filters=[("name", "=", {name!r}), ("state", "=", "ALIVE")], detail=True)
 ips = {{n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}}
-print(ips.get(rows[0].node_id, "") if rows else "")
+result = ips.get(rows[0].node_id, "") if rows else ""
 """)
-        return out.strip() or None
+        return out or None
 
     def replica_nodes(self, app: str, deployment: str) -> dict[str, str]:
         """Replica id -> node address of the running replicas of one deployment."""
@@ -106,9 +118,9 @@ status = serve.status().applications[{app!r}].deployments[{deployment!r}]
 from ray.util.state import list_actors
 rows = list_actors(filters=[("class_name", "=", "ServeReplica:{app}:{deployment}"),
                             ("state", "=", "ALIVE")], detail=True)
-print(json.dumps({{row.name: ips.get(row.node_id, "") for row in rows}}))
+result = {{row.name: ips.get(row.node_id, "") for row in rows}}
 """)
-        return json.loads(out.strip().splitlines()[-1])
+        return out  # type: ignore[no-any-return]
 
 
 def _serve_config(port: int) -> Path:
@@ -215,3 +227,100 @@ def mn_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeP
         nodes.stop()
         for service in reversed(started):
             service.stop()  # type: ignore[attr-defined]
+
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def poll_job(
+    platform: MultiNodePlatform, client: Any, job_id: str, timeout_s: float = 300
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/train/{job_id}/status")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in TERMINAL:
+            return body
+        time.sleep(1)
+    pytest.fail(
+        f"job {job_id} did not end within {timeout_s} s: {body}\n{platform.job_logs(job_id)}"
+    )
+
+
+def watch_train_workers(platform: MultiNodePlatform, timeout_s: float = 240
+                         ) -> subprocess.Popen[str]:  # fmt: skip
+    """A driver that waits for two live Ray Train workers and prints their nodes' addresses."""
+    script = (
+        "import ray, logging, time\n"
+        f"ray.init(address='{platform.nodes.address}', logging_level=logging.ERROR,"
+        " log_to_driver=False)\n"
+        "from ray.util.state import list_actors\n"
+        "ips = lambda: {n['NodeID']: n['NodeManagerAddress'] for n in ray.nodes()}\n"
+        f"deadline = time.monotonic() + {timeout_s}\n"
+        "while time.monotonic() < deadline:\n"
+        "    rows = list_actors(filters=[('class_name', '=', 'RayTrainWorker'),"
+        " ('state', '=', 'ALIVE')], detail=True)\n"
+        "    if len(rows) >= 2:\n"
+        "        known = ips()\n"
+        "        print('WORKERS', *sorted(known.get(r.node_id, '?') for r in rows), flush=True)\n"
+        "        break\n"
+        "    time.sleep(0.5)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=platform.nodes.driver_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def train_worker_ips(watcher: subprocess.Popen[str]) -> list[str]:
+    """The addresses the watcher of :func:`watch_train_workers` saw the two workers on."""
+    out = watcher.communicate(timeout=240)[0]
+    found = [line.split()[1:] for line in out.splitlines() if line.startswith("WORKERS ")]
+    return found[-1] if found else []
+
+
+@pytest.fixture(scope="session")
+def trained(mn_platform: MultiNodePlatform) -> dict[str, Any]:
+    """``POST /v1/train``: DDP on two workers, one on each worker node (STRICT_SPREAD)."""
+    tenant_id, key = mn_platform.new_tenant("pro")
+    spec = tiny_spec("mn-digits", epochs=2, scaling={
+        "num_workers": 2, "resources_per_worker": {"CPU": 1}, "placement_strategy": "STRICT_SPREAD",
+    })  # fmt: skip
+    watcher = watch_train_workers(mn_platform)
+    with mn_platform.client(key) as client:
+        submitted = client.post("/v1/train", json=spec)
+        assert submitted.status_code in (200, 201, 202), submitted.text
+        final = poll_job(mn_platform, client, submitted.json()["training_job_id"])
+    if final["status"] != "SUCCEEDED":
+        final["logs"] = mn_platform.job_logs(final["training_job_id"])
+    worker_nodes = train_worker_ips(watcher)
+    return {"tenant_id": tenant_id, "key": key, "final": final, "worker_nodes": worker_nodes}
+
+
+def files_in_worker_homes(platform: MultiNodePlatform) -> dict[str, list[str]]:
+    """What each worker node sees in its MLAAS_HOME (the head's home path, a tmpfs there)."""
+    out = platform.nodes.run_python(f"""
+import json, os
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+@ray.remote(num_cpus=0)
+def look():
+    home = os.environ["MLAAS_HOME"]
+    assert home == {str(platform.home)!r}, home
+    return sorted(os.path.relpath(os.path.join(d, f), home)
+                  for d, _, files in os.walk(home) for f in files)
+
+seen = {{}}
+for node in ray.nodes():
+    if node["Alive"] and node["NodeManagerAddress"] != {platform.nodes.head_ip!r}:
+        pinned = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        seen[node["NodeManagerAddress"]] = ray.get(
+            look.options(scheduling_strategy=pinned).remote(), timeout=60)
+result = seen
+""")
+    return out  # type: ignore[no-any-return]

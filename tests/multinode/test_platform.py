@@ -4,8 +4,6 @@ mount namespaces of its own), deployed as the KubeRay RayService is: see conftes
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,105 +13,15 @@ import pytest
 
 from mlaas.settings import Settings
 from mlaas.storage import Storage, get_storage, tenant_data_prefix
-from tests.multinode.conftest import MultiNodePlatform
-from tests.serve_apps.test_train_api import tiny_spec
+from tests.multinode.conftest import MultiNodePlatform, files_in_worker_homes
 
 pytestmark = pytest.mark.multinode
-
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def _storage(platform: MultiNodePlatform, cache: Path) -> Storage:
     fields = {k.removeprefix("MLAAS_").lower(): v for k, v in platform.env.items()
               if k.startswith("MLAAS_STORAGE_")}  # fmt: skip
     return get_storage(Settings(**{**fields, "storage_cache_dir": str(cache)}))
-
-
-def _files_in_worker_homes(platform: MultiNodePlatform) -> dict[str, list[str]]:
-    """What each worker node sees in its MLAAS_HOME (the head's home path, a tmpfs there)."""
-    out = platform.nodes.run_python(f"""
-import json, os
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-@ray.remote(num_cpus=0)
-def look():
-    home = os.environ["MLAAS_HOME"]
-    assert home == {str(platform.home)!r}, home
-    return sorted(os.path.relpath(os.path.join(d, f), home)
-                  for d, _, files in os.walk(home) for f in files)
-
-seen = {{}}
-for node in ray.nodes():
-    if node["Alive"] and node["NodeManagerAddress"] != {platform.nodes.head_ip!r}:
-        pinned = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        seen[node["NodeManagerAddress"]] = ray.get(
-            look.options(scheduling_strategy=pinned).remote(), timeout=60)
-print(json.dumps(seen))
-""")
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def _poll_job(
-    platform: MultiNodePlatform, client: Any, job_id: str, timeout_s: float = 300
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        response = client.get(f"/v1/train/{job_id}/status")
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] in TERMINAL:
-            return body
-        time.sleep(1)
-    pytest.fail(
-        f"job {job_id} did not end within {timeout_s} s: {body}\n{platform.job_logs(job_id)}"
-    )
-
-
-def _watch_train_workers(platform: MultiNodePlatform, timeout_s: float = 240
-                         ) -> subprocess.Popen[str]:  # fmt: skip
-    """A driver that waits for two live Ray Train workers and prints their nodes' addresses."""
-    script = (
-        "import ray, logging, time\n"
-        f"ray.init(address='{platform.nodes.address}', logging_level=logging.ERROR,"
-        " log_to_driver=False)\n"
-        "from ray.util.state import list_actors\n"
-        "ips = lambda: {n['NodeID']: n['NodeManagerAddress'] for n in ray.nodes()}\n"
-        f"deadline = time.monotonic() + {timeout_s}\n"
-        "while time.monotonic() < deadline:\n"
-        "    rows = list_actors(filters=[('class_name', '=', 'RayTrainWorker'),"
-        " ('state', '=', 'ALIVE')], detail=True)\n"
-        "    if len(rows) >= 2:\n"
-        "        known = ips()\n"
-        "        print(' '.join(sorted(known.get(r.node_id, '?') for r in rows)), flush=True)\n"
-        "        break\n"
-        "    time.sleep(0.5)\n"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=platform.nodes.driver_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(mn_platform: MultiNodePlatform) -> dict[str, Any]:
-    """``POST /v1/train``: DDP on two workers, one on each worker node (STRICT_SPREAD)."""
-    tenant_id, key = mn_platform.new_tenant("pro")
-    spec = tiny_spec("mn-digits", epochs=2, scaling={
-        "num_workers": 2, "resources_per_worker": {"CPU": 1}, "placement_strategy": "STRICT_SPREAD",
-    })  # fmt: skip
-    watcher = _watch_train_workers(mn_platform)
-    with mn_platform.client(key) as client:
-        submitted = client.post("/v1/train", json=spec)
-        assert submitted.status_code in (200, 201, 202), submitted.text
-        final = _poll_job(mn_platform, client, submitted.json()["training_job_id"])
-    if final["status"] != "SUCCEEDED":
-        final["logs"] = mn_platform.job_logs(final["training_job_id"])
-    worker_nodes = watcher.communicate(timeout=240)[0].split()
-    return {"tenant_id": tenant_id, "key": key, "final": final, "worker_nodes": worker_nodes}
 
 
 def test_three_nodes_gateway_replicas_on_different_workers_and_worker_homes_stay_empty(
@@ -124,7 +32,7 @@ def test_three_nodes_gateway_replicas_on_different_workers_and_worker_homes_stay
 
     alive = nodes.alive_node_ips()
     gateways = mn_platform.replica_nodes("gateway", "Gateway")
-    homes = _files_in_worker_homes(mn_platform)
+    homes = files_in_worker_homes(mn_platform)
 
     assert sorted(alive) == sorted([nodes.head_ip, *workers])
     assert sorted(gateways.values()) == sorted(workers), gateways
@@ -198,7 +106,8 @@ def test_a_batch_job_over_an_s3_input_succeeds_and_reads_the_same_on_both_replic
     # Prepare: 200 digits as Parquet in the tenant's datasets prefix of the platform's bucket
     storage = _storage(mn_platform, tmp_path / "cache")
     buffer = io.BytesIO()
-    pd.DataFrame(load_digits().data[:200].astype(np.float32)).rename(columns=str).to_parquet(buffer)
+    features = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    pd.DataFrame(load_digits().data[:200].astype(np.float32), columns=features).to_parquet(buffer)
     key = tenant_data_prefix(trained["tenant_id"]) + "mn-digits.parquet"
     storage.put_bytes(key, buffer.getvalue())
     uri = f"{storage.base_uri}/{key}"
@@ -224,7 +133,7 @@ def test_a_batch_job_over_an_s3_input_succeeds_and_reads_the_same_on_both_replic
                 break
         output = client.get(status["output_url"]) if status.get("output_url") else None
     # Assert
-    assert status["status"] == "SUCCEEDED", status
+    assert status["status"] == "SUCCEEDED", json.dumps(status)
     assert status["rows"] == 200
     assert len(by_replica) == 2, "both gateway replicas answered"
     first, second = by_replica.values()

@@ -16,6 +16,7 @@ stop every other Ray on it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -28,8 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RAY = str(Path(sys.executable).parent / "ray")
+_RESULT = "@@mlaas-result "
 
 
 def _ip(*args: str) -> None:
@@ -263,13 +266,14 @@ class MultiNodeCluster:
         self._start_worker(index)
         self.wait_for_nodes(expected, timeout_s)
 
-    def run_python(self, code: str, timeout_s: float = 120) -> str:
+    def run_python(self, code: str, timeout_s: float = 120) -> Any:
         """Run ``code`` in a fresh driver of this cluster (never this test process's Ray);
-        returns its standard output."""
+        returns the JSON value of what ``code`` assigns to ``result`` (Ray's own messages on
+        the driver's output are left aside)."""
         script = (
-            "import ray, logging\n"
+            "import json, ray, logging\n"
             f"ray.init(address='{self.address}', namespace='mlaas', logging_level=logging.ERROR,"
-            " log_to_driver=False)\n" + code
+            " log_to_driver=False)\n" + code + f"\nprint({_RESULT!r} + json.dumps(result))\n"
         )
         result = subprocess.run(
             [sys.executable, "-c", script],
@@ -280,17 +284,19 @@ class MultiNodeCluster:
         )
         if result.returncode != 0:
             raise RuntimeError(f"driver failed: {result.stderr[-2000:]}")
-        return result.stdout
+        marked = [line for line in result.stdout.splitlines() if line.startswith(_RESULT)]
+        if not marked:
+            raise RuntimeError(f"the driver printed no result: {result.stdout[-2000:]}")
+        return json.loads(marked[-1].removeprefix(_RESULT))
 
     def driver_env(self) -> dict[str, str]:
         """A driver's environment: the nodes' one, with RAY_ADDRESS (the state API reads it)."""
         return {**self._node_env(), "RAY_ADDRESS": self.address}
 
     def alive_node_ips(self) -> list[str]:
-        out = self.run_python(
-            "print(' '.join(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
+        return self.run_python(  # type: ignore[no-any-return]
+            "result = sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])"
         )
-        return out.split()
 
     def wait_for_nodes(self, count: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
