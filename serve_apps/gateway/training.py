@@ -159,11 +159,12 @@ def job_env(settings: Settings, ray_address: str | None) -> dict[str, str]:
     A database URL carrying a password is left out: a job's runtime_env is shown in the Ray
     dashboard and job API, and the driver inherits ``MLAAS_DATABASE_URL`` from the node's
     environment anyway (Ray's processes start with the environment `mlaas up` started Ray in).
+    In cluster mode the driver runs on any node, whose own ``MLAAS_HOME`` it keeps: this
+    replica's home is a path of another machine.
     """
-    env = {
-        "MLAAS_HOME": str(settings.home),
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S,
-    }
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S}
+    if not settings.cluster_mode:
+        env["MLAAS_HOME"] = str(settings.home)
     if ray_address:
         env["MLAAS_RAY_ADDRESS"] = ray_address
     if settings.database_url and make_url(settings.database_url).password is None:

@@ -40,13 +40,19 @@ def token_file(no_token: Path) -> Path:
 
 
 def shared_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(home=tmp_path / "home", database_url="postgresql+psycopg://db:5432/mlaas",
-                    jwt_secret=SecretStr(SECRET), storage_uri="s3://bucket/mlaas", **overrides)
+    return Settings(
+        home=tmp_path / "home",
+        database_url="postgresql+psycopg://db:5432/mlaas",
+        jwt_secret=SecretStr(SECRET),
+        storage_uri="s3://bucket/mlaas",
+        **overrides,
+    )
 
 
 def test_the_node_joins_the_head_with_its_address_and_resources(tmp_path: Path) -> None:
-    settings = shared_settings(tmp_path, node_ip_address="10.1.2.4",
-                               node_resources={"mlaas_state": 1}, ray_num_cpus=8)
+    settings = shared_settings(
+        tmp_path, node_ip_address="10.1.2.4", node_resources={"mlaas_state": 1}, ray_num_cpus=8
+    )
 
     command = join_command(settings, HEAD)
 
@@ -113,3 +119,40 @@ def test_mlaas_join_print_shows_the_ray_start_command(
 
     assert result.exit_code == 0, result.output
     assert f"ray start --address={HEAD}" in result.output
+
+
+def test_block_keeps_the_node_in_the_foreground(tmp_path: Path) -> None:
+    assert "--block" in join_command(shared_settings(tmp_path), HEAD, block=True)
+    assert "--block" not in join_command(shared_settings(tmp_path), HEAD)
+
+
+def test_gloo_is_pinned_to_the_interface_of_the_nodes_address(tmp_path: Path) -> None:
+    import socket
+
+    import psutil
+
+    from mlaas.platform import collective_env
+
+    routable = [(name, a.address) for name, addresses in psutil.net_if_addrs().items()
+                for a in addresses if a.family == socket.AF_INET
+                and not a.address.startswith("127.")]  # fmt: skip
+    if not routable:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    name, address = routable[0]
+
+    pinned = collective_env(shared_settings(tmp_path, node_ip_address=address), {})
+    on_loopback = collective_env(shared_settings(tmp_path, node_ip_address="127.0.0.1"), {})
+    chosen = collective_env(shared_settings(tmp_path, node_ip_address=address),
+                            {"GLOO_SOCKET_IFNAME": "eth9"})  # fmt: skip
+    elsewhere = collective_env(shared_settings(tmp_path, node_ip_address="203.0.113.77"), {})
+
+    assert pinned == {"GLOO_SOCKET_IFNAME": name}
+    assert on_loopback == {} and elsewhere == {}
+    assert chosen == {}, "an operator's own choice stays"
+
+
+def test_the_interface_holding_an_address_is_found() -> None:
+    from mlaas.platform import interface_of
+
+    assert interface_of("127.0.0.1") == "lo"
+    assert interface_of("203.0.113.77") is None

@@ -191,6 +191,7 @@ def mn_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeP
 
         def worker_env(index: int) -> dict[str, str]:
             return {
+                "MLAAS_HOME": str(nodes.worker_temp_dir(index) / "home"),
                 "MLAAS_NODE_IP_ADDRESS": nodes.worker_ip(index),
                 "MLAAS_RAY_NUM_CPUS": str(WORKER_CPUS),
                 "MLAAS_NODE_RESOURCES": json.dumps({ACTOR_RESOURCE: 1}),
@@ -303,17 +304,18 @@ def trained(mn_platform: MultiNodePlatform) -> dict[str, Any]:
 
 
 def files_in_worker_homes(platform: MultiNodePlatform) -> dict[str, list[str]]:
-    """What each worker node sees in its MLAAS_HOME (the head's home path, a tmpfs there)."""
+    """The files each worker node has in its own MLAAS_HOME and at the head's home path (a
+    tmpfs there: a file appears in it when a head path was passed to the node)."""
     out = platform.nodes.run_python(f"""
-import json, os
+import os
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 @ray.remote(num_cpus=0)
 def look():
-    home = os.environ["MLAAS_HOME"]
-    assert home == {str(platform.home)!r}, home
-    return sorted(os.path.relpath(os.path.join(d, f), home)
-                  for d, _, files in os.walk(home) for f in files)
+    homes = {{os.environ["MLAAS_HOME"], {str(platform.home)!r}}}
+    assert len(homes) == 2, "a worker node has a home of its own"
+    return sorted(os.path.join(d, f) for home in homes for d, _, files in os.walk(home)
+                  for f in files)
 
 seen = {{}}
 for node in ray.nodes():

@@ -33,3 +33,11 @@ def test_the_default_sqlite_database_comes_from_the_home(tmp_path: Path) -> None
     env = job_env(Settings(home=tmp_path), None)
 
     assert "MLAAS_DATABASE_URL" not in env and env["MLAAS_HOME"] == str(tmp_path.resolve())
+
+
+def test_in_cluster_mode_the_driver_keeps_its_own_nodes_home(tmp_path: Path) -> None:
+    single = job_env(Settings(home=tmp_path), None)
+    cluster = job_env(Settings(home=tmp_path, cluster_mode=True), None)
+
+    assert single["MLAAS_HOME"] == str(tmp_path)
+    assert "MLAAS_HOME" not in cluster
