@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from federated._keys import Identity
-from federated._messages import BinaryMessage, body_digest, sign_message
+from federated._messages import BinaryMessage, body_digest, node_claims, sign_message
 from federated._packing import ENCODING, pack_residues
 from federated._server import CLEAR_STAGE, RoundServer
 from federated.errors import MalformedMessageError
@@ -42,11 +42,12 @@ class ClearRoundServer(RoundServer):
         payload = message["payload"]
         if not isinstance(payload, dict):
             raise MalformedMessageError("malformed", "payload must be an object")
+        claims = node_claims(payload)
         vector = self._vector_of(node, payload, body)
         self._check_bounds(node, vector)
         self.inputs[node] = vector
         self.masked.add(node)  # the nodes whose input is in the aggregate, as in SecAgg
-        self.node_claims[node] = {k: payload.get(k) for k in ("samples", "epsilon")}
+        self.node_claims[node] = claims
 
     def _check_bounds(self, node: int, vector: np.ndarray) -> None:
         """A clear update can be checked: weight in [1, cap], entries at most weight x levels."""

@@ -28,7 +28,7 @@ from federated._clear import MIN_INPUTS, ClearRoundServer
 from federated._data import load_local_data
 from federated._leave_one_out import leave_one_out
 from federated._messages import unb64
-from federated._quantize import dequantize_mean
+from federated._quantize import aggregate_problem, dequantize_mean
 from federated._server import LocalVectorSum, RoundConfig, RoundServer
 from federated.errors import NotSelectedError, ProtocolError, RoundAbortedError, StaleMessageError
 from mlaas import registry, rewards
@@ -290,26 +290,45 @@ class PoolCoordinator:
         return {active.node_of[i]: c for i, c in active.server.node_claims.items()}
 
     def _finish(self, active: ActiveRound) -> None:
+        """Register the round's version, or abort the round (the pool goes on): an aggregate
+        no honest set of inputs can sum to, or any failure while finishing, ends only it."""
         try:
             aggregate = active.server.aggregate()
+            sa = self.spec["secure_aggregation"]
+            problem = aggregate_problem(aggregate, nodes=len(active.server.masked),
+                                        sample_cap=int(sa["sample_cap"]),
+                                        bits=int(sa["quantization_bits"]))  # fmt: skip
+            if problem:
+                raise RoundAbortedError(problem, details={"round": active.number})
+            mean_update, weight = dequantize_mean(aggregate, clip=sa["clip_range"],
+                                                  bits=sa["quantization_bits"])  # fmt: skip
+            survivors = [active.node_of[i] for i in sorted(active.server.masked)]
+            claims = self._claims(active)
+            epsilon = self._epsilon_spent(claims)
+            scores = self._leave_one_out(active) \
+                if isinstance(active.server, ClearRoundServer) else None  # fmt: skip
+            version = self._register(active, aggregate, mean_update, weight, survivors,
+                                     epsilon, claims, scores)  # fmt: skip
         except RoundAbortedError as exc:
             self._abort(active, exc.message)
             return
-        sa = self.spec["secure_aggregation"]
-        mean_update, weight = dequantize_mean(aggregate, clip=sa["clip_range"],
-                                              bits=sa["quantization_bits"])
-        survivors = [active.node_of[i] for i in sorted(active.server.masked)]
-        claims = self._claims(active)
-        epsilons = [float(c["epsilon"]) for c in claims.values()
-                    if isinstance(c.get("epsilon"), int | float)]
-        epsilon = max(epsilons) if epsilons else None
-        scores = self._leave_one_out(active) if isinstance(active.server, ClearRoundServer) \
-            else None
-        version = self._register(active, aggregate, mean_update, weight, survivors, epsilon,
-                                 claims, scores)
+        except Exception as exc:  # noqa: BLE001 - one bad round must not wedge the pool
+            log.exception("pool %s: round %s could not be finished", self.pool_id,
+                          active.number)  # fmt: skip
+            self._abort(active, f"the round could not be finished ({type(exc).__name__})")
+            return
         self._complete(active.round_id, active.number, version, survivors, epsilon, claims,
                        scores)
         self._close(active)
+
+    def _epsilon_spent(self, claims: dict[str, dict[str, Any]]) -> float | None:
+        """The pool's ε so far: the largest claim of this round or of any earlier completed
+        round, so that it never decreases when the node that spent the most leaves."""
+        spent = [float(c["epsilon"]) for c in claims.values()
+                 if isinstance(c.get("epsilon"), int | float)]  # fmt: skip
+        spent += [float(r["epsilon_spent"]) for r in _store.rounds_of(self.url, self.pool_id)
+                  if r["status"] == "completed" and r.get("epsilon_spent") is not None]  # fmt: skip
+        return max(spent) if spent else None
 
     def _leave_one_out(self, active: ActiveRound) -> dict[str, float] | None:
         """Each survivor's leave-one-out value, when the (clear) pool scores contributions;

@@ -150,3 +150,26 @@ class BinaryMessage:
         if not isinstance(message, dict):
             raise ValueError(f"{BinaryMessage.HEADER} must carry a JSON object")
         return message
+
+
+def node_claims(payload: dict[str, Any]) -> dict[str, Any]:
+    """A node's claims with its masked input: ``samples`` (a non-negative integer) and
+    ``epsilon`` (a finite, non-negative number), each optional.
+
+    Raises:
+        MalformedMessageError: a claim of another type, negative, ``Infinity`` or ``NaN`` (one
+            such claim would make the round's privacy report meaningless).
+    """
+    import math
+
+    from federated.errors import MalformedMessageError
+
+    samples, epsilon = payload.get("samples"), payload.get("epsilon")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                or samples < 0):  # fmt: skip
+        raise MalformedMessageError("bad_claim", "samples must be a non-negative integer")
+    if epsilon is not None and (isinstance(epsilon, bool) or not isinstance(epsilon, int | float)
+                                or not math.isfinite(epsilon) or epsilon < 0):  # fmt: skip
+        raise MalformedMessageError("bad_claim", "epsilon must be a finite, non-negative number")
+    return {"samples": samples, "epsilon": epsilon}
+

@@ -47,3 +47,24 @@ def dequantize_mean(aggregate: np.ndarray, *, clip: float, bits: int) -> tuple[n
 def max_aggregate(*, nodes: int, sample_cap: int, bits: int) -> int:
     """The largest value any coordinate of the sum can take (the overflow bound)."""
     return nodes * sample_cap * ((1 << bits) - 1)
+
+
+def aggregate_problem(aggregate: np.ndarray, *, nodes: int, sample_cap: int, bits: int
+                      ) -> str | None:  # fmt: skip
+    """Why an unmasked sum of ``nodes`` honest inputs cannot be this aggregate, or None.
+
+    Each honest input carries a weight in [1, cap] and coordinates of at most weight x levels,
+    so the sum's weight lies in [nodes, nodes x cap] and each coordinate is at most the
+    weight x levels. A node that pushes a coordinate far up, or makes the weights cancel
+    (a zero total, on which the mean cannot be taken), breaks one of these.
+    """
+    weight = int(aggregate[-1])
+    if not nodes <= weight <= nodes * sample_cap:
+        return (f"the aggregate's total weight {weight} is outside [{nodes}, "
+                f"{nodes * sample_cap}] for {nodes} inputs")  # fmt: skip
+    levels = (1 << bits) - 1
+    top = int(aggregate[:-1].max()) if len(aggregate) > 1 else 0
+    if top > weight * levels:
+        return f"a coordinate of the aggregate ({top}) exceeds its weight x {levels} levels"
+    return None
+

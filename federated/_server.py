@@ -26,6 +26,7 @@ from federated._messages import (
     STAGES,
     body_digest,
     message_signature_ok,
+    node_claims,
     share_record_bytes,
     unb64,
 )
@@ -193,10 +194,11 @@ class RoundServer:
                            body: bytes | None = None) -> None:
         if node not in self.shares:
             raise NotSelectedError("not_in_round", f"node {node} did not share its keys")
+        claims = node_claims(payload)  # before the vector counts: a refused input adds nothing
         vector = self._vector_of(node, payload, body)
         self.vector_sum.add(vector)
         self.masked.add(node)
-        self.node_claims[node] = {k: payload.get(k) for k in ("samples", "epsilon")}
+        self.node_claims[node] = claims
 
     def _vector_of(self, node: int, payload: dict[str, Any], body: bytes | None) -> np.ndarray:
         """The masked vector: bit-packed in ``body`` (its SHA-256 signed in the payload), or
