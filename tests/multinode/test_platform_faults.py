@@ -263,7 +263,7 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
     assert restarts[-1] >= 2, f"the restarted group began from scratch: {restarts}"
     window = [r for r in load.results if killed_at <= r[0] <= killed_at + 30]
     failed = [status for _, status, _ in window if status != 200]
-    assert len(window) >= 50, "the light load kept running"
+    assert len(window) >= 20, f"the light load kept running: {len(window)} requests"
     assert len(failed) < 0.01 * len(window), (len(failed), len(window), sorted(set(failed)))
     recovery = _recovered_after(load.results, killed_at)
     assert recovery is not None and recovery < 30, recovery
