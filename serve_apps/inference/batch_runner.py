@@ -116,11 +116,9 @@ def _charge(tenant: dict[str, str], rows: int) -> str | None:
     from mlaas.platform import NAMESPACE
 
     actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-    refusal = ray.get(
-        actor.consume.remote(
-            tenant["tenant_id"], tenant["tier"], "inference_requests", rows - 1, ENDPOINT
-        )
-    )
+    refusal = ray.get(actor.consume.remote(
+        tenant["tenant_id"], tenant["tier"], "inference_requests", rows - 1, ENDPOINT
+    ))
     if refusal is None:
         return None
     return f"QUOTA_EXCEEDED: {rows} rows would exceed the monthly limit of {refusal[2]}"
@@ -147,41 +145,18 @@ def run_batch_job(
 
     url = node_database_url(database_url)
     started = time.monotonic()
-    batch_jobs.update(
-        url,
-        job_id,
-        status="RUNNING",
-        started_at=now_text(),
-        worker_pid=os.getpid(),
-        heartbeat_at=time.time(),
-    )
+    batch_jobs.update(url, job_id, status="RUNNING", started_at=now_text(),
+                      worker_pid=os.getpid(), heartbeat_at=time.time())
     with heartbeat(lambda: batch_jobs.update(url, job_id, heartbeat_at=time.time()),
                    heartbeat_s):  # fmt: skip
-        outcome = _run(
-            job_id,
-            spec,
-            input_schema,
-            source,
-            fmt,
-            tenant,
-            charge_rows,
-            started,
-            lambda **fields: batch_jobs.update(url, job_id, **fields),
-        )
+        outcome = _run(job_id, spec, input_schema, source, fmt, tenant, charge_rows, started,
+                       lambda **fields: batch_jobs.update(url, job_id, **fields))
     return batch_jobs.update(url, job_id, **outcome)
 
 
-def _run(
-    job_id: str,
-    spec: dict[str, Any],
-    input_schema: dict[str, Any],
-    source: str,
-    fmt: str,
-    tenant: dict[str, str],
-    charge_rows: bool,
-    started: float,
-    record: Callable[..., Any],
-) -> dict[str, Any]:
+def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source: str,
+         fmt: str, tenant: dict[str, str], charge_rows: bool, started: float,
+         record: Callable[..., Any]) -> dict[str, Any]:
     """The job's work; returns the fields of its final status."""
     import ray.data
 
@@ -207,15 +182,10 @@ def _run(
         key = output_key(tenant["tenant_id"], job_id)
         _write(predicted, key)
         seconds = time.monotonic() - started
-        return {
-            "status": "SUCCEEDED",
-            "rows": rows,
-            "output_uri": get_storage().uri_of(key),
-            "output_url": f"/v1/batch_predict/{job_id}/output",
-            "seconds": round(seconds, 3),
-            "rows_per_s": round(rows / max(seconds, 1e-9), 1),
-            "finished_at": now_text(),
-        }
+        return {"status": "SUCCEEDED", "rows": rows, "output_uri": get_storage().uri_of(key),
+                "output_url": f"/v1/batch_predict/{job_id}/output",
+                "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
+                "finished_at": now_text()}
     except Exception as exc:  # unreadable file, bad columns, model that will not load...
         return {"status": "FAILED", "error": _reason(exc, source), "finished_at": now_text()}
 

@@ -42,11 +42,10 @@ class PostgresServer:
         user: the superuser the tests connect as (with a random password).
     """
 
-    def __init__(
-        self, *, bin_dir: Path = BIN_DIR, user: str = "mlaas", host: str = "127.0.0.1"
-    ) -> None:
+    def __init__(self, *, bin_dir: Path = BIN_DIR, user: str = "mlaas",
+                 host: str = "127.0.0.1") -> None:  # fmt: skip
         self.bin_dir = bin_dir
-        self.host = host
+        self.host = host  # the address it listens on (another for other namespaces)
         self.user = user
         self.password = secrets.token_urlsafe(16)
         self.port = 0
@@ -92,16 +91,8 @@ class PostgresServer:
         if self.folder is None:
             return
         if (self.data_dir / "postmaster.pid").exists():
-            self._run(
-                self._bin("pg_ctl"),
-                "stop",
-                "-D",
-                str(self.data_dir),
-                "-m",
-                "immediate",
-                "-w",
-                check=False,
-            )
+            self._run(self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "immediate",
+                      "-w", check=False)
         self._remove_folder()
 
     def execute(self, *statements: str) -> None:
@@ -109,12 +100,8 @@ class PostgresServer:
         import psycopg
 
         with psycopg.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password,
-            dbname="postgres",
-            autocommit=True,
+            host=self.host, port=self.port, user=self.user, password=self.password,
+            dbname="postgres", autocommit=True,
         ) as connection:
             for statement in statements:
                 connection.execute(statement)  # type: ignore[arg-type]
@@ -137,11 +124,8 @@ class PostgresServer:
 
     def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [*self._as_server_user(), *command],
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT_S,
-            cwd=self.folder,
+            [*self._as_server_user(), *command], capture_output=True, text=True,
+            timeout=START_TIMEOUT_S, cwd=self.folder,
         )
         if check and done.returncode != 0:
             raise RuntimeError(
@@ -158,17 +142,9 @@ class PostgresServer:
             for path in (self.folder, password_file):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self._run(
-            self._bin("initdb"),
-            "-D",
-            str(self.data_dir),
-            "-U",
-            self.user,
-            f"--pwfile={password_file}",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",
+            self._bin("initdb"), "-D", str(self.data_dir), "-U", self.user,
+            f"--pwfile={password_file}", "--auth-local=trust", "--auth-host=scram-sha-256",
+            "--encoding=UTF8", "--locale=C", "--no-sync",
         )
         password_file.unlink()
         if not self.host.startswith("127."):  # clients on the host's /24 (other namespaces)
@@ -181,30 +157,16 @@ class PostgresServer:
         for _ in range(5):  # another process may take the free port before the server binds it
             self.port = _free_port()
             options = " ".join(
-                f"-c {setting}"
-                for setting in (
-                    f"port={self.port}",
-                    f"listen_addresses={self.host}",
-                    f"unix_socket_directories={self.folder}",
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                    "max_connections=200",
+                f"-c {setting}" for setting in (
+                    f"port={self.port}", f"listen_addresses={self.host}",
+                    f"unix_socket_directories={self.folder}", "fsync=off",
+                    "synchronous_commit=off", "full_page_writes=off", "max_connections=200",
                 )
             )
             started = self._run(
-                self._bin("pg_ctl"),
-                "start",
-                "-D",
-                str(self.data_dir),
-                "-w",
-                "-t",
-                str(START_TIMEOUT_S),
-                "-l",
-                str(self.folder / "server.log"),
-                "-o",
-                options,
-                check=False,
+                self._bin("pg_ctl"), "start", "-D", str(self.data_dir), "-w",
+                "-t", str(START_TIMEOUT_S), "-l", str(self.folder / "server.log"),
+                "-o", options, check=False,
             )
             if started.returncode == 0:
                 return
