@@ -170,7 +170,9 @@ def test_killing_the_admission_actors_node_gives_503s_then_it_is_back_and_usage_
     victim = _worker_index(mn_platform, mn_platform.node_ip_of_actor("admission"))
     with mn_platform.client(key, timeout=30) as client, \
             Load(lambda c: c.get("/v1/keys"), client, period_s=0.1) as load:  # fmt: skip
-        time.sleep(3)
+        started = time.monotonic()  # some admitted traffic before the kill
+        while len(load.results) < 20 and time.monotonic() < started + 30:
+            time.sleep(0.1)
         # Execute: the node hosting the admission actor goes down at once
         killed_at = time.monotonic()
         nodes.kill_worker(victim)
