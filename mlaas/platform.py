@@ -21,6 +21,7 @@ import httpx
 import yaml
 
 from mlaas import accounts
+from mlaas.cluster_mode import is_loopback
 from mlaas.db import node_database_url, shareable_database_url  # noqa: F401 - re-exported
 from mlaas.errors import ConfigurationError, MlaasError
 from mlaas.settings import Settings, write_private_file
@@ -109,12 +110,6 @@ def ray_env() -> dict[str, str]:
     return env
 
 
-def _is_loopback(host: str) -> bool:
-    from mlaas.cluster_mode import is_loopback
-
-    return is_loopback(host)
-
-
 def interface_of(ip: str) -> str | None:
     """The name of this machine's network interface that holds ``ip`` (None if none does)."""
     import psutil
@@ -134,7 +129,7 @@ def collective_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     connectFullMesh failed ... Connection refused". A node joined with an explicit
     MLAAS_NODE_IP_ADDRESS gets ``GLOO_SOCKET_IFNAME`` of that address's interface, unless set.
     """
-    if "GLOO_SOCKET_IFNAME" in env or _is_loopback(settings.node_ip_address):
+    if "GLOO_SOCKET_IFNAME" in env or is_loopback(settings.node_ip_address):
         return {}
     interface = interface_of(settings.node_ip_address)
     return {"GLOO_SOCKET_IFNAME": interface} if interface else {}
