@@ -1,26 +1,32 @@
 """The node side of one secure-aggregation round.
 
-A node checks what the server relays before acting on it: peers' keys must be signed by
-their identity keys, and the unmasking request must name disjoint survivor and dropout sets
-that together are exactly the nodes that shared keys. A node never reveals both the
-self-mask share and the mask-key share of the same peer, and answers unmasking once.
+A node checks what the server relays before acting on it: every advertised key must be
+signed by an identity on the node's pinned roster, no identity may stand for two indices,
+and the masked-input request must name a set of nodes that shared keys. Before unmasking,
+the node signs the survivor set (the consistency stage of Bonawitz et al. 2017, malicious
+setting), and it reveals shares only once ``t`` nodes of the round signed that same set; it
+then reveals the survivors' seed shares and the dropped nodes' mask-key shares for that
+signed set, never for what a later view claims. A node never reveals both the self-mask
+share and the mask-key share of the same peer, signs once and answers unmasking once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 from federated import _shamir
-from federated._graph import neighbours, share_holders
-from federated._keys import Identity, KeyPair, open_sealed, random_seed, seal
+from federated._graph import key_set_seed, neighbours, share_holders
+from federated._keys import Identity, KeyPair, open_sealed, random_seed, seal, verify_signature
 from federated._masking import apply_masks, encode_vector
 from federated._messages import (
     BinaryMessage,
     b64,
     body_digest,
+    consistency_bytes,
     message_signature_ok,
     pack_share_record,
     share_record_bytes,
@@ -40,22 +46,32 @@ def share_info(pool_id: str, round_number: int, dealer: int, holder: int) -> byt
 
 
 class RoundClient:
-    """One node's state for one round; each method returns the signed message to send."""
+    """One node's state for one round; each method returns the signed message to send.
+
+    Args:
+        roster: the raw Ed25519 identity keys this node pinned for the pool; every identity
+            in a round's view must be on it. None trusts the identities the view supplies
+            (only for a node that has no roster to pin: the server could substitute keys).
+    """
 
     def __init__(
         self, *, identity: Identity, pool_id: str, round_number: int, index: int,
         threshold: int, neighbours_k: int | None, modulus_bits: int,
+        roster: Collection[bytes] | None = None,
     ) -> None:
         self.identity, self.pool_id, self.round = identity, pool_id, round_number
         self.index, self.threshold, self.k = index, threshold, neighbours_k
         self.modulus_bits = modulus_bits
+        self.roster = frozenset(roster) if roster is not None else None
         self.c_keys, self.s_keys = KeyPair(), KeyPair()
         self.seed = random_seed()
+        self.identities: dict[int, bytes] = {}  # index -> identity key, checked at share
         self.peers: dict[int, dict[str, bytes]] = {}
         self.graph: dict[int, set[int]] = {}
         self.held: dict[int, dict[str, Any]] = {}
         self.u1: set[int] = set()
         self.u2: set[int] = set()
+        self.signed_set: frozenset[int] | None = None
         self.answered_unmask = False
 
     def _sign(self, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -68,16 +84,22 @@ class RoundClient:
             "b_commit": commitment(self.seed, self.pool_id, self.round, self.index)})
 
     def share_keys(self, view: dict[str, Any]) -> dict[str, Any]:
-        """Check the signed keys of this node's neighbours, then deal Shamir shares of the
-        seed and the mask key to them."""
+        """Check every advertised key (signed by a pinned identity, one index per identity),
+        derive the neighbour graph from them, then deal Shamir shares of the seed and the
+        mask key to this node's neighbours."""
         advertised = {int(key): entry for key, entry in view["advertised"].items()}
         if self.index not in advertised or len(advertised) < self.threshold:
             raise UnsafeRequestError(f"only {len(advertised)} nodes advertised keys")
+        self.identities = self._pinned_identities(advertised)
+        keys = {node: self._checked_keys(node, entry) for node, entry in advertised.items()}
+        if (keys[self.index]["c_pk"], keys[self.index]["s_pk"]) != \
+                (self.c_keys.public_bytes, self.s_keys.public_bytes):
+            raise UnsafeRequestError("the view replaces this node's own advertised keys")
         self.u1 = set(advertised)
-        self.graph = neighbours(sorted(advertised), k=self.k, pool_id=self.pool_id,
-                                round_number=self.round)
-        for node in sorted(self.graph[self.index] | {self.index}):
-            self.peers[node] = self._checked_keys(node, advertised[node])
+        seed = key_set_seed(self.pool_id, self.round,
+                            (entry["message"] for entry in advertised.values()))
+        self.graph = neighbours(sorted(advertised), k=self.k, seed=seed)
+        self.peers = {node: keys[node] for node in self.graph[self.index] | {self.index}}
         holders = share_holders(self.graph, self.index)
         b_shares = _shamir.split(self.seed, threshold=self.threshold, xs=holders)
         sk_shares = _shamir.split(self.s_keys.private_bytes, threshold=self.threshold,
@@ -85,11 +107,39 @@ class RoundClient:
         sealed = {str(h): self._seal_share(h, b_shares[h], sk_shares[h]) for h in holders}
         return self._sign("share", {"shares": sealed})
 
+    def _pinned_identities(self, advertised: dict[int, dict[str, Any]]) -> dict[int, bytes]:
+        """Each index's identity key, refused when it is off the pinned roster or stands
+        for two indices (a coordinator substituting keys, or one node posing as two)."""
+        identities: dict[int, bytes] = {}
+        for node, entry in sorted(advertised.items()):
+            try:
+                identities[node] = unb64(entry["identity"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise UnsafeRequestError(f"node {node} has no identity key in the view") \
+                    from exc
+        if identities.get(self.index) != self.identity.public_bytes:
+            raise UnsafeRequestError("the view gives this node an identity key that is not "
+                                     "its own")
+        if self.roster is not None:
+            outsiders = sorted(n for n, key in identities.items() if key not in self.roster)
+            if outsiders:
+                raise UnsafeRequestError(
+                    f"identity keys of nodes {outsiders} are not on this node's pinned "
+                    "roster; refusing to share keys with them")
+        seen: dict[bytes, int] = {}
+        for node, key in identities.items():
+            if key in seen:
+                raise UnsafeRequestError(
+                    f"one identity key stands for two indices ({seen[key]} and {node}); "
+                    "refusing to share keys")
+            seen[key] = node
+        return identities
+
     def _checked_keys(self, node: int, entry: dict[str, Any]) -> dict[str, bytes]:
         message = entry["message"]
         if (message.get("stage"), message.get("round"), message.get("pool_id"),
                 message.get("node")) != ("advertise", self.round, self.pool_id, node) \
-                or not message_signature_ok(message, unb64(entry["identity"])):
+                or not message_signature_ok(message, self.identities[node]):
             raise UnsafeRequestError(f"keys of node {node} are not signed by that node")
         payload = message["payload"]
         return {"c_pk": unb64(payload["c_pk"]), "s_pk": unb64(payload["s_pk"])}
@@ -154,19 +204,59 @@ class RoundClient:
             return
         self.held[dealer] = record
 
+    def consistency(self, view: dict[str, Any]) -> dict[str, Any]:
+        """Sign the survivor set the server names (once per round), if it is within this
+        node's view: nodes that shared keys, this node among them, and at least ``t``
+        holders of this node's secrets (so its input stays masked with surviving peers)."""
+        if self.signed_set is not None:
+            raise UnsafeRequestError("this node already signed a survivor set this round")
+        survivors = frozenset(int(i) for i in view["survivors"])
+        if not survivors <= self.u2 or self.index not in survivors:
+            raise UnsafeRequestError("the survivor set must be nodes that shared keys, this "
+                                     "node among them")
+        holders = survivors & (self.graph.get(self.index, set()) | {self.index})
+        if len(survivors) < self.threshold or len(holders) < self.threshold:
+            raise UnsafeRequestError(
+                f"the survivor set keeps {len(holders)} holders of this node's shares, "
+                f"below the threshold {self.threshold}")
+        self.signed_set = survivors
+        signature = self.identity.sign(consistency_bytes(self.pool_id, self.round, survivors))
+        return self._sign("consistency", {"survivors": sorted(survivors),
+                                          "signature": b64(signature)})
+
     def unmask(self, view: dict[str, Any]) -> dict[str, Any]:
-        """Shares of the survivors' seeds and of the dropped nodes' mask keys, never both."""
-        survivors = {int(i) for i in view["survivors"]}
-        dropped = {int(i) for i in view["dropped"]}
+        """Shares of the survivors' seeds and of the dropped nodes' mask keys, never both,
+        for the set this node signed, once ``t`` of the round's nodes signed it too."""
         if self.answered_unmask:
             raise UnsafeRequestError("this node already answered the unmasking request")
-        if survivors & dropped or survivors | dropped != self.u2:
+        if self.signed_set is None:
+            raise UnsafeRequestError("this node signed no survivor set this round; it "
+                                     "reveals shares only after the consistency stage")
+        signers = self._valid_signers(view.get("signatures"))
+        if len(signers) < self.threshold:
             raise UnsafeRequestError(
-                "survivors and dropped nodes must split the nodes that shared keys")
-        if len(survivors) < self.threshold or self.index not in survivors:
-            raise UnsafeRequestError(f"only {len(survivors)} survivors, below the threshold")
+                f"only {len(signers)} valid signatures of the survivor set this node signed, "
+                f"threshold is {self.threshold}; refusing to reveal shares")
+        survivors, dropped = set(self.signed_set), self.u2 - self.signed_set
         self.answered_unmask = True
         return self._sign("unmask", {
             "b_shares": {str(d): r["b"] for d, r in self.held.items() if d in survivors},
             "sk_shares": {str(d): r["sk"] for d, r in self.held.items() if d in dropped},
         })
+
+    def _valid_signers(self, signatures: Any) -> set[int]:
+        """Members of the signed set whose identity key (checked at share) signed it."""
+        assert self.signed_set is not None
+        if not isinstance(signatures, dict):
+            return set()
+        signed = consistency_bytes(self.pool_id, self.round, self.signed_set)
+        signers = set()
+        for node_key, signature in signatures.items():
+            try:
+                node, raw = int(node_key), unb64(str(signature))
+            except ValueError:
+                continue
+            if node in self.signed_set and node in self.identities \
+                    and verify_signature(self.identities[node], raw, signed):
+                signers.add(node)
+        return signers

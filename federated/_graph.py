@@ -1,27 +1,45 @@
 """Who masks with whom: everyone (SecAgg), or a k-regular graph (SecAgg+).
 
-The SecAgg+ graph is a Harary graph over a public pseudorandom order of the round's nodes:
-each node is joined to the ``k/2`` nodes before and after it in that order. The order is
-derived from the pool and round, so every party computes the same graph.
+The SecAgg+ graph is a Harary graph over a pseudorandom order of the round's nodes: each
+node is joined to the ``k/2`` nodes before and after it in that order. The order is keyed by
+``key_set_seed``, a hash of every signed advertise message of the round (fresh X25519 keys
+and seed commitments), so no one can know the graph before every node has advertised, and
+the server cannot pick it once it has seen the keys: every party computes the same graph
+from the same signed messages. Given that order, each node's neighbourhood is a uniformly
+random k-subset of the others, which is what the bounds in ``_bounds`` assume.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from federated._messages import canonical
 
 
-def neighbours(
-    nodes: Sequence[int], *, k: int | None, pool_id: str, round_number: int
-) -> dict[int, set[int]]:
-    """Each node's neighbours (itself excluded) among ``nodes``."""
+def key_set_seed(pool_id: str, round_number: int,
+                 advertise_messages: Iterable[dict[str, Any]]) -> bytes:
+    """SHA-256 of the pool, the round and every signed advertise message, sorted by node."""
+    ordered = sorted(advertise_messages, key=lambda message: int(message["node"]))
+    return hashlib.sha256(canonical(["mlaas-secagg/v1|graph", pool_id, round_number,
+                                     ordered])).digest()
+
+
+def neighbours(nodes: Sequence[int], *, k: int | None, seed: bytes) -> dict[int, set[int]]:
+    """Each node's neighbours (itself excluded) among ``nodes``.
+
+    Args:
+        nodes: the indices of the nodes that advertised keys.
+        k: neighbours per node (even), or None for everyone.
+        seed: ``key_set_seed`` of the round's advertise messages; it orders the nodes.
+    """
     ordered = sorted(nodes)
     if k is None or k >= len(ordered) - 1:
         return {n: set(ordered) - {n} for n in ordered}
     if k % 2:
         raise ValueError(f"k must be even (got {k})")
-    salt = f"{pool_id}/{round_number}".encode()
-    order = sorted(ordered, key=lambda n: hashlib.sha256(salt + n.to_bytes(4, "big")).digest())
+    order = sorted(ordered, key=lambda n: hashlib.sha256(seed + n.to_bytes(4, "big")).digest())
     size = len(order)
     graph: dict[int, set[int]] = {n: set() for n in order}
     for position, node in enumerate(order):

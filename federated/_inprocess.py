@@ -29,7 +29,8 @@ def upload_bytes(message: dict[str, Any] | BinaryMessage, node_id: str = "node_"
 
 @dataclass
 class InProcessRound:
-    """A server and ``n`` clients (indices 1..n) for one round."""
+    """A server and ``n`` clients (indices 1..n) for one round; each client pinned the
+    roster of the ``n`` identity keys."""
 
     server: RoundServer
     clients: dict[int, RoundClient]
@@ -46,9 +47,10 @@ class InProcessRound:
                              modulus_bits, {i: ident.public_bytes for i, ident in
                                             identities.items()})
         server = RoundServer(config, vector_sum or LocalVectorSum(vector_length, modulus_bits))
+        roster = frozenset(config.identities.values())
         clients = {i: RoundClient(identity=ident, pool_id=pool_id, round_number=round_number,
                                   index=i, threshold=threshold, neighbours_k=neighbours,
-                                  modulus_bits=modulus_bits)
+                                  modulus_bits=modulus_bits, roster=roster)
                    for i, ident in identities.items()}
         return cls(server, clients)
 
@@ -76,5 +78,12 @@ class InProcessRound:
         self._stage(sorted(alive), lambda i: self.clients[i].masked_input_binary(
             self.server.view_for(i), vectors[i]))
         alive -= set(drop_before_unmask)
-        self._stage(sorted(alive), lambda i: self.clients[i].unmask(self.server.view_for(i)))
+        self.unmask(sorted(alive))
         return self.server.aggregate()
+
+    def unmask(self, nodes: Iterable[int]) -> None:
+        """The consistency and unmasking stages, answered by ``nodes`` (the survivors among
+        them sign the survivor set, then reveal shares)."""
+        signers = [i for i in nodes if i in self.server.masked]
+        self._stage(signers, lambda i: self.clients[i].consistency(self.server.view_for(i)))
+        self._stage(signers, lambda i: self.clients[i].unmask(self.server.view_for(i)))

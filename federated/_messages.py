@@ -15,12 +15,13 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from federated._keys import Identity, verify_signature
 
-STAGES = ("advertise", "share", "masked_input", "unmask")
+STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
 
 
 def b64(data: bytes) -> str:
@@ -63,6 +64,13 @@ def message_signature_ok(message: dict[str, Any], public_key: bytes) -> bool:
     except (KeyError, ValueError, TypeError):
         return False
     return verify_signature(public_key, signature, data)
+
+
+def consistency_bytes(pool_id: str, round_number: int, survivors: Iterable[int]) -> bytes:
+    """What a survivor signs at the consistency stage (Bonawitz et al. 2017, malicious
+    setting): the pool, the round and the sorted set of nodes whose masked inputs arrived.
+    Its holders reveal shares only for a set that ``t`` nodes signed this way."""
+    return canonical(["consistency", pool_id, round_number, sorted(int(n) for n in survivors)])
 
 
 def share_record_bytes(

@@ -2,8 +2,10 @@
 
 Stages: ``advertise`` (U1 sends two X25519 public keys and a commitment to its self-mask
 seed) -> ``share`` (U2 sends encrypted Shamir shares, relayed to their holders) ->
-``masked_input`` (U3 sends its masked vector) -> ``unmask`` (survivors send shares of the
-survivors' self-mask seeds and of the dropped nodes' mask keys) -> the sum.
+``masked_input`` (U3 sends its masked vector) -> ``consistency`` (each survivor signs the
+set U3; fewer than ``t`` signatures abort the round) -> ``unmask`` (the signers, shown every
+signature, send shares of the survivors' self-mask seeds and of the dropped nodes' mask
+keys) -> the sum.
 
 The server never holds an individual input: masked vectors go straight into a running sum
 (``VectorSum``), which may be split over several actors.
@@ -19,12 +21,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from federated import _shamir
-from federated._graph import neighbours, share_holders
+from federated._graph import key_set_seed, neighbours, share_holders
 from federated._keys import KeyPair, verify_signature
 from federated._masking import decode_vector, pair_sign
 from federated._messages import (
     STAGES,
     body_digest,
+    consistency_bytes,
     message_signature_ok,
     node_claims,
     share_record_bytes,
@@ -99,6 +102,7 @@ class RoundServer:
     advertised: dict[int, dict[str, Any]] = field(default_factory=dict)
     shares: dict[int, dict[int, str]] = field(default_factory=dict)
     masked: set[int] = field(default_factory=set)
+    consistency_signatures: dict[int, str] = field(default_factory=dict)  # node -> base64
     unmask_replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     node_claims: dict[int, dict[str, Any]] = field(default_factory=dict)
     graph: dict[int, set[int]] = field(default_factory=dict)
@@ -164,7 +168,7 @@ class RoundServer:
     def _received_at_stage(self) -> set[int] | dict[int, Any]:
         received: dict[str, set[int] | dict[int, Any]] = {
             "advertise": self.advertised, "share": self.shares, "masked_input": self.masked,
-            "unmask": self.unmask_replies}
+            "consistency": self.consistency_signatures, "unmask": self.unmask_replies}
         return received[self.stage]
 
     def _take_advertise(self, node: int, payload: dict[str, Any]) -> None:
@@ -236,9 +240,26 @@ class RoundServer:
         except ValueError as exc:
             raise MalformedMessageError("malformed", str(exc)) from exc
 
-    def _take_unmask(self, node: int, payload: dict[str, Any]) -> None:
+    def _take_consistency(self, node: int, payload: dict[str, Any]) -> None:
         if node not in self.masked:
             raise NotSelectedError("not_survivor", f"node {node} sent no masked input")
+        if payload.get("survivors") != sorted(self.masked):
+            raise MalformedMessageError(
+                "wrong_set", f"node {node} must sign the survivor set {sorted(self.masked)}")
+        try:
+            signature = unb64(str(payload["signature"]))
+        except (KeyError, ValueError) as exc:
+            raise MalformedMessageError("malformed", "consistency needs a base64 signature") \
+                from exc
+        signed = consistency_bytes(self.config.pool_id, self.config.round_number, self.masked)
+        if not verify_signature(self.config.identities[node], signature, signed):
+            raise BadSignatureError("bad_signature", f"node {node}'s signature of the survivor "
+                                    "set does not verify")
+        self.consistency_signatures[node] = str(payload["signature"])
+
+    def _take_unmask(self, node: int, payload: dict[str, Any]) -> None:
+        if node not in self.consistency_signatures:
+            raise NotSelectedError("not_signed", f"node {node} did not sign the survivor set")
         self.unmask_replies[node] = payload
 
     # ---- what nodes read ----------------------------------------------------------------
@@ -255,14 +276,19 @@ class RoundServer:
             view["sealed_shares"] = {str(d): s[node] for d, s in self.shares.items()
                                      if node in s}
             view["u2"] = sorted(self.shares)
+        elif self.stage == "consistency":
+            view["survivors"] = sorted(self.masked)
         elif self.stage == "unmask":
             view["survivors"] = sorted(self.masked)
             view["dropped"] = sorted(set(self.shares) - self.masked)
+            view["signatures"] = {str(n): s for n, s in
+                                  sorted(self.consistency_signatures.items())}
         return view
 
     # ---- stage transitions --------------------------------------------------------------
     def close_stage(self) -> str:
-        """Move to the next stage with what has arrived; abort below the threshold.
+        """Move to the next stage with what has arrived; abort below the threshold (at the
+        consistency stage: fewer than ``t`` survivors signed the survivor set).
 
         Returns:
             The new stage, or ``"done"`` once the sum can be computed.
@@ -272,9 +298,10 @@ class RoundServer:
             self._abort(f"only {arrived} nodes at stage {self.stage}, threshold is "
                         f"{self.config.threshold}")
         if self.stage == "advertise":
+            seed = key_set_seed(self.config.pool_id, self.config.round_number,
+                                (a["message"] for a in self.advertised.values()))
             self.graph = neighbours(sorted(self.advertised), k=self.config.neighbours,
-                                    pool_id=self.config.pool_id,
-                                    round_number=self.config.round_number)
+                                    seed=seed)
         position = STAGES.index(self.stage)
         self.stage = STAGES[position + 1] if position + 1 < len(STAGES) else "done"
         return self.stage

@@ -101,7 +101,7 @@ def test_binary_and_json_inputs_mix_in_one_round_and_the_sum_is_exact() -> None:
         else:
             round_.server.receive(client.masked_input(view, vectors[i]))
     round_.server.close_stage()
-    round_._stage(range(1, 6), lambda i: round_.clients[i].unmask(round_.server.view_for(i)))
+    round_.unmask(range(1, 6))
 
     total = round_.server.aggregate()
 

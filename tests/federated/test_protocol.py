@@ -86,7 +86,7 @@ def test_secagg_plus_aborts_when_a_neighbourhood_loses_too_many_holders() -> Non
     round_._stage(sorted(alive), lambda i: round_.clients[i].masked_input(
         round_.server.view_for(i), vectors[i]))
     alive -= set(neighbourhood[:3])
-    round_._stage(sorted(alive), lambda i: round_.clients[i].unmask(round_.server.view_for(i)))
+    round_.unmask(sorted(alive))
 
     with pytest.raises(RoundAbortedError, match="valid shares"):
         round_.server.aggregate()
@@ -103,7 +103,7 @@ def test_secagg_plus_completes_with_exactly_t_holders_left_in_a_neighbourhood() 
     round_._stage(sorted(alive), lambda i: round_.clients[i].masked_input(
         round_.server.view_for(i), vectors[i]))
     alive -= set(neighbourhood[:2])  # node 1 keeps itself and 2 neighbours: t = 3 holders
-    round_._stage(sorted(alive), lambda i: round_.clients[i].unmask(round_.server.view_for(i)))
+    round_.unmask(sorted(alive))
 
     assert np.array_equal(round_.server.aggregate(), _expected(vectors, set(range(1, 10))))
 
@@ -122,8 +122,7 @@ def _finish(round_: InProcessRound, vectors: dict[int, np.ndarray], senders: lis
         round_.server.receive(round_.clients[i].masked_input(round_.server.view_for(i),
                                                              vectors[i]))
     round_.server.close_stage()
-    alive = sorted(round_.server.masked)
-    round_._stage(alive, lambda i: round_.clients[i].unmask(round_.server.view_for(i)))
+    round_.unmask(sorted(round_.server.masked))
 
 
 def test_bad_signature_is_refused_and_the_round_goes_on() -> None:
@@ -211,6 +210,7 @@ def test_garbage_shares_from_a_holder_are_dropped_and_the_sum_stays_right() -> N
         round_.server.receive(round_.clients[i].masked_input(round_.server.view_for(i),
                                                              vectors[i]))
     round_.server.close_stage()
+    round_._stage(range(1, 6), lambda i: round_.clients[i].consistency(round_.server.view_for(i)))
     liar = round_.clients[1]  # among the first t holders: the fast path fails, then checks
     reply = liar.unmask(round_.server.view_for(1))
     for record in reply["payload"]["b_shares"].values():
@@ -264,14 +264,16 @@ def test_a_node_refuses_to_reveal_both_secrets_of_a_peer() -> None:
     for i in range(1, 6):
         round_.server.receive(round_.clients[i].masked_input(round_.server.view_for(i),
                                                              vectors[i]))
-    view = {"survivors": [1, 2, 3, 4, 5], "dropped": [3]}  # a malicious server
+    round_.server.close_stage()
+    round_._stage(range(1, 6), lambda i: round_.clients[i].consistency(round_.server.view_for(i)))
+    view = round_.server.view_for(1)
+    view["dropped"] = [3]  # a malicious server: node 3 both survived and dropped
 
-    with pytest.raises(UnsafeRequestError):
-        round_.clients[1].unmask(view)
-    honest = {"survivors": [1, 2, 3, 4, 5], "dropped": []}
-    round_.clients[1].unmask(honest)
+    reply = round_.clients[1].unmask(view)
+
+    assert "3" in reply["payload"]["b_shares"] and "3" not in reply["payload"]["sk_shares"]
     with pytest.raises(UnsafeRequestError, match="already answered"):
-        round_.clients[1].unmask({"survivors": [1, 2, 4, 5], "dropped": [3]})
+        round_.clients[1].unmask(round_.server.view_for(1))
 
 
 def test_masked_vectors_look_uniform() -> None:
