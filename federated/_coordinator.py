@@ -37,9 +37,11 @@ from mlaas.errors import MlaasError
 log = logging.getLogger("mlaas.federated")
 # Share of the round deadline each stage may last (training happens before a node
 # advertises, so the first stage gets the most time); a stage closes early once every
-# expected node has answered.
-STAGE_SHARES = {"advertise": 0.55, "share": 0.15, "masked_input": 0.15, "unmask": 0.15,
-                "clear_input": 1.0}
+# expected node has answered. A survivor that does not sign the survivor set in time is not
+# asked to unmask (its input stays in the sum; the signers rebuild its seed); fewer than t
+# signatures abort the round.
+STAGE_SHARES = {"advertise": 0.5, "share": 0.15, "masked_input": 0.15, "consistency": 0.1,
+                "unmask": 0.1, "clear_input": 1.0}
 READY_WITHIN_S = 15.0  # a node that polled this recently can be selected
 MAX_ABORTS_PER_ROUND = 3
 
@@ -208,8 +210,8 @@ class PoolCoordinator:
         server = active.server
         return {"advertise": len(server.config.identities), "share": len(server.advertised),
                 "clear_input": len(server.config.identities),
-                "masked_input": len(server.shares), "unmask": len(server.masked)
-                }.get(server.stage, 0)
+                "masked_input": len(server.shares), "consistency": len(server.masked),
+                "unmask": len(server.consistency_signatures)}.get(server.stage, 0)
 
     def _maybe_start(self) -> None:
         now = time.monotonic()
@@ -277,7 +279,8 @@ class PoolCoordinator:
     def _arrived_before(self, active: ActiveRound) -> list[int]:
         server = active.server
         return {"share": list(server.advertised), "masked_input": list(server.shares),
-                "unmask": list(server.masked)}.get(server.stage, [])
+                "consistency": list(server.masked),
+                "unmask": list(server.consistency_signatures)}.get(server.stage, [])
 
     def _abort(self, active: ActiveRound, reason: str) -> None:
         claims = self._claims(active)

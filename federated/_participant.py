@@ -19,7 +19,7 @@ import numpy as np
 from federated._clear import clear_input_message
 from federated._client import RoundClient
 from federated._keys import Identity
-from federated._messages import BinaryMessage
+from federated._messages import STAGES, BinaryMessage
 from federated._server import CLEAR_STAGE
 from federated.errors import UnsafeRequestError
 
@@ -39,6 +39,8 @@ class Participant:
     vector: np.ndarray | None = None
     claims: dict[str, Any] = field(default_factory=dict)
     binary_inputs: bool = True  # bit-packed masked vector in a binary body; False: JSON
+    # the pool's identity keys this node pinned (raw Ed25519); None trusts the server's views
+    roster: frozenset[bytes] | None = None
 
     def respond(self, view: dict[str, Any]) -> dict[str, Any] | BinaryMessage | None:
         """The message for the stage ``view`` shows, once per (round, stage)."""
@@ -54,11 +56,14 @@ class Participant:
                 return None  # joined this round too late (e.g. after a restart): skip it
             self._begin(number, int(view["index"]), int(view["global_version"]))
         assert self.client is not None
-        order = ("advertise", "share", "masked_input", "unmask")
-        previous = order[order.index(stage) - 1] if stage != "advertise" else None
+        if stage not in STAGES:
+            return None  # a stage this node does not know: it sends nothing
+        previous = STAGES[STAGES.index(stage) - 1] if stage != "advertise" else None
         if previous is not None and (number, previous) not in self.answered:
             return None  # missed a stage (e.g. offline): wait for the next round
         protocol = view["protocol"]
+        if stage == "consistency" and self.client.index not in protocol["survivors"]:
+            return None  # this node's input did not make it: nothing to sign or unmask
         self.answered.add((number, stage))
         if stage == "advertise":
             return self.client.advertise()
@@ -69,8 +74,8 @@ class Participant:
             if self.binary_inputs:
                 return self.client.masked_input_binary(protocol, self.vector, self.claims)
             return self.client.masked_input(protocol, self.vector, self.claims)
-        if self.client.index not in protocol["survivors"]:
-            return None  # this node's input did not make it: nothing to unmask
+        if stage == "consistency":
+            return self.client.consistency(protocol)
         return self.client.unmask(protocol)
 
     def _clear_input(self, number: int, view: dict[str, Any]) -> BinaryMessage:
@@ -90,4 +95,4 @@ class Participant:
         self.client = RoundClient(identity=self.identity, pool_id=self.pool_id,
                                   round_number=number, index=index,
                                   threshold=sa["threshold"], neighbours_k=sa.get("neighbours"),
-                                  modulus_bits=sa["modulus_bits"])
+                                  modulus_bits=sa["modulus_bits"], roster=self.roster)

@@ -244,3 +244,60 @@ def test_the_pools_epsilon_never_decreases_when_the_biggest_spender_leaves(pool:
     versions = registry.list_versions(url, coordinator.pool["tenant_id"], "iris-fl")
     spent = [v.metrics["epsilon_spent"] for v in versions[1:]]
     assert spent == [9.0, 9.0], spent
+
+
+def _mute(node: Participant, stages: set[str], rounds: set[int]) -> None:
+    """The node answers nothing at ``stages`` of ``rounds`` (as if it dropped there)."""
+    respond = node.respond
+
+    def muted(view: dict[str, Any]) -> Any:
+        message = respond(view)
+        return None if view.get("stage") in stages and view.get("round") in rounds else message
+
+    node.respond = muted  # type: ignore[method-assign]
+
+
+def test_a_survivor_that_does_not_sign_stays_in_the_sum_and_is_not_asked_to_unmask(
+    pool: Any,
+) -> None:
+    # Prepare: five nodes that pinned the pool's roster; one drops at the consistency stage
+    url, pool_id, artifacts = pool
+    coordinator = PoolCoordinator(pool_id, url, str(artifacts), use_ray_slices=False)
+    inputs: dict[str, np.ndarray] = {}
+    nodes = _nodes(coordinator, 5, inputs)
+    roster = frozenset(node.identity.public_bytes for node in nodes)
+    for node in nodes:
+        node.roster = roster
+    quiet = nodes[0]
+    _mute(quiet, {"consistency", "unmask"}, {1})
+
+    # Execute
+    _drive(coordinator, nodes, until=lambda: coordinator.status()["completed_rounds"] >= 1)
+
+    # Assert: its masked input was in, so it is a survivor and its seed was rebuilt
+    first = rounds_of(url, pool_id)[0]
+    assert first["status"] == "completed" and quiet.node_id in first["survivors"]
+    version = registry.get_version(url, coordinator.pool["tenant_id"], "iris-fl", 2)
+    aggregate = np.load(version.artifact_path / "aggregate.npy")
+    expected = sum(inputs[f"1:{n.node_id}"] for n in nodes) % (1 << 40)
+    assert np.array_equal(aggregate, expected)
+
+
+def test_fewer_than_t_signatures_of_the_survivor_set_abort_the_round(pool: Any) -> None:
+    # Prepare: three of five nodes do not sign in round 1 (t = 3)
+    url, pool_id, artifacts = pool
+    coordinator = PoolCoordinator(pool_id, url, str(artifacts), use_ray_slices=False)
+    nodes = _nodes(coordinator, 5, {})
+    for node in nodes[:3]:
+        _mute(node, {"consistency", "unmask"}, {1})
+
+    # Execute
+    _drive(
+        coordinator, nodes, until=lambda: coordinator.status()["status"] == "finished", limit_s=40
+    )
+
+    # Assert: round 1 is aborted at the consistency stage; the pool goes on
+    history = rounds_of(url, pool_id)
+    assert history[0]["status"] == "aborted"
+    assert "consistency" in history[0]["abort_reason"], history[0]["abort_reason"]
+    assert [r["status"] for r in history[1:]] == ["completed", "completed"]
