@@ -101,6 +101,40 @@ result = ips.get(rows[0].node_id, "") if rows else ""
 """)
         return out or None
 
+    def move_actor_to(self, name: str, ip: str, timeout_s: float = 60) -> str | None:
+        """Restart the platform actor ``name`` until it runs on node ``ip``: every other node
+        offering ``mlaas_state`` is filled by a placeholder while the actor restarts, then
+        freed. Returns the actor's node afterwards."""
+        return self.nodes.run_python(f"""
+import time
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.state import list_actors
+alive = [n for n in ray.nodes() if n["Alive"]]
+ips = {{n["NodeID"]: n["NodeManagerAddress"] for n in alive}}
+def where():
+    rows = list_actors(filters=[("name", "=", {name!r}), ("state", "=", "ALIVE")], detail=True)
+    return ips.get(rows[0].node_id) if rows else None
+class Hold:
+    def ready(self):
+        return True
+if where() != {ip!r}:
+    holds = []
+    for node in alive:
+        if node["NodeManagerAddress"] != {ip!r} and node["Resources"].get("mlaas_state", 0) >= 1:
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            hold = ray.remote(num_cpus=0, resources={{"mlaas_state": 0.9}})(Hold).options(
+                scheduling_strategy=strategy).remote()
+            ray.get(hold.ready.remote(), timeout=60)
+            holds.append(hold)
+    ray.kill(ray.get_actor({name!r}, namespace="mlaas"), no_restart=False)
+    deadline = time.monotonic() + {timeout_s}
+    while time.monotonic() < deadline and where() != {ip!r}:
+        time.sleep(0.2)
+    for hold in holds:
+        ray.kill(hold)
+result = where()
+""", timeout_s=timeout_s + 60)
+
     def replica_nodes(self, app: str, deployment: str) -> dict[str, str]:
         """Replica id -> node address of the running replicas of one deployment."""
         out = self.nodes.run_python(f"""

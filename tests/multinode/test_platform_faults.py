@@ -69,6 +69,16 @@ def _worker_index(platform: MultiNodePlatform, ip: str | None) -> int:
     return ips.index(ip)
 
 
+def _driver_ip(platform: MultiNodePlatform, job_id: str, timeout_s: float = 120) -> str:
+    """The node of a training job's driver, once it has started."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ip := platform.job_driver_ip(job_id):
+            return ip
+        time.sleep(0.5)
+    pytest.fail(f"the driver of job {job_id} did not start within {timeout_s} s")
+
+
 def _recovered_after(results: list[tuple[float, int, Any]], start: float, run: int = 5
                      ) -> float | None:  # fmt: skip
     """Seconds from ``start`` to the first of ``run`` successive 200s after it."""
@@ -230,6 +240,11 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
         submitted = client.post("/v1/train", json=spec)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["training_job_id"]
+        driver_ip = _driver_ip(mn_platform, job_id)
+        # The node killed is a training node only: the admission actor (the loss of its node
+        # has a test of its own) goes to the driver's node, which is not killed.
+        moved_to = mn_platform.move_actor_to("admission", driver_ip)
+        assert moved_to == driver_ip, (moved_to, driver_ip)
         worker_ips = train_worker_ips(watcher)
         # Wait for a checkpoint: an epoch reported
         deadline = time.monotonic() + 240
@@ -239,7 +254,6 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
                 break
             time.sleep(0.5)
         assert status["status"] == "RUNNING", status
-        driver_ip = mn_platform.job_driver_ip(job_id)
         victims = [ip for ip in worker_ips if ip != driver_ip]
         assert victims, f"the training workers ({worker_ips}) all share the driver's node"
         victim = _worker_index(mn_platform, victims[0])
