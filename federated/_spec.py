@@ -3,6 +3,11 @@
 Every refusal names the field and says how to fix it, e.g. "threshold must be more than half
 of the 10 share holders (got 5); raise it to at least 6".
 
+A secure pool states the fraction of its nodes that may collude with the server
+(``corrupt_fraction``, γ) and that may drop out (``dropout_fraction``, δ). Full SecAgg then
+needs ``2t > N + ⌊γN⌋`` (Bonawitz et al. 2017 with the consistency round; ``t >= ⌊2N/3⌋ + 1``
+covers γ < 1/3), and SecAgg+ needs k and t within Bell et al. (2020)'s bounds (``_bounds``).
+
 ``aggregation: "clear"`` opts a pool out of secure aggregation: nodes send their clipped,
 quantized, sample-weighted updates unmasked, so the server sees each node's update. Only such
 a pool can score contributions on a validation set (``contribution_scoring``).
@@ -15,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from federated._bounds import Population, smallest_neighbours, thresholds
 from federated._quantize import max_aggregate
 from federated.errors import PoolSpecError
 
@@ -40,6 +46,14 @@ class SecureAggregationSpec(BaseModel):
     neighbours: int | None = Field(
         default=None, ge=2, description="k of the SecAgg+ k-regular graph; None = everyone"
     )
+    corrupt_fraction: float = Field(
+        default=0.0, ge=0, lt=0.5,
+        description="γ: fraction of the nodes assumed to collude with the server; 1/3 needs "
+        "threshold >= ⌊2N/3⌋ + 1")
+    dropout_fraction: float = Field(
+        default=0.1, ge=0, lt=1,
+        description="δ: fraction of the nodes that may drop out after sharing keys (SecAgg+ "
+        "bounds)")
     clip_range: float = Field(default=0.5, gt=0, le=1e6)
     quantization_bits: int = Field(default=16, ge=1, le=32)
     modulus_bits: int = Field(default=32, ge=8, le=63)
@@ -170,7 +184,48 @@ def _secure_aggregation_problem(spec: PoolSpec) -> tuple[str, str] | None:
             f"is more than the {smallest} holders a round can have (got {sa.threshold}); "
             "lower it or raise min_nodes"
         )
-    return None
+    if sa.neighbours is None:
+        return _collusion_problem(spec)
+    return _secagg_plus_problem(spec)
+
+
+def _collusion_problem(spec: PoolSpec) -> tuple[str, str] | None:
+    """Full SecAgg: two survivor sets can each get t signatures unless 2t > N + corrupt."""
+    sa, n = spec.secure_aggregation, spec.target_nodes
+    assert sa.threshold is not None
+    corrupt = Population(n, sa.dropout_fraction, sa.corrupt_fraction).corrupt
+    if 2 * sa.threshold > n + corrupt:
+        return None
+    return "secure_aggregation.threshold", (
+        f"must be more than half of {n} nodes plus the {corrupt} assumed corrupt "
+        f"(corrupt_fraction {sa.corrupt_fraction:g}; got {sa.threshold}); raise it to at least "
+        f"{(n + corrupt) // 2 + 1} (⌊2N/3⌋ + 1 = {2 * n // 3 + 1} covers any γ < 1/3)")
+
+
+def _secagg_plus_problem(spec: PoolSpec) -> tuple[str, str] | None:
+    """k and t within Bell et al. (2020)'s bounds for the pool's size, δ and γ."""
+    sa, n = spec.secure_aggregation, spec.target_nodes
+    assert sa.neighbours is not None and sa.threshold is not None
+    pop = Population(n, sa.dropout_fraction, sa.corrupt_fraction)
+    if sa.neighbours >= n - 1:
+        return _collusion_problem(spec)
+    fine = thresholds(pop, sa.neighbours)
+    if sa.threshold in fine:
+        return None
+    terms = f"{n} nodes, {sa.dropout_fraction:g} dropout, {sa.corrupt_fraction:g} corrupt"
+    if fine:
+        return "secure_aggregation.threshold", (
+            f"with {sa.neighbours} neighbours must be in {fine.start}..{fine.stop - 1} for "
+            f"{terms} (Bell et al. 2020; got {sa.threshold}); set it in that range")
+    least = smallest_neighbours(pop)
+    if least is None:
+        return "secure_aggregation.neighbours", (
+            f"no neighbour count below {n - 1} meets Bell et al. (2020)'s bounds for {terms}; "
+            "drop neighbours for full SecAgg")
+    return "secure_aggregation.neighbours", (
+        f"neighbours must be ≥ {least[0]} for {terms} (Bell et al. 2020; got "
+        f"{sa.neighbours}); set neighbours: {least[0]} with threshold: {least[1]}, or drop it "
+        "for full SecAgg")
 
 
 def parse_pool_spec(raw: Any) -> PoolSpec:

@@ -283,3 +283,15 @@ def test_the_secagg_plus_graph_comes_from_the_advertised_keys() -> None:
     # the two key sets), and every node computed the server's graph
     assert graphs[0] != graphs[1], "the neighbour graph depends only on pool, round, indices"
     assert all(agreed)
+
+
+def test_a_threshold_below_two_thirds_is_refused_when_a_third_may_collude() -> None:
+    spec = {"name": "full", "model": {"num_features": 4, "num_classes": 2},
+            "min_nodes": 9, "target_nodes": 9,
+            "secure_aggregation": {"threshold": 5, "corrupt_fraction": 0.33}}
+
+    with pytest.raises(PoolSpecError) as caught:  # 2 of 9 may collude: 2t > 9 + 2
+        parse_pool_spec(spec)
+    assert "at least 6" in caught.value.message and "⌊2N/3⌋ + 1 = 7" in caught.value.message
+    spec["secure_aggregation"]["threshold"] = 7  # ⌊2N/3⌋ + 1
+    assert parse_pool_spec(spec).secure_aggregation.threshold == 7
