@@ -8,14 +8,16 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from mlaas.db import ApiKey, Tenant, session_scope, utcnow
 from mlaas.errors import ConflictError, NotFoundError, ValidationError
 
 KEY_PREFIX = "mlk_"
-SCOPES = ("admin", "tenant")
+# admin: the platform's operators; tenant: everything of its tenant; federated: a data
+# owner's participant key, one node of the pools it names (rules in mlaas.auth.SCOPE_RULES).
+SCOPES = ("admin", "tenant", "federated")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 
 
@@ -49,6 +51,8 @@ class KeyInfo:
     scopes: tuple[str, ...]
     created_at: str
     revoked: bool
+    pools: tuple[str, ...] = ()
+    approves_nodes: bool = False
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
@@ -60,6 +64,8 @@ class KeyInfo:
             scopes=tuple(row.scopes.split(",")),
             created_at=row.created_at.isoformat() + "Z",
             revoked=row.revoked_at is not None,
+            pools=tuple(p for p in (row.pools or "").split(",") if p),
+            approves_nodes=bool(row.approves_nodes),
         )
 
 
@@ -133,15 +139,27 @@ def admin_tenant(url: str) -> TenantInfo | None:
 
 
 def create_key(
-    url: str, tenant_id: str, *, name: str = "default", scopes: tuple[str, ...] = ("tenant",)
+    url: str,
+    tenant_id: str,
+    *,
+    name: str = "default",
+    scopes: tuple[str, ...] = ("tenant",),
+    pools: tuple[str, ...] = (),
+    approve_nodes: bool = False,
 ) -> tuple[KeyInfo, str]:
-    """Create a key; returns its record and the key itself, which is never stored or shown again."""
+    """Create a key; returns its record and the key itself, which is never stored or shown again.
+
+    Args:
+        pools: for scope ``federated`` (alone): the tenant's pools the key may act in.
+        approve_nodes: the owner pre-authorises the key: its node is approved on registering.
+    """
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
         raise ValidationError(
             f"scopes must be a non-empty subset of {list(SCOPES)}",
             details={"field": "scopes", "received": list(scopes)},
         )
+    _check_participant(scopes, pools, approve_nodes)
     _check_name(name, "Key")
     prefix = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(30)}"
@@ -154,6 +172,15 @@ def create_key(
                 "Only the admin tenant's keys can carry the admin scope",
                 details={"field": "scopes", "received": list(scopes)},
             )
+        for pool_id in pools:
+            owner = session.execute(
+                text("SELECT tenant_id FROM fed_pools WHERE id = :id"), {"id": pool_id}
+            ).scalar()
+            if owner != tenant_id:
+                raise NotFoundError(
+                    f"Pool {pool_id!r} not found in this tenant",
+                    details={"field": "pools", "received": pool_id},
+                )
         row = ApiKey(
             id="key_" + secrets.token_hex(8),
             tenant_id=tenant_id,
@@ -161,9 +188,49 @@ def create_key(
             prefix=prefix,
             key_hash=hash_key(key),
             scopes=",".join(sorted(set(scopes))),
+            pools=",".join(sorted(set(pools))) or None,
+            approves_nodes=approve_nodes or None,
         )
         session.add(row)
     return KeyInfo.of(row), key
+
+
+def pool_tenant(url: str, pool_id: str) -> str:
+    """The id of the tenant that owns a federated pool."""
+    with session_scope(url) as session:
+        owner = session.execute(
+            text("SELECT tenant_id FROM fed_pools WHERE id = :id"), {"id": pool_id}
+        ).scalar()
+    if owner is None:
+        raise NotFoundError(f"Pool {pool_id!r} not found", details={"field": "pools"})
+    return str(owner)
+
+
+def _check_participant(scopes: tuple[str, ...], pools: tuple[str, ...], approve: bool) -> None:
+    """A participant key has the federated scope alone and names at least one pool."""
+    if "federated" not in scopes:
+        if pools or approve:
+            raise ValidationError(
+                "pools and approve_nodes belong to a participant key: add scope federated",
+                details={"field": "pools", "received": list(pools)},
+            )
+        return
+    if len(set(scopes)) > 1:
+        raise ValidationError(
+            "scope federated cannot be combined with another scope: a participant key acts "
+            "only as a node of its pools",
+            details={"field": "scopes", "received": list(scopes)},
+        )
+    if not pools:
+        raise ValidationError(
+            "a key of scope federated names the pools it may join: pass at least one pool id",
+            details={"field": "pools", "received": []},
+        )
+    if any(len(p) > 40 or "," in p for p in pools):
+        raise ValidationError(
+            "pool ids are at most 40 characters, without commas",
+            details={"field": "pools", "received": list(pools)},
+        )
 
 
 def list_keys(url: str, tenant_id: str | None = None) -> list[KeyInfo]:

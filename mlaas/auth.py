@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import jwt
@@ -26,6 +27,7 @@ class Principal:
     key_id: str
     scopes: frozenset[str]
     is_admin_tenant: bool
+    pools: frozenset[str] = frozenset()  # the pools a participant key (scope federated) names
 
     @property
     def is_admin(self) -> bool:
@@ -34,6 +36,59 @@ class Principal:
     def require_admin(self) -> None:
         if not self.is_admin:
             raise ForbiddenError("This route needs a key with the admin scope")
+
+
+# What a participant key (scope ``federated``) may call: acting as one node of a pool on its
+# key, and reading that pool's description, model and roster. Nothing else of the tenant.
+PARTICIPANT_ROUTES = frozenset({
+    ("GET", "/v1/federated/pools/{pool_id}"),
+    ("POST", "/v1/federated/pools/{pool_id}/nodes"),
+    ("GET", "/v1/federated/pools/{pool_id}/round"),
+    ("POST", "/v1/federated/pools/{pool_id}/messages"),
+    ("POST", "/v1/federated/pools/{pool_id}/messages/binary"),
+    ("POST", "/v1/federated/pools/{pool_id}/nodes/{node_id}/leave"),
+    ("GET", "/v1/federated/pools/{pool_id}/model"),
+    ("GET", "/v1/federated/pools/{pool_id}/roster"),
+})
+
+# scope -> whether it lets a principal call (method, route template, path parameters)
+ScopeRule = Callable[["Principal", str, str, Mapping[str, str]], bool]
+
+
+def _participant_may(principal: Principal, method: str, route: str,
+                     params: Mapping[str, str]) -> bool:
+    return (method, route) in PARTICIPANT_ROUTES and params.get("pool_id") in principal.pools
+
+
+SCOPE_RULES: dict[str, ScopeRule] = {
+    "admin": lambda *_: True,  # admin-only routes check is_admin themselves
+    "tenant": lambda *_: True,
+    "federated": _participant_may,
+}
+
+
+def authorize(principal: Principal, method: str, route: str,
+              params: Mapping[str, str]) -> None:
+    """The one place a key's scopes decide which routes it may call.
+
+    Args:
+        route: the matched route's path template (``/v1/federated/pools/{pool_id}``).
+        params: the route's path parameters.
+
+    Raises:
+        ForbiddenError: no scope of the key allows this route.
+    """
+    if any(SCOPE_RULES.get(scope, lambda *_: False)(principal, method, route, params)
+           for scope in principal.scopes):
+        return
+    if "federated" in principal.scopes:
+        message = ("This is a participant key: it acts only as a node of the pools "
+                   f"{', '.join(sorted(principal.pools))} (register, poll, send messages, "
+                   "leave, read the pool, its model and roster)")
+    else:
+        message = "This key's scopes do not allow this route"
+    raise ForbiddenError(message, details={"reason": "scope", "scopes": sorted(principal.scopes),
+                                           "route": f"{method} {route}"})
 
 
 def _principal_for(url: str, *, key_id: str | None = None, raw_key: str | None = None) -> Principal:
@@ -59,6 +114,7 @@ def _principal_for(url: str, *, key_id: str | None = None, raw_key: str | None =
             key_id=row.id,
             scopes=frozenset(row.scopes.split(",")),
             is_admin_tenant=tenant.is_admin,
+            pools=frozenset(p for p in (row.pools or "").split(",") if p),
         )
 
 
@@ -113,4 +169,5 @@ def authenticate(url: str, authorization: str | None, secret: str) -> Principal:
         key_id=principal.key_id,
         scopes=scopes,
         is_admin_tenant=principal.is_admin_tenant,
+        pools=principal.pools,
     )

@@ -365,22 +365,40 @@ def tenants_list(
 
 @keys_app.command("create")
 def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant id or name")],
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant id or name (default: the tenant of --pool)")
+    ] = None,
     name: Annotated[str, typer.Option(help="A label for the key")] = "default",
-    scope: Annotated[list[str] | None, typer.Option(help="admin and/or tenant")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="admin, tenant, or federated (a participant key)")
+    ] = None,
+    pool: Annotated[
+        list[str] | None, typer.Option(help="scope federated: a pool id the key may join")
+    ] = None,
+    approve: Annotated[
+        bool, typer.Option("--approve", help="scope federated: approve its node on registering")
+    ] = False,
 ) -> None:
-    """Create an API key (shown once)."""
+    """Create an API key (shown once); `--scope federated --pool P` makes a data owner's
+    participant key, one node of pool P and nothing else of the tenant."""
     settings = _settings()
     try:
         url = _migrated(settings)
-        tenant_info = accounts.find_tenant(url, tenant)
+        pools = tuple(pool or ())
+        if tenant is None and not pools:
+            _fail("Pass --tenant (or --pool for a participant key)")
+        tenant_info = accounts.find_tenant(url, tenant or accounts.pool_tenant(url, pools[0]))
         info, key = accounts.create_key(
-            url, tenant_info.id, name=name, scopes=tuple(scope or ["tenant"])
-        )
+            url, tenant_info.id, name=name, scopes=tuple(scope or ["tenant"]),
+            pools=pools, approve_nodes=approve,
+        )  # fmt: skip
     except MlaasError as exc:
         _fail(exc.message)
+    named = f", pools {', '.join(info.pools)}" if info.pools else ""
+    approved = ", its node approved on registering" if info.approves_nodes else ""
     console.print(
-        f"[green]✔[/] Key {info.id} for {tenant_info.name} (scopes {', '.join(info.scopes)})"
+        f"[green]✔[/] Key {info.id} for {tenant_info.name} (scopes {', '.join(info.scopes)}"
+        f"{named}{approved})"
     )
     console.print("API key (shown once):")
     console.print(key, soft_wrap=True, highlight=False)

@@ -71,6 +71,10 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(200), default="tenant")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # A participant key (scope federated): its pools, comma-separated, and whether the nodes it
+    # registers are approved at once (migration 0008).
+    pools: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    approves_nodes: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class UsageEvent(Base):

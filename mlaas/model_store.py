@@ -160,10 +160,12 @@ def delete_version(
 
     Raises:
         NotFoundError: no such model or version for this tenant.
-        ConflictError: the version is in production (move it to staging first).
+        ConflictError: the version is in production (move it to staging first), or is a
+            federated pool's (its model is reserved).
     """
     name = model_name_of(url, tenant_id, model_ref)
     version = registry.get_version(url, tenant_id, name, int(number))
+    registry.check_deletable(url, tenant_id, name)  # a federated pool's versions stay
     if version.stage == "production":
         raise ConflictError(
             f"Version {number} of {name!r} is in production; promote another version or move "

@@ -49,6 +49,8 @@ class RegisteredModel(Base):
     name: Mapped[str] = mapped_column(String(100))
     task: Mapped[str] = mapped_column(String(60), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Who alone may add versions, and no one delete them (a federated pool's id; 0008)
+    reserved_by: Mapped[str | None] = mapped_column(String(60), nullable=True)
 
 
 _IN_PRODUCTION = text("stage = 'production'")
@@ -148,8 +150,18 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def ensure_model(url: str, tenant_id: str, name: str, *, task: str = "") -> ModelInfo:
-    """The tenant's model of this name, created when it does not exist yet."""
+def ensure_model(
+    url: str, tenant_id: str, name: str, *, task: str = "", reservation: str | None = None
+) -> ModelInfo:
+    """The tenant's model of this name, created when it does not exist yet.
+
+    Args:
+        reservation: who the caller registers for (a federated pool's id); a model reserved
+            by someone else is refused.
+
+    Raises:
+        ConflictError: the model is reserved by another holder (a federated pool).
+    """
     check_model_name(name)
     for _ in range(3):
         try:
@@ -161,10 +173,55 @@ def ensure_model(url: str, tenant_id: str, name: str, *, task: str = "") -> Mode
                     )
                     session.add(row)
                     session.flush()
+                _check_reservation(row, reservation, "register a version under")
                 return _model_info(session, row)
         except IntegrityError:
             continue  # created concurrently; read it on the next pass
     raise ConflictError(f"Could not create model {name!r}; retry")
+
+
+def reserve_model(url: str, tenant_id: str, name: str, holder: str) -> ModelInfo:
+    """Create the model reserved for ``holder``: only registrations for it add versions, and
+    no version can be deleted.
+
+    Raises:
+        ConflictError: the tenant has a model of that name already.
+    """
+    check_model_name(name)
+    try:
+        with session_scope(url) as session:
+            row = RegisteredModel(
+                id="mdl_" + secrets.token_hex(8), tenant_id=tenant_id, name=name,
+                reserved_by=holder,
+            )  # fmt: skip
+            session.add(row)
+            session.flush()
+            return _model_info(session, row)
+    except IntegrityError as exc:
+        raise ConflictError(
+            f"A model named {name!r} exists already", details={"field": "name", "model": name}
+        ) from exc
+
+
+def check_deletable(url: str, tenant_id: str, name: str) -> None:
+    """Refuse deleting a version of a reserved model (a federated pool's global versions).
+
+    Raises:
+        ConflictError: the model is reserved.
+    """
+    with session_scope(url) as session:
+        row = _model_row(session, tenant_id, name)
+        if row is not None:
+            _check_reservation(row, None, "delete a version of")
+
+
+def _check_reservation(row: RegisteredModel, reservation: str | None, action: str) -> None:
+    if row.reserved_by is not None and row.reserved_by != reservation:
+        raise ConflictError(
+            f"Model {row.name!r} is reserved by federated pool {row.reserved_by}: nobody else "
+            f"may {action} it; choose another model name",
+            details={"model": row.name, "reserved_by": row.reserved_by},
+        )
 
 
 def next_version_number(url: str, tenant_id: str, model_name: str) -> int:
@@ -190,8 +247,12 @@ def register_version(
     stage: Stage = "staging",
     task: str = "",
     version_id: str | None = None,
+    reservation: str | None = None,
 ) -> ModelVersionInfo:
     """Add a version to a tenant's model (creating the model on first use).
+
+    ``reservation`` names who registers (a federated pool's id); a model reserved by another
+    holder refuses the version (:func:`reserve_model`).
 
     ``version_id`` is the caller's id for the row (``mv_...``), chosen before its files
     were uploaded under it; by default a new one.
@@ -201,11 +262,11 @@ def register_version(
     the previous production version to staging, as :func:`set_stage` does.
 
     Raises:
-        ConflictError: when the pinned number is already taken.
+        ConflictError: when the pinned number is already taken, or the model is reserved.
     """
     if stage not in STAGES:
         raise ValidationError(f"stage must be one of {STAGES}", details={"field": "stage"})
-    model = ensure_model(url, tenant_id, model_name, task=task)
+    model = ensure_model(url, tenant_id, model_name, task=task, reservation=reservation)
     try:
         with session_scope(url) as session:
             _lock_model(session, model.id)  # concurrent registrations take numbers in turn

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from mlaas.auth import Principal, authenticate
+from mlaas.auth import Principal, authenticate, authorize
 from mlaas.errors import QuotaExceededError, RateLimitExceededError
 from mlaas.registry import ModelVersionInfo
 from mlaas.settings import Settings
@@ -121,12 +121,14 @@ async def _verify(ctx: GatewayContext, authorization: str | None) -> Principal:
 
 
 async def current_principal(request: Request, ctx: Context) -> Principal:
-    """Authenticate the caller, then apply its rate limit and quotas for this endpoint."""
+    """Authenticate the caller, check that its key's scopes allow this route (the one place
+    they are checked), then apply its rate limit and quotas for this endpoint."""
     authorization = request.headers.get("authorization")
     cached = ctx.credentials.get(authorization)
     principal = cached or await _verify(ctx, authorization)
     request.state.tenant_id = principal.tenant_id
     endpoint = endpoint_of(request)
+    authorize(principal, request.method, endpoint, request.path_params)
     category = ctx.tiers.metered.get(f"{request.method} {endpoint}")
     epoch_changed = await check_admission(
         ctx,

@@ -18,8 +18,15 @@ router = APIRouter(tags=["keys"])
 
 class KeyCreate(BaseModel):
     name: str = Field(default="default", min_length=1, max_length=100)
-    scopes: list[Literal["admin", "tenant"]] = Field(default_factory=lambda: ["tenant"])
+    scopes: list[Literal["admin", "tenant", "federated"]] = Field(
+        default_factory=lambda: ["tenant"],
+        description="federated: a participant key, one node of each of its pools, nothing else",
+    )
     tenant_id: str | None = Field(default=None, description="Admins only: create for this tenant")
+    pools: list[str] = Field(default_factory=list, max_length=50,
+                             description="scope federated: the tenant's pools the key may join")
+    approve_nodes: bool = Field(default=False, description="scope federated: the key's node is "
+                                "approved on registering (the owner pre-authorises it)")
 
 
 @router.post("/v1/keys", status_code=201)
@@ -31,7 +38,9 @@ async def create_key(body: KeyCreate, principal: CurrentPrincipal, ctx: Context)
     if "admin" in body.scopes and not principal.is_admin:
         raise ForbiddenError("Only admins can create admin keys")
     info, key = await run_in_threadpool(
-        accounts.create_key, ctx.database_url, tenant_id, name=body.name, scopes=tuple(body.scopes)
+        lambda: accounts.create_key(ctx.database_url, tenant_id, name=body.name,
+                                    scopes=tuple(body.scopes), pools=tuple(body.pools),
+                                    approve_nodes=body.approve_nodes)
     )
     return {**asdict(info), "key": key}
 
