@@ -17,6 +17,13 @@ from federated._masking import decode_vector, encode_vector, expand_mask
 from federated._messages import BinaryMessage
 from federated._packing import pack_residues, packed_size, unpack_residues
 from federated._quantize import dequantize_mean, max_aggregate, quantize, weighted_input
+from federated._requests import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    check_signed,
+    poll_params,
+    signed_headers,
+)
 from federated._server import LocalVectorSum, RoundConfig, RoundServer, VectorSum
 from federated._spec import PoolSpec, parse_pool_spec, security_problem
 from federated.errors import (
@@ -44,17 +51,35 @@ _LAZY = {
     "read_version_weights": "federated._model",
     "Node": "federated.node",
     "NodeOptions": "federated.node",
+    "approve_node": "federated._store",
+    "get_node": "federated._store",
+    "list_nodes": "federated._store",
+    "node_identity": "federated._store",
+    "roster_of": "federated._store",
+}
+_ALIASES = {  # public name -> (module, name there)
+    "ROSTER_GENESIS": ("federated._roster", "GENESIS"),
+    "roster_fingerprint": ("federated._roster", "fingerprint"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _ALIASES:
+        module, attribute = _ALIASES[name]
+        return getattr(import_module(module), attribute)
     raise AttributeError(f"module 'federated' has no attribute {name!r}")
 
 
 __all__ = [
     *_LAZY,
+    *_ALIASES,
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "check_signed",
+    "poll_params",
+    "signed_headers",
     "BadSignatureError",
     "BinaryMessage",
     "ClearRoundServer",

@@ -95,6 +95,7 @@ def register(
         output_schema={"type": "classification",
                        "classes": [str(c) for c in range(model_spec["num_classes"])]},
         metrics=metrics, task="classification",
+        reservation=metrics["federated"]["pool_id"],  # the model is reserved for its pool
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from federated._data import load_local_data
 from federated._spec import parse_pool_spec
 from federated.errors import PoolSpecError
 from mlaas import registry
-from mlaas.errors import ConflictError, NotFoundError, ValidationError
+from mlaas.errors import ConflictError, ValidationError
 
 VALIDATION_FIELD = "contribution_scoring.validation_data"
 
@@ -30,19 +30,21 @@ def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any,
     Raises:
         PoolSpecError: the spec is invalid or cannot be secure (the reason says the fix).
         ConflictError: the tenant already has a model of that name.
+
+    The model is reserved for the pool (``registry.reserve_model``): a training job or any
+    other registration under its name, or deleting one of its versions, is refused (409).
     """
     spec = parse_pool_spec(raw).model_dump(mode="json")
     if spec.get("contribution_scoring"):
         spec["contribution_scoring"]["validation_data"] = _checked_validation(spec, data_dir)
-    try:
-        registry.list_versions(url, tenant_id, spec["name"])
-    except NotFoundError:
-        pass
-    else:
+    pool_id = _store.new_pool_id()
+    try:  # the model is the pool's alone: nobody else registers under its name or deletes
+        registry.reserve_model(url, tenant_id, spec["name"], pool_id)
+    except ConflictError:
         raise ConflictError(
             f"A model named {spec['name']!r} exists already; give the pool another name",
-            details={"field": "name"})
-    pool = _store.create_pool(url, tenant_id, spec)
+            details={"field": "name"}) from None
+    pool = _store.create_pool(url, tenant_id, spec, pool_id=pool_id)
     version = _model.register(
         url, artifacts_dir, tenant_id=tenant_id, spec=spec, model=_model.build(spec),
         metrics={"federated": {"pool_id": pool["id"], "round": 0, "participants": 0,

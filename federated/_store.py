@@ -8,14 +8,16 @@ completed rounds, so an interrupted round is never half-counted.
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mlaas.db import Base, session_scope, utcnow
-from mlaas.errors import NotFoundError
+from mlaas.db import ApiKey, Base, session_scope, utcnow
+from mlaas.errors import ConflictError, NotFoundError
 
 
 class FederatedPool(Base):
@@ -41,8 +43,27 @@ class FederatedNode(Base):
     identity_key: Mapped[str] = mapped_column(String(100))  # Ed25519 public key, base64
     api_key_id: Mapped[str] = mapped_column(String(40), default="")
     label: Mapped[str] = mapped_column(String(100), default="")
-    status: Mapped[str] = mapped_column(String(20), default="active")  # active|budget_spent
+    # pending (not approved yet) | active | left | budget_spent; only active nodes are selected
+    status: Mapped[str] = mapped_column(String(20), default="active")
     joined_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # 0006
+
+
+class FederatedRosterEntry(Base):
+    """One approved node on the pool's hash-chained roster (see ``federated._roster``)."""
+
+    __tablename__ = "fed_roster"
+    __table_args__ = (UniqueConstraint("pool_id", "seq", name="uq_fed_roster_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("fed_pools.id", ondelete="CASCADE"),
+                                         index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(String(40))
+    identity_key: Mapped[str] = mapped_column(String(100))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class FederatedRound(Base):
@@ -96,9 +117,14 @@ def privacy_terms(spec: dict[str, Any]) -> dict[str, Any]:
             "privacy_notice": CLEAR_NOTICE if clear else SECURE_NOTICE}
 
 
-def create_pool(url: str, tenant_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+def new_pool_id() -> str:
+    return "pool_" + secrets.token_hex(8)
+
+
+def create_pool(url: str, tenant_id: str, spec: dict[str, Any],
+                pool_id: str | None = None) -> dict[str, Any]:
     with session_scope(url) as session:
-        pool = FederatedPool(id="pool_" + secrets.token_hex(8), tenant_id=tenant_id,
+        pool = FederatedPool(id=pool_id or new_pool_id(), tenant_id=tenant_id,
                              name=spec["name"], spec=spec)
         session.add(pool)
         session.flush()
@@ -129,16 +155,117 @@ def list_pools(url: str, tenant_id: str) -> list[dict[str, Any]]:
 
 
 def add_node(url: str, pool_id: str, identity_key: str, api_key_id: str, label: str) -> str:
-    """The node id of this identity in the pool (the same one when a node joins again)."""
+    """The node id of this identity in the pool (the same one when a node joins again).
+
+    A node registered by a tenant-scope key of the pool's tenant, or by a participant key
+    the owner pre-authorised, is approved at once (and put on the roster); any other waits,
+    ``pending``, for the owner's approval, and is never selected meanwhile.
+
+    Raises:
+        ConflictError: the participant key registered another identity in this pool already.
+    """
     with session_scope(url) as session:
         row = session.scalar(select(FederatedNode).where(
             FederatedNode.pool_id == pool_id, FederatedNode.identity_key == identity_key))
+        key = session.get(ApiKey, api_key_id)
+        scopes = set((key.scopes if key else "").split(","))
+        participant = "federated" in scopes and not scopes & {"tenant", "admin"}
+        if row is None and participant:
+            other = session.scalar(select(FederatedNode.id).where(
+                FederatedNode.pool_id == pool_id, FederatedNode.api_key_id == api_key_id))
+            if other is not None:
+                raise ConflictError(
+                    f"This participant key registered node {other} in the pool already; a "
+                    "participant key registers one node per pool (join with that node's "
+                    "state folder, or ask the owner for another key)",
+                    details={"reason": "one_node_per_key", "node_id": other})
         if row is None:
             row = FederatedNode(id="node_" + secrets.token_hex(6), pool_id=pool_id,
                                 identity_key=identity_key, api_key_id=api_key_id, label=label)
             session.add(row)
-        row.status = "active"
-        return row.id
+        row.status = "active" if row.approved_at is not None else "pending"
+        node_id, approved = row.id, row.approved_at is not None
+        preapproved = key is not None and (not participant or bool(key.approves_nodes))
+    if not approved and preapproved:
+        approve_node(url, pool_id, node_id)
+    return node_id
+
+
+def approve_node(url: str, pool_id: str, node_id: str) -> dict[str, Any]:
+    """Approve a node of the pool and append it to the roster (once; approving again is a
+    no-op); the coordinator may select it from its next round on."""
+    # Here, not at the top: the migrator loads this module without the package's extras.
+    from federated._roster import GENESIS, new_entry
+
+    for attempt in range(5):
+        try:
+            with session_scope(url) as session:
+                # The pool row's lock orders concurrent approvals (PostgreSQL); SQLite
+                # serialises writers, and a clash on the seq retries.
+                session.scalar(select(FederatedPool).where(FederatedPool.id == pool_id)
+                               .with_for_update())
+                row = session.get(FederatedNode, node_id)
+                if row is None or row.pool_id != pool_id:
+                    raise NotFoundError(f"Node {node_id!r} has not joined pool {pool_id}",
+                                        details={"node_id": node_id})
+                if row.approved_at is None:
+                    last = session.scalar(select(FederatedRosterEntry)
+                                          .where(FederatedRosterEntry.pool_id == pool_id)
+                                          .order_by(FederatedRosterEntry.seq.desc()).limit(1))
+                    entry = new_entry(pool_id, last.seq + 1 if last else 0, node_id,
+                                      row.identity_key, last.entry_hash if last else GENESIS)
+                    session.add(FederatedRosterEntry(
+                        pool_id=pool_id, seq=entry["seq"], node_id=node_id,
+                        identity_key=row.identity_key, prev_hash=entry["prev"],
+                        entry_hash=entry["hash"]))
+                    row.approved_at = utcnow()
+                    if row.status == "pending":
+                        row.status = "active"
+                return node_dict(row)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def roster_of(url: str, pool_id: str) -> list[dict[str, Any]]:
+    """The pool's roster entries, oldest first (see ``federated._roster``)."""
+    with session_scope(url) as session:
+        rows = session.scalars(select(FederatedRosterEntry)
+                               .where(FederatedRosterEntry.pool_id == pool_id)
+                               .order_by(FederatedRosterEntry.seq)).all()
+        return [{"seq": r.seq, "pool_id": r.pool_id, "node_id": r.node_id,
+                 "identity_key": r.identity_key, "prev": r.prev_hash, "hash": r.entry_hash}
+                for r in rows]
+
+
+def get_node(url: str, pool_id: str, node_id: str) -> dict[str, Any] | None:
+    """A node of this pool with its approval, or None."""
+    with session_scope(url) as session:
+        row = session.get(FederatedNode, node_id)
+        return node_dict(row) if row is not None and row.pool_id == pool_id else None
+
+
+def node_identity(url: str, pool_id: str, node_id: str) -> str | None:
+    """The identity key a node of this pool registered, or None."""
+    with session_scope(url) as session:
+        row = session.get(FederatedNode, node_id)
+        return row.identity_key if row is not None and row.pool_id == pool_id else None
+
+
+def node_dict(row: FederatedNode) -> dict[str, Any]:
+    return {"node_id": row.id, "label": row.label, "status": row.status,
+            "identity_key": row.identity_key, "approved": row.approved_at is not None,
+            "joined_at": row.joined_at.isoformat() + "Z"}
+
+
+def list_nodes(url: str, pool_id: str) -> list[dict[str, Any]]:
+    """Every node of the pool with its approval, oldest first (for the owner)."""
+    with session_scope(url) as session:
+        rows = session.scalars(select(FederatedNode).where(FederatedNode.pool_id == pool_id)
+                               .order_by(FederatedNode.joined_at)).all()
+        return [node_dict(r) for r in rows]
 
 
 def nodes_of(url: str, pool_id: str) -> dict[str, dict[str, Any]]:

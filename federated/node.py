@@ -28,6 +28,8 @@ from federated._keys import Identity
 from federated._messages import BinaryMessage, b64, unb64
 from federated._participant import Participant
 from federated._quantize import weighted_input
+from federated._requests import poll_params, signed_headers
+from federated._roster import PinnedRoster
 from federated._training import PrivacyBudget, round_plan, train_locally
 from mlaas.errors import MlaasError, ValidationError
 
@@ -81,13 +83,22 @@ def split_pool_url(url: str) -> tuple[str, str]:
 
 
 class PoolConnection:
-    """The pool's HTTP API as the node uses it; errors in the documented shape raise."""
+    """The pool's HTTP API as the node uses it; errors in the documented shape raise.
+
+    Polls and leaves are signed with the identity the node joined with. Once the node has
+    pinned the roster (``follow_roster``), the first poll that shows it selected for a new
+    round fetches the roster again and accepts it only if it extends the pinned one.
+    """
 
     def __init__(self, base_url: str, pool_id: str, api_key: str) -> None:
         self.pool_id = pool_id
         self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(60, connect=5),
                                  headers={"Authorization": f"Bearer {api_key}"})
         self.prefix = f"/v1/federated/pools/{pool_id}"
+        self.identity: Identity | None = None
+        self.pinned: PinnedRoster | None = None
+        self.on_roster: Callable[[frozenset[bytes]], None] = lambda keys: None
+        self.roster_round: int | None = None
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
@@ -105,14 +116,40 @@ class PoolConnection:
         return self._check(self.http.get(self.prefix)).json()
 
     def join(self, identity: Identity, label: str) -> dict[str, Any]:
+        self.identity = identity
         body = {"identity_key": b64(identity.public_bytes), "label": label}
         return self._check(self.http.post(f"{self.prefix}/nodes", json=body)).json()
+
+    def _signed(self, node_id: str, action: str, params: dict[str, Any]) -> dict[str, str]:
+        if self.identity is None:
+            raise ValidationError("join the pool before polling or leaving it")
+        return signed_headers(self.identity, self.pool_id, node_id, action, params)
+
+    def roster(self) -> list[dict[str, Any]]:
+        """The pool's roster entries (unchecked: see ``PinnedRoster.accept``)."""
+        return list(self._check(self.http.get(f"{self.prefix}/roster")).json()["entries"])
+
+    def follow_roster(self, pinned: PinnedRoster,
+                      on_change: Callable[[frozenset[bytes]], None]) -> frozenset[bytes]:
+        """Pin the pool's roster now, and re-check it each new round this node is selected
+        for; ``on_change`` gets the pinned identity keys each time."""
+        self.pinned, self.on_roster = pinned, on_change
+        keys = pinned.accept(self.roster())
+        on_change(keys)
+        return keys
 
     def poll(self, node_id: str, known: str | None, wait_s: float) -> dict[str, Any]:
         params: dict[str, Any] = {"node_id": node_id, "wait": wait_s}
         if known:
             params["known"] = known
-        return self._check(self.http.get(f"{self.prefix}/round", params=params)).json()
+        headers = self._signed(node_id, "poll", poll_params(known, wait_s))
+        view = self._check(self.http.get(f"{self.prefix}/round", params=params,
+                                         headers=headers)).json()
+        if self.pinned is not None and view.get("selected") \
+                and view.get("round") != self.roster_round:  # fmt: skip
+            self.on_roster(self.pinned.accept(self.roster()))  # raises if rewritten
+            self.roster_round = view.get("round")
+        return view  # type: ignore[no-any-return]
 
     def send(self, node_id: str, message: dict[str, Any] | BinaryMessage) -> None:
         if isinstance(message, BinaryMessage):  # the bit-packed vector as the request body
@@ -129,7 +166,8 @@ class PoolConnection:
 
     def leave(self, node_id: str, reason: str) -> None:
         self._check(self.http.post(f"{self.prefix}/nodes/{node_id}/leave",
-                                   json={"reason": reason}))
+                                   json={"reason": reason},
+                                   headers=self._signed(node_id, "leave", {"reason": reason})))
 
 
 class NodeState:
@@ -193,10 +231,19 @@ class Node:
         budget = self.options.epsilon or privacy["target_epsilon"]
         self.budget = PrivacyBudget(budget, privacy["delta"], privacy["accountant"],
                                     self.state.history)
+        waiting = "" if joined.get("approved", True) else ", waiting for the owner's approval"
         self._show(node_id=joined["node_id"], epsilon_budget=budget,
-                   state="joined (no secure aggregation)" if clear else "joined")
-        return Participant(self.state.identity, joined["node_id"], self.pool_id, self.spec,
-                           self._make_input)
+                   state=("joined (no secure aggregation)" if clear else "joined") + waiting)
+        participant = Participant(self.state.identity, joined["node_id"], self.pool_id,
+                                  self.spec, self._make_input)
+
+        def pin(keys: frozenset[bytes]) -> None:  # round clients check peers against these
+            participant.roster = keys
+
+        # The roster is pinned beside the identity; a later one must extend it.
+        pinned = PinnedRoster.load(self.state.path.parent / "roster.json", self.pool_id)
+        self.connection.follow_roster(pinned, pin)
+        return participant
 
     def _affordable(self) -> bool:
         assert self.budget is not None

@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-from federated import BinaryMessage, Identity, clear_input_message, weighted_input
+from federated import (
+    BinaryMessage,
+    Identity,
+    clear_input_message,
+    poll_params,
+    signed_headers,
+    weighted_input,
+)
 from federated._messages import b64, sign_message
 from federated._participant import Participant
 from tests.conftest import Platform
@@ -75,7 +82,9 @@ def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
     while not stop.is_set():
         response = client.get(f"/v1/federated/pools/{pool_id}/round",
                               params={"node_id": node.node_id, "wait": 3,
-                                      **({"known": known} if known else {})})
+                                      **({"known": known} if known else {})},
+                              headers=signed_headers(identity, pool_id, node.node_id, "poll",
+                                                     poll_params(known, 3)))
         if response.status_code != 200:
             time.sleep(0.5)
             continue

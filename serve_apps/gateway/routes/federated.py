@@ -1,11 +1,15 @@
 """``/v1/federated``: pools, nodes joining them, round polling, protocol messages, the global
-model, and contributors' credits.
+model, contributors' credits, and the owner's approval of nodes with the roster it builds.
 
 Each pool's coordinator is a named detached Ray actor created on demand here; a pool's
-nodes use keys of the tenant that owns it. Protocol refusals (bad signature, another round
-or stage, replay, duplicate, wrong length, not selected) come back in the documented error
-shape with ``details.reason``. A masked input may come as JSON to ``/messages`` or as a
-bit-packed binary body to ``/messages/binary``, its signed message in a header.
+nodes use keys of the tenant that owns it: the owner's (tenant scope), or a data owner's
+participant key (scope ``federated``), whose node waits, ``pending``, for the owner's
+approval unless the key was pre-authorised. Polls and leaves are signed by the node's
+identity key and checked here before the coordinator hears of them. Protocol refusals
+(bad signature, another round or stage, replay, duplicate, wrong length, not selected) come
+back in the documented error shape with ``details.reason``. A masked input may come as JSON
+to ``/messages`` or as a bit-packed binary body to ``/messages/binary``, its signed message
+in a header.
 
 A pool created with ``aggregation: "clear"`` opts out of secure aggregation: its nodes post
 their updates unmasked (``clear_input`` to ``/messages/binary``), every description of the
@@ -134,27 +138,83 @@ async def get_pool(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> d
 @router.post("/v1/federated/pools/{pool_id}/nodes", status_code=201)
 async def join_pool(pool_id: str, body: JoinRequest, principal: CurrentPrincipal,
                     ctx: Context) -> dict[str, Any]:
-    """Register a node's identity key; joining again with the same key gives the same node."""
+    """Register a node's identity key; joining again with the same key gives the same node.
+    ``approved`` says whether it may be selected, or waits for the owner's approval."""
     await _own_pool(pool_id, principal, ctx)
-    return await _call(pool_id, ctx, "join", body.identity_key, principal.key_id, body.label)
+    joined = await _call(pool_id, ctx, "join", body.identity_key, principal.key_id, body.label)
+    node = await run_in_threadpool(_federated().get_node, ctx.database_url, pool_id,
+                                   joined["node_id"])
+    return {**joined, "approved": bool(node and node["approved"])}
+
+
+async def _signed_by_node(request: Request, ctx: Any, pool_id: str, node_id: str,
+                          action: str, params: dict[str, Any]) -> None:
+    """Refuse (403) a poll or leave not signed by the node's own identity key, so no key
+    holder can mark another node ready or make it leave."""
+    federated = _federated()
+    identity_key = await run_in_threadpool(federated.node_identity, ctx.database_url, pool_id,
+                                           node_id)
+    if identity_key is None:
+        raise errors.NotFoundError(f"Node {node_id!r} has not joined pool {pool_id}",
+                                   details={"node_id": node_id})
+    federated.check_signed(identity_key, pool_id, node_id, action, params,
+                           request.headers.get(federated.TIMESTAMP_HEADER),
+                           request.headers.get(federated.SIGNATURE_HEADER))
+
+
+@router.get("/v1/federated/pools/{pool_id}/nodes")
+async def list_nodes(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """Every node of the pool with its status and whether the owner approved it."""
+    await _own_pool(pool_id, principal, ctx)
+    nodes = await run_in_threadpool(_federated().list_nodes, ctx.database_url, pool_id)
+    return {"pool_id": pool_id, "nodes": nodes, "total": len(nodes)}
+
+
+@router.post("/v1/federated/pools/{pool_id}/nodes/{node_id}/approve")
+async def approve_node(pool_id: str, node_id: str, principal: CurrentPrincipal,
+                       ctx: Context) -> dict[str, Any]:
+    """The owner approves a pending node: it goes on the roster and may be selected from the
+    next round on (participant keys get 403 here)."""
+    await _own_pool(pool_id, principal, ctx)
+    federated = _federated()
+    node = await run_in_threadpool(federated.approve_node, ctx.database_url, pool_id, node_id)
+    roster = await run_in_threadpool(federated.roster_of, ctx.database_url, pool_id)
+    return {**node, "roster_head": roster[-1]["hash"], "roster_length": len(roster)}
+
+
+@router.get("/v1/federated/pools/{pool_id}/roster")
+async def roster(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """The approved nodes' identity keys as a hash chain; ``head`` is its fingerprint."""
+    await _own_pool(pool_id, principal, ctx)
+    federated = _federated()
+    entries = await run_in_threadpool(federated.roster_of, ctx.database_url, pool_id)
+    head = entries[-1]["hash"] if entries else federated.ROSTER_GENESIS
+    return {"pool_id": pool_id, "entries": entries, "length": len(entries), "head": head,
+            "fingerprint": federated.roster_fingerprint(head)}
 
 
 @router.post("/v1/federated/pools/{pool_id}/nodes/{node_id}/leave")
-async def leave_pool(pool_id: str, node_id: str, body: LeaveRequest,
+async def leave_pool(pool_id: str, node_id: str, body: LeaveRequest, request: Request,
                      principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """The node leaves (signed by its identity key, ``X-Node-Timestamp``/``-Signature``)."""
     await _own_pool(pool_id, principal, ctx)
+    await _signed_by_node(request, ctx, pool_id, node_id, "leave", {"reason": body.reason})
     return await _call(pool_id, ctx, "leave", node_id, body.reason)
 
 
 @router.get("/v1/federated/pools/{pool_id}/round")
 async def poll_round(
-    pool_id: str, principal: CurrentPrincipal, ctx: Context,
+    pool_id: str, request: Request, principal: CurrentPrincipal, ctx: Context,
     node_id: str = Query(..., max_length=40),
     known: str | None = Query(None, max_length=200, description="the marker last seen"),
     wait: float = Query(0, ge=0, le=20, description="seconds to wait for a change"),
 ) -> dict[str, Any]:
-    """The current round and stage, and what this node needs for it (long-polls)."""
+    """The current round and stage, and what this node needs for it (long-polls); signed by
+    the node's identity key (``X-Node-Timestamp``/``-Signature``), as a poll marks it ready."""
     await _own_pool(pool_id, principal, ctx)
+    federated = _federated()
+    await _signed_by_node(request, ctx, pool_id, node_id, "poll",
+                          federated.poll_params(known, wait))
     return await _call(pool_id, ctx, "poll", node_id, known, wait)
 
 
