@@ -8,8 +8,11 @@ versions are reserved."""
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +21,7 @@ import pytest
 from federated import Identity
 from federated._messages import b64, canonical
 from tests.conftest import Platform
-from tests.federated.conftest import wait_for
+from tests.federated.conftest import Nodes, finished_pool, wait_for
 
 SPEC: dict[str, Any] = {
     "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
@@ -328,3 +331,92 @@ def test_the_pool_model_name_and_versions_are_reserved(platform: Platform) -> No
     assert pool_id in delete.json()["error"]["message"]
     assert registered.value.details["reserved_by"] == pool_id
     assert model.status_code == 200
+
+
+def _cli_key(platform: Platform, pool_id: str, *extra: str) -> str:
+    made = platform.cli("keys", "create", "--scope", "federated", "--pool", pool_id, *extra)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return made.stdout.strip().splitlines()[-1].strip()
+
+
+def test_mlaas_federated_join_works_for_approved_participants(
+    platform: Platform, nodes_factory: Callable[..., Nodes], tmp_path: Path
+) -> None:
+    # Prepare: three data owners' keys made by the operator, one pre-authorised
+    _, owner_key = platform.new_tenant("pro")
+    with _client(platform, owner_key) as owner:
+        pool_id, _ = _new_pool(owner)
+    pool_url = f"{platform.url}/v1/federated/pools/{pool_id}"
+    keys = [
+        _cli_key(platform, pool_id, "--approve"),
+        _cli_key(platform, pool_id),
+        _cli_key(platform, pool_id),
+    ]
+    for i, key in enumerate(keys):
+        nodes_factory(pool_url, key).start(i, Path("builtin:iris"))
+
+    # Execute: the owner approves the two pending nodes, one command each
+    with _client(platform, owner_key) as owner:
+        listed = wait_for(
+            lambda: (
+                len(nodes := owner.get(f"/v1/federated/pools/{pool_id}/nodes").json()["nodes"]) == 3
+                and nodes
+            ),
+            120,
+            "three nodes to register",
+        )
+        approvals = [
+            platform.cli(
+                "federated",
+                "approve",
+                "--pool",
+                pool_url,
+                "--node",
+                n["node_id"],
+                "--api-key",
+                owner_key,
+            )
+            for n in listed
+            if not n["approved"]
+        ]
+        final = finished_pool(owner, pool_id)
+    printed = platform.cli("federated", "roster", "--pool", pool_url, "--api-key", keys[1])
+
+    # Assert
+    assert [a.returncode for a in approvals] == [0, 0], [a.stdout for a in approvals]
+    assert final["rounds"][-1]["status"] == "completed"
+    assert len(final["rounds"][-1]["survivors"]) == 3
+    pinned = [
+        json.loads((tmp_path / f"s{i}" / "roster.json").read_text())["entries"] for i in range(3)
+    ]
+    assert all(len(entries) == 3 for entries in pinned)
+    assert printed.returncode == 0 and pinned[0][-1]["hash"] in printed.stdout
+
+
+def test_a_node_refuses_a_roster_that_does_not_extend_the_pinned_one(tmp_path: Path) -> None:
+    from federated._roster import PinnedRoster, RosterError, new_entry
+
+    # Prepare: a pinned roster of two nodes
+    first = new_entry("pool_a", 0, "node_1", b64(Identity().public_bytes), "0" * 64)
+    second = new_entry("pool_a", 1, "node_2", b64(Identity().public_bytes), first["hash"])
+    pinned = PinnedRoster.load(tmp_path / "roster.json", "pool_a")
+    pinned.accept([first, second])
+    swapped = new_entry("pool_a", 1, "node_2", b64(Identity().public_bytes), first["hash"])
+    third = new_entry("pool_a", 2, "node_3", b64(Identity().public_bytes), second["hash"])
+    tampered = {**third, "identity_key": b64(Identity().public_bytes)}
+
+    # Execute
+    reloaded = PinnedRoster.load(tmp_path / "roster.json", "pool_a")
+    with pytest.raises(RosterError) as rewritten:
+        reloaded.accept([first, swapped])
+    with pytest.raises(RosterError) as dropped:
+        reloaded.accept([first])
+    with pytest.raises(RosterError) as broken:
+        reloaded.accept([first, second, tampered])
+    keys = reloaded.accept([first, second, third])
+
+    # Assert
+    assert rewritten.value.details["reason"] == "roster_rewritten"
+    assert dropped.value.details["reason"] == "roster_rewritten"
+    assert broken.value.details["reason"] == "roster_broken"
+    assert len(keys) == 3 and reloaded.head == third["hash"]
