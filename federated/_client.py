@@ -52,17 +52,21 @@ class RoundClient:
         roster: the raw Ed25519 identity keys this node pinned for the pool; every identity
             in a round's view must be on it. None trusts the identities the view supplies
             (only for a node that has no roster to pin: the server could substitute keys).
+        signatures_needed: signatures of the survivor set this node needs before it reveals
+            shares (``signatures_needed`` of the spec; more than half of the pool's nodes
+            plus the corrupt ones); None: the threshold, which full SecAgg's spec makes so.
     """
 
     def __init__(
         self, *, identity: Identity, pool_id: str, round_number: int, index: int,
         threshold: int, neighbours_k: int | None, modulus_bits: int,
-        roster: Collection[bytes] | None = None,
+        roster: Collection[bytes] | None = None, signatures_needed: int | None = None,
     ) -> None:
         self.identity, self.pool_id, self.round = identity, pool_id, round_number
         self.index, self.threshold, self.k = index, threshold, neighbours_k
         self.modulus_bits = modulus_bits
         self.roster = frozenset(roster) if roster is not None else None
+        self.signatures_needed = max(threshold, signatures_needed or 0)
         self.c_keys, self.s_keys = KeyPair(), KeyPair()
         self.seed = random_seed()
         self.identities: dict[int, bytes] = {}  # index -> identity key, checked at share
@@ -233,10 +237,10 @@ class RoundClient:
             raise UnsafeRequestError("this node signed no survivor set this round; it "
                                      "reveals shares only after the consistency stage")
         signers = self._valid_signers(view.get("signatures"))
-        if len(signers) < self.threshold:
+        if len(signers) < self.signatures_needed:
             raise UnsafeRequestError(
                 f"only {len(signers)} valid signatures of the survivor set this node signed, "
-                f"threshold is {self.threshold}; refusing to reveal shares")
+                f"{self.signatures_needed} needed; refusing to reveal shares")
         survivors, dropped = set(self.signed_set), self.u2 - self.signed_set
         self.answered_unmask = True
         return self._sign("unmask", {

@@ -30,6 +30,7 @@ from federated._leave_one_out import leave_one_out
 from federated._messages import unb64
 from federated._quantize import aggregate_problem, dequantize_mean
 from federated._server import LocalVectorSum, RoundConfig, RoundServer
+from federated._spec import signatures_needed
 from federated.errors import NotSelectedError, ProtocolError, RoundAbortedError, StaleMessageError
 from mlaas import registry, rewards
 from mlaas.errors import MlaasError
@@ -240,7 +241,8 @@ class PoolCoordinator:
         index_of = {node_id: i + 1 for i, node_id in enumerate(selected)}
         identities = {i: unb64(nodes[n]["identity_key"]) for n, i in index_of.items()}
         config = RoundConfig(self.pool_id, number, sa.get("threshold") or MIN_INPUTS,
-                             sa.get("neighbours"), length, sa["modulus_bits"], identities)
+                             sa.get("neighbours"), length, sa["modulus_bits"], identities,
+                             0 if self.clear else signatures_needed(self.spec))
         round_id = _store.start_round(self.url, self.pool_id, number, selected)
         if self.clear:
             server = ClearRoundServer(config, max_weight=int(sa["sample_cap"]),

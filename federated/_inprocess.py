@@ -40,17 +40,18 @@ class InProcessRound:
     def create(
         cls, n: int, *, threshold: int, neighbours: int | None, vector_length: int,
         modulus_bits: int, pool_id: str = "pool_test", round_number: int = 1,
-        vector_sum: VectorSum | None = None,
+        vector_sum: VectorSum | None = None, signatures: int = 0,
     ) -> InProcessRound:
         identities = {i: Identity() for i in range(1, n + 1)}
         config = RoundConfig(pool_id, round_number, threshold, neighbours, vector_length,
                              modulus_bits, {i: ident.public_bytes for i, ident in
-                                            identities.items()})
+                                            identities.items()}, signatures)
         server = RoundServer(config, vector_sum or LocalVectorSum(vector_length, modulus_bits))
         roster = frozenset(config.identities.values())
         clients = {i: RoundClient(identity=ident, pool_id=pool_id, round_number=round_number,
                                   index=i, threshold=threshold, neighbours_k=neighbours,
-                                  modulus_bits=modulus_bits, roster=roster)
+                                  modulus_bits=modulus_bits, roster=roster,
+                                  signatures_needed=signatures)
                    for i, ident in identities.items()}
         return cls(server, clients)
 

@@ -21,6 +21,7 @@ from federated._client import RoundClient
 from federated._keys import Identity
 from federated._messages import STAGES, BinaryMessage
 from federated._server import CLEAR_STAGE
+from federated._spec import signatures_needed
 from federated.errors import UnsafeRequestError
 
 # make_input(round_number, global_version) -> (vector to mask, claims sent with it)
@@ -95,4 +96,5 @@ class Participant:
         self.client = RoundClient(identity=self.identity, pool_id=self.pool_id,
                                   round_number=number, index=index,
                                   threshold=sa["threshold"], neighbours_k=sa.get("neighbours"),
-                                  modulus_bits=sa["modulus_bits"], roster=self.roster)
+                                  modulus_bits=sa["modulus_bits"], roster=self.roster,
+                                  signatures_needed=signatures_needed(self.spec))

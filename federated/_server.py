@@ -90,6 +90,7 @@ class RoundConfig:
     vector_length: int  # including the weight coordinate
     modulus_bits: int
     identities: dict[int, bytes]  # node index -> Ed25519 public key; the selected nodes
+    signatures: int = 0  # signatures of the survivor set a node needs; 0: the threshold
 
 
 @dataclass
@@ -294,9 +295,10 @@ class RoundServer:
             The new stage, or ``"done"`` once the sum can be computed.
         """
         arrived = len(self._received_at_stage())
-        if arrived < self.config.threshold:
-            self._abort(f"only {arrived} nodes at stage {self.stage}, threshold is "
-                        f"{self.config.threshold}")
+        needed = max(self.config.threshold, self.config.signatures) \
+            if self.stage == "consistency" else self.config.threshold  # fmt: skip
+        if arrived < needed:
+            self._abort(f"only {arrived} nodes at stage {self.stage}, {needed} needed")
         if self.stage == "advertise":
             seed = key_set_seed(self.config.pool_id, self.config.round_number,
                                 (a["message"] for a in self.advertised.values()))

@@ -202,6 +202,21 @@ def _collusion_problem(spec: PoolSpec) -> tuple[str, str] | None:
         f"{(n + corrupt) // 2 + 1} (⌊2N/3⌋ + 1 = {2 * n // 3 + 1} covers any γ < 1/3)")
 
 
+def _signers_problem(spec: PoolSpec) -> tuple[str, str] | None:
+    """SecAgg+: a round of min_nodes, after its dropouts, must still have enough signers
+    for the consistency round (more than half of target_nodes plus the corrupt ones)."""
+    sa = spec.secure_aggregation
+    needed = signatures_needed(spec.model_dump())
+    survivors = spec.min_nodes - Population(spec.min_nodes, sa.dropout_fraction, 0.0).dropped
+    if survivors >= needed:
+        return None
+    return "min_nodes", (
+        f"a round of {spec.min_nodes} nodes keeps {survivors} after {sa.dropout_fraction:g} "
+        f"dropout, fewer than the {needed} that must sign the survivor set (more than half "
+        f"of {spec.target_nodes} nodes plus the corrupt ones); raise min_nodes towards "
+        "target_nodes")
+
+
 def _secagg_plus_problem(spec: PoolSpec) -> tuple[str, str] | None:
     """k and t within Bell et al. (2020)'s bounds for the pool's size, δ and γ."""
     sa, n = spec.secure_aggregation, spec.target_nodes
@@ -211,7 +226,7 @@ def _secagg_plus_problem(spec: PoolSpec) -> tuple[str, str] | None:
         return _collusion_problem(spec)
     fine = thresholds(pop, sa.neighbours)
     if sa.threshold in fine:
-        return None
+        return _signers_problem(spec)
     terms = f"{n} nodes, {sa.dropout_fraction:g} dropout, {sa.corrupt_fraction:g} corrupt"
     if fine:
         return "secure_aggregation.threshold", (
@@ -226,6 +241,17 @@ def _secagg_plus_problem(spec: PoolSpec) -> tuple[str, str] | None:
         f"neighbours must be ≥ {least[0]} for {terms} (Bell et al. 2020; got "
         f"{sa.neighbours}); set neighbours: {least[0]} with threshold: {least[1]}, or drop it "
         "for full SecAgg")
+
+
+def signatures_needed(spec: dict[str, Any]) -> int:
+    """How many of a round's nodes must sign the survivor set before a node reveals shares:
+    more than half of ``target_nodes`` plus the corrupt ones, so that two different sets can
+    never both be signed (honest nodes sign once), and never fewer than t. In full SecAgg
+    the spec's t already is that many; SecAgg+'s t is smaller."""
+    sa = spec["secure_aggregation"]
+    pop = Population(int(spec["target_nodes"]), float(sa.get("dropout_fraction", 0.1)),
+                     float(sa.get("corrupt_fraction", 0.0)))
+    return max(int(sa.get("threshold") or 2), (pop.nodes + pop.corrupt) // 2 + 1)
 
 
 def parse_pool_spec(raw: Any) -> PoolSpec:

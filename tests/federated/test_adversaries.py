@@ -125,10 +125,12 @@ SPLITS = {1: [1, 2, 3], 2: [1, 2, 4], 3: [1, 3, 4], 4: [1, 4, 5], 5: [1, 4, 5]}
 
 
 def _recovered_input(round_: InProcessRound, masked: np.ndarray,
-                     shares: dict[str, dict[int, dict[int, Any]]], t: int) -> np.ndarray | None:
-    """Node 1's input, if the coordinator received enough shares to strip its masks."""
+                     shares: dict[str, dict[int, dict[int, Any]]], t: int,
+                     peers: tuple[int, ...] = (2, 3)) -> np.ndarray | None:
+    """Node 1's input, if the coordinator received enough shares to strip its masks (its
+    seed, and the mask keys of the ``peers`` it masked with)."""
     b_shares, sk_shares = shares["b"].get(1, {}), shares["sk"]
-    if len(b_shares) < t or any(len(sk_shares.get(j, {})) < t for j in (2, 3)):
+    if len(b_shares) < t or any(len(sk_shares.get(j, {})) < t for j in peers):
         return None
 
     def rebuild(records: dict[int, Any]) -> bytes:
@@ -137,7 +139,7 @@ def _recovered_input(round_: InProcessRound, masked: np.ndarray,
 
     removals = [(rebuild(b_shares), 1)]
     s_pk_1 = round_.server.advertised[1]["s_pk"]
-    for j in (2, 3):
+    for j in peers:
         key = KeyPair.from_private_bytes(rebuild(sk_shares[j])).agree(
             s_pk_1, info=mask_info(POOL, ROUND, j, 1))
         removals.append((key, pair_sign(1, j)))
@@ -209,6 +211,48 @@ def test_split_survivor_sets_reveal_fewer_than_t_shares_and_nodes_refuse(
     assert set(refusals) >= {2, 3, 4, 5}
     assert all("signature" in str(refusals[i]) or "survivor set" in str(refusals[i])
                for i in refusals), {i: str(e) for i, e in refusals.items()}
+
+
+def test_secagg_plus_the_targets_other_neighbours_dropped_reveals_fewer_than_t_shares() -> None:
+    # Prepare: n=7, k=4, t=3; each neighbour j of node 1 is told that node 1 survived and
+    # node 1's other neighbours dropped (so j reveals node 1's seed and their mask keys),
+    # the two other nodes that all of node 1's neighbours dropped, node 1 the honest set.
+    # Against the protocol without the consistency round this recovers node 1's input.
+    n, t, k = 7, 3, 4
+    vectors = _vectors(n)
+    round_ = InProcessRound.create(n, threshold=t, neighbours=k, vector_length=D,
+                                   modulus_bits=MODULUS_BITS, signatures=n // 2 + 1)
+    server, clients = round_.server, round_.clients
+    round_._stage(range(1, n + 1), lambda i: clients[i].advertise())
+    round_._stage(range(1, n + 1), lambda i: clients[i].share_keys(server.view_for(i)))
+    round_._stage(range(1, n + 1),
+                  lambda i: clients[i].masked_input(server.view_for(i), vectors[i]))
+    ring = sorted(server.graph[1])
+    sets = {j: sorted(set(range(1, n + 1)) - (set(ring) - {j})) for j in ring}
+    plan = {i: sets.get(i, sorted(set(range(1, n + 1)) - set(ring))) for i in range(2, n + 1)}
+    plan[1] = list(range(1, n + 1))
+    refusals: dict[int, Exception] = {}
+
+    # Execute
+    signatures: dict[str, str] = {}
+    for i in range(1, n + 1):
+        signed = _attempt(lambda i=i: clients[i].consistency({"survivors": plan[i]}),
+                          refusals, i)
+        if signed is not None:
+            signatures[str(i)] = signed["payload"]["signature"]
+    shares: dict[str, dict[int, dict[int, Any]]] = {"b": {}, "sk": {}}
+    for i in range(1, n + 1):
+        view = {"survivors": plan[i], "signatures": signatures}
+        reply = _attempt(lambda i=i, view=view: clients[i].unmask(view), refusals, i)
+        for kind, name in (("b", "b_shares"), ("sk", "sk_shares")):
+            for dealer, record in (reply or {"payload": {}})["payload"].get(name, {}).items():
+                shares[kind].setdefault(int(dealer), {})[i] = record
+
+    # Assert: never t shares of node 1's seed together with t of each neighbour's mask key
+    counts = {"b_1": len(shares["b"].get(1, {})),
+              **{f"sk_{j}": len(shares["sk"].get(j, {})) for j in ring}}
+    assert all(count < t for count in counts.values()), counts
+    assert refusals
 
 
 def test_a_node_signs_only_a_survivor_set_within_its_own_view() -> None:

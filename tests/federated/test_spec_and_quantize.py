@@ -43,7 +43,9 @@ def test_threshold_at_half_the_nodes_is_refused_with_the_fix() -> None:
 
 
 def test_secagg_plus_threshold_is_checked_against_the_neighbourhood() -> None:
-    parse_pool_spec({**_spec(threshold=3, neighbours=4), "min_nodes": 5})
+    parse_pool_spec({**_spec(threshold=3, neighbours=4), "min_nodes": 7})  # 6 can sign
+    with pytest.raises(PoolSpecError, match="must sign the survivor set"):
+        parse_pool_spec({**_spec(threshold=3, neighbours=4), "min_nodes": 5})
     with pytest.raises(PoolSpecError, match="more than half of the 5"):
         parse_pool_spec({**_spec(threshold=2, neighbours=4), "min_nodes": 5})
     with pytest.raises(PoolSpecError, match="must be even"):
