@@ -16,7 +16,7 @@ from federated._messages import b64
 from federated._participant import Participant
 from federated._pools import create_pool
 from federated._scoring import contributors
-from federated._store import rounds_of
+from federated._store import approve_node, rounds_of
 from mlaas import accounts, registry
 
 SPEC: dict[str, Any] = {
@@ -51,6 +51,7 @@ def _nodes(
     for i in range(n):
         identity = Identity()
         node_id = coordinator.join(b64(identity.public_bytes), "key", f"n{i}")["node_id"]
+        approve_node(coordinator.url, coordinator.pool_id, node_id)  # the owner approves it
         rng = np.random.default_rng(i)
 
         def make(number: int, version: int, node_id: str = node_id, rng: Any = rng) -> Any:
