@@ -14,8 +14,16 @@ same quantized vectors without masks. Unmasking and the baseline are each the be
 wall time and in this process's CPU time (both single-threaded; CPU time leaves out the
 time other processes on a shared machine held the core).
 
+The consistency round (each survivor signs the survivor set; before revealing shares a node
+checks the relayed signatures) is timed apart in the same run: ``secagg_consistency``
+reports the round's node and server time with it against the same round without it (the
+same work less the signing, the server's checks of the signatures and the nodes' checks of
+the relayed ones), and the bytes it adds (``--consistency-nodes 100 --consistency-dim
+100000 --consistency-dropout 0.1`` by default; the goal is at most 1.2x).
+
     .venv/bin/python benchmarks/secagg.py [--nodes 10 50 100] [--dims 10000 100000]
         [--dropouts 0 0.1 0.3] [--modes secagg secagg+] [--skip-dp] [--json-inputs]
+        [--skip-grid] [--skip-consistency] [--consistency-nodes 100]
 
 Prints one JSON object per configuration (name, config, baseline, figures, ratio).
 """
@@ -33,6 +41,7 @@ import numpy as np
 
 from federated import BinaryMessage, InProcessRound, RoundAbortedError, packed_size
 from federated._inprocess import upload_bytes
+from federated._messages import canonical
 
 BITS = 16
 REPEATS = 7
@@ -71,11 +80,12 @@ def run_config(n: int, d: int, dropout: float, mode: str, seed: int = 0,
     dropped = sorted(rng.choice(np.arange(1, n + 1), int(round(dropout * n)), replace=False))
     node_time = {i: 0.0 for i in vectors}
     server = round_.server
-    receive_s = 0.0
+    receive_s = server_stages_s = 0.0
     vector_upload = {i: 0 for i in vectors}
+    consistency = {"node_s": 0.0, "server_s": 0.0, "upload_bytes": 0, "download_bytes": 0}
 
     def stage(nodes: list[int], make: Any) -> None:
-        nonlocal receive_s
+        nonlocal receive_s, server_stages_s
         for i in nodes:
             start = time.perf_counter()
             message = make(i)
@@ -87,10 +97,33 @@ def run_config(n: int, d: int, dropout: float, mode: str, seed: int = 0,
                 server.receive(message.message, message.body)
             else:
                 server.receive(message)
+            spent = time.perf_counter() - start
+            server_stages_s += spent
             if server.stage == "masked_input":  # check, decode and add a masked vector
-                receive_s += time.perf_counter() - start
+                receive_s += spent
                 vector_upload[i] = sent
+            elif server.stage == "consistency":  # check a signature of the survivor set
+                consistency["server_s"] += spent
+                consistency["upload_bytes"] += sent
+        start = time.perf_counter()
         server.close_stage()
+        server_stages_s += time.perf_counter() - start
+
+    def sign(i: int) -> Any:
+        start = time.perf_counter()
+        message = round_.clients[i].consistency(server.view_for(i))
+        consistency["node_s"] += time.perf_counter() - start
+        return message
+
+    def unmask(i: int) -> Any:
+        client, view = round_.clients[i], server.view_for(i)
+        consistency["download_bytes"] += len(canonical(view["signatures"]))
+        start = time.perf_counter()
+        client._valid_signers(view["signatures"])  # the check unmask() makes before revealing
+        spent = time.perf_counter() - start
+        consistency["node_s"] += spent
+        node_time[i] -= spent  # timed apart here; the node's time counts it once, in unmask
+        return client.unmask(view)
 
     def masked_input(i: int) -> Any:
         client, view = round_.clients[i], server.view_for(i)
@@ -103,7 +136,8 @@ def run_config(n: int, d: int, dropout: float, mode: str, seed: int = 0,
     stage(alive, lambda i: round_.clients[i].share_keys(server.view_for(i)))
     alive = [i for i in alive if i not in set(dropped)]  # dropped after sharing their keys
     stage(alive, masked_input)
-    stage(alive, lambda i: round_.clients[i].unmask(server.view_for(i)))
+    stage(alive, sign)
+    stage(alive, unmask)
     # aggregate() does not change the round, so it is timed like the baseline: best of
     # REPEATS, in wall time and in this process's CPU time (the machine may be shared)
     unmask_s, unmask_cpu_s, total = best_of(server.aggregate)
@@ -123,6 +157,24 @@ def run_config(n: int, d: int, dropout: float, mode: str, seed: int = 0,
     field_bytes = packed_size(d, modulus_bits)  # the vector at the modulus's width
     upload = float(np.mean([round_.sent_bytes[i] for i in alive]))
     vector_sent = float(np.mean([vector_upload[i] for i in alive]))
+    node_total = float(sum(node_time.values()))
+    server_total = server_stages_s + unmask_s
+    with_round = node_total + server_total
+    without_round = with_round - consistency["node_s"] - consistency["server_s"]
+    downloads = consistency["download_bytes"] / len(alive)
+    consistency_figures = {
+        "node_s_sum": round(node_total, 4), "server_s": round(server_total, 4),
+        "consistency_node_s_sum": round(consistency["node_s"], 4),
+        "consistency_server_s": round(consistency["server_s"], 4),
+        "consistency_upload_bytes_per_node": int(consistency["upload_bytes"] / len(alive)),
+        "consistency_download_bytes_per_node": int(downloads)}
+    consistency_ratio = {
+        "round_with_vs_without_consistency": round(with_round / without_round, 4),
+        "server_with_vs_without": round(server_total / (server_total
+                                                        - consistency["server_s"]), 4),
+        "node_with_vs_without": round(node_total / (node_total - consistency["node_s"]), 4),
+        "upload_with_vs_without": round(upload / (upload - consistency["upload_bytes"]
+                                                  / len(alive)), 4)}
     return {
         "name": "secagg",
         "config": {"nodes": n, "dim": d, "dropout": dropout, "mode": mode,
@@ -146,7 +198,22 @@ def run_config(n: int, d: int, dropout: float, mode: str, seed: int = 0,
                   "server_total_vs_plain_sum": round((unmask_s + receive_s) / plain_s, 1),
                   "upload_vs_vector_at_modulus_width": round(upload / field_bytes, 3),
                   "upload_vs_quantized_16bit": round(upload / quantized_bytes, 3)},
+        "consistency": {"figures": consistency_figures, "ratio": consistency_ratio},
     }
+
+
+def consistency_cost(n: int, d: int, dropout: float) -> dict[str, Any]:
+    """The consistency round's cost in one full-SecAgg round: node and server time with it
+    against the same round without it, and the bytes it adds."""
+    result = run_config(n, d, dropout, "secagg")
+    return {"name": "secagg_consistency", "config": result["config"],
+            "baseline": {"round_without_consistency_s": round(
+                result["consistency"]["figures"]["node_s_sum"]
+                + result["consistency"]["figures"]["server_s"]
+                - result["consistency"]["figures"]["consistency_node_s_sum"]
+                - result["consistency"]["figures"]["consistency_server_s"], 4)},
+            "figures": result["consistency"]["figures"],
+            "ratio": result["consistency"]["ratio"]}
 
 
 def dp_step_times(steps: int = 40) -> dict[str, Any]:
@@ -198,8 +265,16 @@ def main() -> None:
     parser.add_argument("--skip-dp", action="store_true")
     parser.add_argument("--json-inputs", action="store_true",
                         help="send masked vectors as base64 JSON (the first clients' form)")
+    parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--skip-consistency", action="store_true")
+    parser.add_argument("--consistency-nodes", type=int, default=100)
+    parser.add_argument("--consistency-dim", type=int, default=100_000)
+    parser.add_argument("--consistency-dropout", type=float, default=0.1)
     args = parser.parse_args()
-    for n in args.nodes:
+    if not args.skip_consistency:
+        print(json.dumps(consistency_cost(args.consistency_nodes, args.consistency_dim,
+                                          args.consistency_dropout)), flush=True)
+    for n in [] if args.skip_grid else args.nodes:
         for d in args.dims:
             for dropout in args.dropouts:
                 for mode in args.modes:

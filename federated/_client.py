@@ -249,7 +249,8 @@ class RoundClient:
         })
 
     def _valid_signers(self, signatures: Any) -> set[int]:
-        """Members of the signed set whose identity key (checked at share) signed it."""
+        """Members of the signed set whose identity key (checked at share) signed it; the
+        check stops once ``signatures_needed`` are found."""
         assert self.signed_set is not None
         if not isinstance(signatures, dict):
             return set()
@@ -263,4 +264,6 @@ class RoundClient:
             if node in self.signed_set and node in self.identities \
                     and verify_signature(self.identities[node], raw, signed):
                 signers.add(node)
+                if len(signers) >= self.signatures_needed:
+                    break
         return signers
