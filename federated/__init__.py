@@ -20,6 +20,7 @@ from federated._quantize import dequantize_mean, max_aggregate, quantize, weight
 from federated._requests import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    check_message_sender,
     check_signed,
     poll_params,
     signed_headers,
@@ -77,6 +78,7 @@ __all__ = [
     *_ALIASES,
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "check_message_sender",
     "check_signed",
     "poll_params",
     "signed_headers",

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from federated._keys import Identity, verify_signature
-from federated._messages import b64, canonical, unb64
+from federated._messages import b64, canonical, message_signature_ok, unb64
 from mlaas.errors import ForbiddenError
 
 TIMESTAMP_HEADER = "X-Node-Timestamp"
@@ -72,3 +72,16 @@ def check_signed(identity_key: str, pool_id: str, node_id: str, action: str,
     if not verify_signature(unb64(identity_key), raw, data):
         raise ForbiddenError(f"The {action} is not signed by node {node_id}'s identity key",
                              details={"reason": "bad_node_signature", "node_id": node_id})
+
+
+def check_message_sender(identity_key: str | None, node_id: str, message: dict[str, Any]) -> None:
+    """Accept a protocol message only when signed by ``node_id``'s registered identity key,
+    so a message posted in another node's name never reaches the coordinator (which counts
+    any message as a sign of life of its node).
+
+    Raises:
+        ForbiddenError: ``bad_signature``.
+    """
+    if identity_key is None or not message_signature_ok(message, unb64(identity_key)):
+        raise ForbiddenError(f"The message is not signed by node {node_id}'s identity key",
+                             details={"reason": "bad_signature", "node_id": node_id})

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from federated import Identity
-from federated._messages import b64, canonical
+from federated._messages import b64, canonical, sign_message
 from tests.conftest import Platform
 from tests.federated.conftest import Nodes, finished_pool, wait_for
 
@@ -182,6 +182,15 @@ def test_a_participant_can_neither_evict_nor_ready_another_node(platform: Platfo
             ),
         )
         own_poll = _poll(participant, pool_id, attacker_id, attacker)
+        forged_message = participant.post(
+            f"/v1/federated/pools/{pool_id}/messages",
+            json={
+                "node_id": victim_id,
+                "message": sign_message(
+                    attacker, pool_id=pool_id, round_number=1, stage="advertise", node=1, payload={}
+                ),
+            },
+        )
     with _client(platform, owner_key) as owner:
         victim_poll = _poll(owner, pool_id, victim_id, victim)
         roster = owner.get(f"/v1/federated/pools/{pool_id}/roster").json()
@@ -191,6 +200,9 @@ def test_a_participant_can_neither_evict_nor_ready_another_node(platform: Platfo
         assert _forbidden(refused), refused.text
     assert forged_leave.json()["error"]["details"]["reason"] == "bad_node_signature"
     assert stale_poll.json()["error"]["details"]["reason"] == "stale_node_signature"
+    # refused by the gateway, before the coordinator could count it as a sign of life
+    assert _forbidden(forged_message), forged_message.text
+    assert forged_message.json()["error"]["details"]["reason"] == "bad_signature"
     assert own_poll.status_code == 200 and victim_poll.status_code == 200
     assert victim_id in [e["node_id"] for e in roster["entries"]]  # still an approved node
 

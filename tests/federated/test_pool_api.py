@@ -66,6 +66,7 @@ def _post(client: httpx.Client, pool_id: str, node_id: str,
 
 
 Probe = Callable[[str, BinaryMessage], None]
+_IDENTITIES: dict[str, Identity] = {}  # node id -> its identity, for probes that sign as it
 
 
 def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
@@ -78,6 +79,7 @@ def _run_node(client: httpx.Client, pool_id: str, stop: threading.Event, *,
                          json={"identity_key": b64(identity.public_bytes)}).json()
     node = Participant(identity, joined["node_id"], pool_id, joined["pool"]["spec"],
                        _make_input, binary_inputs=binary_inputs)
+    _IDENTITIES[node.node_id] = identity
     known = None
     while not stop.is_set():
         response = client.get(f"/v1/federated/pools/{pool_id}/round",
@@ -139,7 +141,7 @@ def test_protocol_refusals_come_back_in_the_error_shape(platform: Platform) -> N
         node_id = client.post(f"/v1/federated/pools/{pool_id}/nodes",
                               json={"identity_key": b64(identity.public_bytes)}
                               ).json()["node_id"]
-        message = sign_message(Identity(), pool_id=pool_id, round_number=1,
+        message = sign_message(identity, pool_id=pool_id, round_number=1,
                                stage="advertise", node=1, payload={})
         refused = client.post(f"/v1/federated/pools/{pool_id}/messages",
                               json={"node_id": node_id, "message": message})
@@ -252,7 +254,7 @@ def test_a_secure_pool_refuses_an_update_sent_in_the_clear(platform: Platform) -
 
         def probe(node_id: str, message: BinaryMessage) -> None:
             vector, _ = _make_input(1, 1)
-            clear = clear_input_message(Identity(), pool_id=pool_id, round_number=1,
+            clear = clear_input_message(_IDENTITIES[node_id], pool_id=pool_id, round_number=1,
                                         index=message.message["node"], vector=vector,
                                         modulus_bits=40)
             refusals.append(_post(client, pool_id, node_id, clear))

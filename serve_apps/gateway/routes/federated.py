@@ -162,6 +162,15 @@ async def _signed_by_node(request: Request, ctx: Any, pool_id: str, node_id: str
                            request.headers.get(federated.SIGNATURE_HEADER))
 
 
+async def _sent_by_node(ctx: Any, pool_id: str, node_id: str, message: dict[str, Any]) -> None:
+    """Refuse (403) a protocol message not signed by ``node_id`` before the coordinator sees
+    it: the coordinator takes any message as a sign of life of its node."""
+    federated = _federated()
+    identity_key = await run_in_threadpool(federated.node_identity, ctx.database_url, pool_id,
+                                           node_id)
+    federated.check_message_sender(identity_key, node_id, message)
+
+
 @router.get("/v1/federated/pools/{pool_id}/nodes")
 async def list_nodes(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
     """Every node of the pool with its status and whether the owner approved it."""
@@ -223,6 +232,7 @@ async def post_message(pool_id: str, body: MessageRequest, principal: CurrentPri
                        ctx: Context) -> dict[str, Any]:
     """One signed protocol message for the current stage."""
     await _own_pool(pool_id, principal, ctx)
+    await _sent_by_node(ctx, pool_id, body.node_id, body.message)
     return await _call(pool_id, ctx, "submit", body.node_id, body.message)
 
 
@@ -248,6 +258,7 @@ async def post_binary_message(
     except ValueError as exc:
         raise errors.ValidationError(str(exc), details={"field": "X-Secagg-Message"}) from exc
     await _own_pool(pool_id, principal, ctx)
+    await _sent_by_node(ctx, pool_id, node_id, message)
     return await _call(pool_id, ctx, "submit", node_id, message, await request.body())
 
 
