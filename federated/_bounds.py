@@ -56,8 +56,7 @@ def tail_quantile(population: int, marked: int, draws: int, eps: float) -> int:
     low, top = max(0, draws - (population - marked)), min(marked, draws)
     total, tail = _log_comb(population, draws), 0.0
     for x in range(top, low - 1, -1):
-        tail += math.exp(_log_comb(marked, x) + _log_comb(population - marked, draws - x)
-                         - total)
+        tail += math.exp(_log_comb(marked, x) + _log_comb(population - marked, draws - x) - total)
         if tail > eps:
             return x + 1
     return low
@@ -68,14 +67,16 @@ def thresholds(pop: Population, k: int) -> range:
     (empty when none does, or when the graph would not stay connected)."""
     n, others = pop.nodes, pop.nodes - 1
     k = min(k, others)
-    security = 2.0 ** -SECURITY_BITS / n
+    security = 2.0**-SECURITY_BITS / n
     if k < others:  # a complete graph stays connected
         removed, window = pop.corrupt + pop.dropped, k // 2
-        if removed >= window and n * math.exp(_log_comb(removed, window)
-                                              - _log_comb(n, window)) > security:
+        if (
+            removed >= window
+            and n * math.exp(_log_comb(removed, window) - _log_comb(n, window)) > security
+        ):
             return range(0)
     corrupt_at = tail_quantile(others, pop.corrupt, k, security)  # 2t - k - 1 >= this
-    dropped_at = tail_quantile(others, pop.dropped, k, 2.0 ** -CORRECTNESS_BITS / n)
+    dropped_at = tail_quantile(others, pop.dropped, k, 2.0**-CORRECTNESS_BITS / n)
     low = max(2, math.ceil((corrupt_at + k + 1) / 2), (k + 1) // 2 + 1)
     high = min(k + 1, k + 2 - dropped_at)
     return range(low, high + 1)

@@ -40,10 +40,13 @@ def _vectors(n: int) -> dict[int, np.ndarray]:
     return {i: rng.integers(0, 2**16, D).astype(np.uint64) for i in range(1, n + 1)}
 
 
-def _attempt(action: Callable[[], Any], refusals: dict[int, Exception], node: int) -> Any:
-    """What an honest node sends for ``action``, or None when it refuses (kept by node)."""
+def _attempt(
+    refusals: dict[int, Exception], node: int, action: Callable[..., Any], *args: Any
+) -> Any:
+    """What an honest node sends for ``action(*args)``, or None when it refuses (the refusal
+    is kept by node)."""
     try:
-        return action()
+        return action(*args)
     except UnsafeRequestError as exc:
         refusals[node] = exc
         return None
@@ -52,24 +55,36 @@ def _attempt(action: Callable[[], Any], refusals: dict[int, Exception], node: in
 # ---- attack 2: key substitution ---------------------------------------------------------
 
 
-def _substituted_view(round_: InProcessRound, fakes: dict[int, tuple[Identity, KeyPair]],
-                      fake_nodes: dict[int, int]) -> dict[str, Any]:
+def _substituted_view(
+    round_: InProcessRound, fakes: dict[int, tuple[Identity, KeyPair]], fake_nodes: dict[int, int]
+) -> dict[str, Any]:
     """Node 1's share view with the coordinator's own keys for ``fake_nodes`` (index ->
     which fake identity signs it)."""
     view = round_.server.view_for(1)
     for index, who in fake_nodes.items():
         identity, c_keys = fakes[who]
-        message = sign_message(identity, pool_id=POOL, round_number=ROUND, stage="advertise",
-                               node=index, payload={"c_pk": b64(c_keys.public_bytes),
-                                                    "s_pk": b64(KeyPair().public_bytes),
-                                                    "b_commit": "0" * 64})
-        view["advertised"][str(index)] = {"message": message,
-                                          "identity": b64(identity.public_bytes)}
+        message = sign_message(
+            identity,
+            pool_id=POOL,
+            round_number=ROUND,
+            stage="advertise",
+            node=index,
+            payload={
+                "c_pk": b64(c_keys.public_bytes),
+                "s_pk": b64(KeyPair().public_bytes),
+                "b_commit": "0" * 64,
+            },
+        )
+        view["advertised"][str(index)] = {
+            "message": message,
+            "identity": b64(identity.public_bytes),
+        }
     return view
 
 
-def _opened_shares(sent: dict[str, Any] | None, fakes: dict[int, tuple[Identity, KeyPair]],
-                   client_c_pk: bytes) -> int:
+def _opened_shares(
+    sent: dict[str, Any] | None, fakes: dict[int, tuple[Identity, KeyPair]], client_c_pk: bytes
+) -> int:
     """How many of the target's sealed shares the coordinator's keys open."""
     if sent is None:
         return 0
@@ -90,8 +105,9 @@ def test_a_node_refuses_identity_keys_off_its_pinned_roster(attack: str) -> None
     # it); the coordinator substitutes keys of its own for nodes 2..5 in node 1's view, or
     # lets one roster member (node 5, colluding) stand for node 4 as well
     t = 3
-    round_ = InProcessRound.create(5, threshold=t, neighbours=None, vector_length=D,
-                                   modulus_bits=MODULUS_BITS)
+    round_ = InProcessRound.create(
+        5, threshold=t, neighbours=None, vector_length=D, modulus_bits=MODULUS_BITS
+    )
     round_._stage(range(1, 6), lambda i: round_.clients[i].advertise())
     if attack == "outsiders":
         fakes = {i: (Identity(), KeyPair()) for i in range(2, 6)}
@@ -99,14 +115,16 @@ def test_a_node_refuses_identity_keys_off_its_pinned_roster(attack: str) -> None
         expected = "roster"
     else:
         insider = Identity()  # the colluder's roster key, used for two indices
-        round_.clients[1].roster = round_.clients[1].roster | {insider.public_bytes}
+        round_.clients[1].roster = (round_.clients[1].roster or frozenset()) | {
+            insider.public_bytes
+        }
         fakes = {i: (insider, KeyPair()) for i in (4, 5)}
         view = _substituted_view(round_, fakes, {4: 4, 5: 5})
         expected = "two indices"
     refusals: dict[int, Exception] = {}
 
     # Execute
-    sent = _attempt(lambda: round_.clients[1].share_keys(view), refusals, 1)
+    sent = _attempt(refusals, 1, round_.clients[1].share_keys, view)
 
     # Assert: nothing sealed to the coordinator's keys, and the refusal names the violation
     opened = _opened_shares(sent, fakes, round_.clients[1].c_keys.public_bytes)
@@ -124,9 +142,13 @@ TARGET_U2 = [1, 2, 3]
 SPLITS = {1: [1, 2, 3], 2: [1, 2, 4], 3: [1, 3, 4], 4: [1, 4, 5], 5: [1, 4, 5]}
 
 
-def _recovered_input(round_: InProcessRound, masked: np.ndarray,
-                     shares: dict[str, dict[int, dict[int, Any]]], t: int,
-                     peers: tuple[int, ...] = (2, 3)) -> np.ndarray | None:
+def _recovered_input(
+    round_: InProcessRound,
+    masked: np.ndarray,
+    shares: dict[str, dict[int, dict[int, Any]]],
+    t: int,
+    peers: tuple[int, ...] = (2, 3),
+) -> np.ndarray | None:
     """Node 1's input, if the coordinator received enough shares to strip its masks (its
     seed, and the mask keys of the ``peers`` it masked with)."""
     b_shares, sk_shares = shares["b"].get(1, {}), shares["sk"]
@@ -134,26 +156,28 @@ def _recovered_input(round_: InProcessRound, masked: np.ndarray,
         return None
 
     def rebuild(records: dict[int, Any]) -> bytes:
-        return _shamir.combine({h: int(r["value"], 16) for h, r in records.items()},
-                               threshold=t)
+        return _shamir.combine({h: int(r["value"], 16) for h, r in records.items()}, threshold=t)
 
     removals = [(rebuild(b_shares), 1)]
     s_pk_1 = round_.server.advertised[1]["s_pk"]
     for j in peers:
         key = KeyPair.from_private_bytes(rebuild(sk_shares[j])).agree(
-            s_pk_1, info=mask_info(POOL, ROUND, j, 1))
+            s_pk_1, info=mask_info(POOL, ROUND, j, 1)
+        )
         removals.append((key, pair_sign(1, j)))
     return remove_masks(masked, removals, MODULUS_BITS, start=0)
 
 
-def _split_view_attack(ask_signatures: bool) -> tuple[InProcessRound, dict[int, Exception],
-                                                      np.ndarray | None, dict[str, Any], int]:
+def _split_view_attack(
+    ask_signatures: bool,
+) -> tuple[InProcessRound, dict[int, Exception], np.ndarray | None, dict[str, Any], int]:
     """Run the plan above; returns the round, the refusals, node 1's input as recovered
     (or None), the shares received ``{kind: {dealer: {holder: record}}}`` and t."""
     n, t = 5, 3
     vectors = _vectors(n)
-    round_ = InProcessRound.create(n, threshold=t, neighbours=None, vector_length=D,
-                                   modulus_bits=MODULUS_BITS)
+    round_ = InProcessRound.create(
+        n, threshold=t, neighbours=None, vector_length=D, modulus_bits=MODULUS_BITS
+    )
     server, clients = round_.server, round_.clients
     round_._stage(range(1, n + 1), lambda i: clients[i].advertise())
     round_._stage(range(1, n + 1), lambda i: clients[i].share_keys(server.view_for(i)))
@@ -163,27 +187,30 @@ def _split_view_attack(ask_signatures: bool) -> tuple[InProcessRound, dict[int, 
         view = server.view_for(i)
         if i == 1:
             view["u2"] = TARGET_U2
-            view["sealed_shares"] = {d: s for d, s in view["sealed_shares"].items()
-                                     if int(d) in TARGET_U2}
+            view["sealed_shares"] = {
+                d: s for d, s in view["sealed_shares"].items() if int(d) in TARGET_U2
+            }
         message = clients[i].masked_input(view, vectors[i])
         server.receive(message)
         if i == 1:
-            masked_of_target = decode_vector(unb64(message["payload"]["vector"]),
-                                             MODULUS_BITS)
+            masked_of_target = decode_vector(unb64(message["payload"]["vector"]), MODULUS_BITS)
     server.close_stage()
     signatures: dict[str, str] = {}
     if ask_signatures:
         for i in range(1, n + 1):
-            signed = _attempt(lambda i=i: clients[i].consistency({"survivors": SPLITS[i]}),
-                              refusals, i)
+            signed = _attempt(refusals, i, clients[i].consistency, {"survivors": SPLITS[i]})
             if signed is not None:
                 signatures[str(i)] = signed["payload"]["signature"]
     shares: dict[str, dict[int, dict[int, Any]]] = {"b": {}, "sk": {}}
     for i in range(1, n + 1):
         u2 = TARGET_U2 if i == 1 else list(range(1, n + 1))
-        view = {"survivors": SPLITS[i], "dropped": sorted(set(u2) - set(SPLITS[i])),
-                "signatures": signatures}  # every signature it has, whatever set it covers
-        reply = _attempt(lambda i=i, view=view: clients[i].unmask(view), refusals, i)
+        # every signature the coordinator has, whatever set it covers
+        unmask_view = {
+            "survivors": SPLITS[i],
+            "dropped": sorted(set(u2) - set(SPLITS[i])),
+            "signatures": signatures,
+        }
+        reply = _attempt(refusals, i, clients[i].unmask, unmask_view)
         for kind, name in (("b", "b_shares"), ("sk", "sk_shares")):
             for dealer, record in (reply or {"payload": {}})["payload"].get(name, {}).items():
                 shares[kind].setdefault(int(dealer), {})[i] = record
@@ -194,8 +221,9 @@ def _split_view_attack(ask_signatures: bool) -> tuple[InProcessRound, dict[int, 
     return round_, refusals, recovered, shares, t
 
 
-@pytest.mark.parametrize("ask_signatures", [True, False],
-                         ids=["signatures_relayed", "consistency_round_skipped"])
+@pytest.mark.parametrize(
+    "ask_signatures", [True, False], ids=["signatures_relayed", "consistency_round_skipped"]
+)
 def test_split_survivor_sets_reveal_fewer_than_t_shares_and_nodes_refuse(
     ask_signatures: bool,
 ) -> None:
@@ -204,13 +232,16 @@ def test_split_survivor_sets_reveal_fewer_than_t_shares_and_nodes_refuse(
 
     # Assert: the coordinator cannot strip node 1's masks, and holds fewer than t shares of
     # node 1's seed and of the mask keys of the peers node 1 masked with
-    counts = {"b_1": len(shares["b"].get(1, {})),
-              **{f"sk_{j}": len(shares["sk"].get(j, {})) for j in (2, 3)}}
+    counts = {
+        "b_1": len(shares["b"].get(1, {})),
+        **{f"sk_{j}": len(shares["sk"].get(j, {})) for j in (2, 3)},
+    }
     assert recovered is None, f"the coordinator recovered node 1's exact input from {counts}"
     assert all(count < t for count in counts.values()), counts
     assert set(refusals) >= {2, 3, 4, 5}
-    assert all("signature" in str(refusals[i]) or "survivor set" in str(refusals[i])
-               for i in refusals), {i: str(e) for i, e in refusals.items()}
+    assert all(
+        "signature" in str(refusals[i]) or "survivor set" in str(refusals[i]) for i in refusals
+    ), {i: str(e) for i, e in refusals.items()}
 
 
 def test_secagg_plus_the_targets_other_neighbours_dropped_reveals_fewer_than_t_shares() -> None:
@@ -220,13 +251,20 @@ def test_secagg_plus_the_targets_other_neighbours_dropped_reveals_fewer_than_t_s
     # Against the protocol without the consistency round this recovers node 1's input.
     n, t, k = 7, 3, 4
     vectors = _vectors(n)
-    round_ = InProcessRound.create(n, threshold=t, neighbours=k, vector_length=D,
-                                   modulus_bits=MODULUS_BITS, signatures=n // 2 + 1)
+    round_ = InProcessRound.create(
+        n,
+        threshold=t,
+        neighbours=k,
+        vector_length=D,
+        modulus_bits=MODULUS_BITS,
+        signatures=n // 2 + 1,
+    )
     server, clients = round_.server, round_.clients
     round_._stage(range(1, n + 1), lambda i: clients[i].advertise())
     round_._stage(range(1, n + 1), lambda i: clients[i].share_keys(server.view_for(i)))
-    round_._stage(range(1, n + 1),
-                  lambda i: clients[i].masked_input(server.view_for(i), vectors[i]))
+    round_._stage(
+        range(1, n + 1), lambda i: clients[i].masked_input(server.view_for(i), vectors[i])
+    )
     ring = sorted(server.graph[1])
     sets = {j: sorted(set(range(1, n + 1)) - (set(ring) - {j})) for j in ring}
     plan = {i: sets.get(i, sorted(set(range(1, n + 1)) - set(ring))) for i in range(2, n + 1)}
@@ -236,29 +274,31 @@ def test_secagg_plus_the_targets_other_neighbours_dropped_reveals_fewer_than_t_s
     # Execute
     signatures: dict[str, str] = {}
     for i in range(1, n + 1):
-        signed = _attempt(lambda i=i: clients[i].consistency({"survivors": plan[i]}),
-                          refusals, i)
+        signed = _attempt(refusals, i, clients[i].consistency, {"survivors": plan[i]})
         if signed is not None:
             signatures[str(i)] = signed["payload"]["signature"]
     shares: dict[str, dict[int, dict[int, Any]]] = {"b": {}, "sk": {}}
     for i in range(1, n + 1):
-        view = {"survivors": plan[i], "signatures": signatures}
-        reply = _attempt(lambda i=i, view=view: clients[i].unmask(view), refusals, i)
+        view: dict[str, Any] = {"survivors": plan[i], "signatures": signatures}
+        reply = _attempt(refusals, i, clients[i].unmask, view)
         for kind, name in (("b", "b_shares"), ("sk", "sk_shares")):
             for dealer, record in (reply or {"payload": {}})["payload"].get(name, {}).items():
                 shares[kind].setdefault(int(dealer), {})[i] = record
 
     # Assert: never t shares of node 1's seed together with t of each neighbour's mask key
-    counts = {"b_1": len(shares["b"].get(1, {})),
-              **{f"sk_{j}": len(shares["sk"].get(j, {})) for j in ring}}
+    counts = {
+        "b_1": len(shares["b"].get(1, {})),
+        **{f"sk_{j}": len(shares["sk"].get(j, {})) for j in ring},
+    }
     assert all(count < t for count in counts.values()), counts
     assert refusals
 
 
 def test_a_node_signs_only_a_survivor_set_within_its_own_view() -> None:
     # Prepare: an honest round up to the consistency stage
-    round_ = InProcessRound.create(5, threshold=3, neighbours=None, vector_length=D,
-                                   modulus_bits=MODULUS_BITS)
+    round_ = InProcessRound.create(
+        5, threshold=3, neighbours=None, vector_length=D, modulus_bits=MODULUS_BITS
+    )
     vectors = _vectors(5)
     clients, server = round_.clients, round_.server
     round_._stage(range(1, 6), lambda i: clients[i].advertise())
@@ -276,8 +316,9 @@ def test_a_node_signs_only_a_survivor_set_within_its_own_view() -> None:
 
 def test_the_unmask_set_is_the_signed_set_not_the_coordinators_view() -> None:
     # Prepare: an honest round; every node signs {1..5}
-    round_ = InProcessRound.create(5, threshold=3, neighbours=None, vector_length=D,
-                                   modulus_bits=MODULUS_BITS)
+    round_ = InProcessRound.create(
+        5, threshold=3, neighbours=None, vector_length=D, modulus_bits=MODULUS_BITS
+    )
     vectors = _vectors(5)
     clients, server = round_.clients, round_.server
     round_._stage(range(1, 6), lambda i: clients[i].advertise())
@@ -298,9 +339,13 @@ def test_the_unmask_set_is_the_signed_set_not_the_coordinators_view() -> None:
 
 
 def test_secagg_plus_below_bell_et_al_bounds_is_refused_with_the_fix() -> None:
-    spec = {"name": "plus", "model": {"num_features": 4, "num_classes": 2},
-            "min_nodes": 50, "target_nodes": 100,
-            "secure_aggregation": {"threshold": 2, "neighbours": 2, "modulus_bits": 40}}
+    spec = {
+        "name": "plus",
+        "model": {"num_features": 4, "num_classes": 2},
+        "min_nodes": 50,
+        "target_nodes": 100,
+        "secure_aggregation": {"threshold": 2, "neighbours": 2, "modulus_bits": 40},
+    }
 
     with pytest.raises(PoolSpecError) as caught:
         parse_pool_spec(spec)
@@ -310,16 +355,22 @@ def test_secagg_plus_below_bell_et_al_bounds_is_refused_with_the_fix() -> None:
     assert "for full SecAgg" in caught.value.message
 
 
+def _advertise_and_share(round_: InProcessRound, n: int) -> None:
+    round_._stage(range(1, n + 1), lambda i: round_.clients[i].advertise())
+    round_._stage(
+        range(1, n + 1), lambda i: round_.clients[i].share_keys(round_.server.view_for(i))
+    )
+
+
 def test_the_secagg_plus_graph_comes_from_the_advertised_keys() -> None:
     # Prepare: two rounds with the same pool, round number and indices, but fresh keys
     graphs, agreed = [], []
     for _ in range(2):
-        round_ = InProcessRound.create(9, threshold=3, neighbours=4, vector_length=D,
-                                       modulus_bits=MODULUS_BITS)
+        round_ = InProcessRound.create(
+            9, threshold=3, neighbours=4, vector_length=D, modulus_bits=MODULUS_BITS
+        )
         # Execute
-        round_._stage(range(1, 10), lambda i, r=round_: r.clients[i].advertise())
-        round_._stage(range(1, 10),
-                      lambda i, r=round_: r.clients[i].share_keys(r.server.view_for(i)))
+        _advertise_and_share(round_, 9)
         graphs.append(round_.server.graph)
         agreed.append(all(c.graph == round_.server.graph for c in round_.clients.values()))
 
@@ -330,9 +381,13 @@ def test_the_secagg_plus_graph_comes_from_the_advertised_keys() -> None:
 
 
 def test_a_threshold_below_two_thirds_is_refused_when_a_third_may_collude() -> None:
-    spec = {"name": "full", "model": {"num_features": 4, "num_classes": 2},
-            "min_nodes": 9, "target_nodes": 9,
-            "secure_aggregation": {"threshold": 5, "corrupt_fraction": 0.33}}
+    spec: dict[str, Any] = {
+        "name": "full",
+        "model": {"num_features": 4, "num_classes": 2},
+        "min_nodes": 9,
+        "target_nodes": 9,
+        "secure_aggregation": {"threshold": 5, "corrupt_fraction": 0.33},
+    }
 
     with pytest.raises(PoolSpecError) as caught:  # 2 of 9 may collude: 2t > 9 + 2
         parse_pool_spec(spec)
