@@ -230,7 +230,8 @@ class RoundClient:
 
     def unmask(self, view: dict[str, Any]) -> dict[str, Any]:
         """Shares of the survivors' seeds and of the dropped nodes' mask keys, never both,
-        for the set this node signed, once ``t`` of the round's nodes signed it too."""
+        for the set this node signed, once ``signatures_needed`` of the round's nodes (at
+        least ``t``) signed it too."""
         if self.answered_unmask:
             raise UnsafeRequestError("this node already answered the unmasking request")
         if self.signed_set is None:
