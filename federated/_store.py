@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mlaas.db import ApiKey, Base, session_scope, utcnow
 from mlaas.errors import ConflictError, NotFoundError
+
+_T = TypeVar("_T")
 
 
 class FederatedPool(Base):
@@ -158,70 +161,97 @@ def add_node(url: str, pool_id: str, identity_key: str, api_key_id: str, label: 
     """The node id of this identity in the pool (the same one when a node joins again).
 
     A node registered by a tenant-scope key of the pool's tenant, or by a participant key
-    the owner pre-authorised, is approved at once (and put on the roster); any other waits,
-    ``pending``, for the owner's approval, and is never selected meanwhile.
+    the owner pre-authorised, is approved at once (and put on the roster, in the same
+    transaction); any other waits, ``pending``, for the owner's approval, and is never
+    selected meanwhile.
 
     Raises:
         ConflictError: the participant key registered another identity in this pool already.
     """
-    with session_scope(url) as session:
-        row = session.scalar(select(FederatedNode).where(
-            FederatedNode.pool_id == pool_id, FederatedNode.identity_key == identity_key))
-        key = session.get(ApiKey, api_key_id)
-        scopes = set((key.scopes if key else "").split(","))
-        participant = "federated" in scopes and not scopes & {"tenant", "admin"}
-        if row is None and participant:
-            other = session.scalar(select(FederatedNode.id).where(
-                FederatedNode.pool_id == pool_id, FederatedNode.api_key_id == api_key_id))
-            if other is not None:
-                raise ConflictError(
-                    f"This participant key registered node {other} in the pool already; a "
-                    "participant key registers one node per pool (join with that node's "
-                    "state folder, or ask the owner for another key)",
-                    details={"reason": "one_node_per_key", "node_id": other})
-        if row is None:
-            row = FederatedNode(id="node_" + secrets.token_hex(6), pool_id=pool_id,
-                                identity_key=identity_key, api_key_id=api_key_id, label=label)
-            session.add(row)
-        row.status = "active" if row.approved_at is not None else "pending"
-        node_id, approved = row.id, row.approved_at is not None
-        preapproved = key is not None and (not participant or bool(key.approves_nodes))
-    if not approved and preapproved:
-        approve_node(url, pool_id, node_id)
-    return node_id
+
+    def register() -> str:
+        with session_scope(url) as session:
+            _lock_pool(session, pool_id)  # one node per key, and roster seqs, in turn
+            row = session.scalar(select(FederatedNode).where(
+                FederatedNode.pool_id == pool_id, FederatedNode.identity_key == identity_key))
+            key = session.get(ApiKey, api_key_id)
+            scopes = set((key.scopes if key else "").split(","))
+            participant = "federated" in scopes and not scopes & {"tenant", "admin"}
+            if row is None and participant:
+                _refuse_second_node(session, pool_id, api_key_id)
+            if row is None:
+                row = FederatedNode(id="node_" + secrets.token_hex(6), pool_id=pool_id,
+                                    identity_key=identity_key, api_key_id=api_key_id,
+                                    label=label)
+                session.add(row)
+                session.flush()
+            row.status = "active" if row.approved_at is not None else "pending"
+            if key is not None and (not participant or key.approves_nodes):
+                _append_to_roster(session, pool_id, row)
+            return row.id
+
+    return _retrying(register)
+
+
+def _refuse_second_node(session: Session, pool_id: str, api_key_id: str) -> None:
+    other = session.scalar(select(FederatedNode.id).where(
+        FederatedNode.pool_id == pool_id, FederatedNode.api_key_id == api_key_id))
+    if other is not None:
+        raise ConflictError(
+            f"This participant key registered node {other} in the pool already; a "
+            "participant key registers one node per pool (join with that node's state "
+            "folder, or ask the owner for another key)",
+            details={"reason": "one_node_per_key", "node_id": other})
 
 
 def approve_node(url: str, pool_id: str, node_id: str) -> dict[str, Any]:
     """Approve a node of the pool and append it to the roster (once; approving again is a
     no-op); the coordinator may select it from its next round on."""
+
+    def approve() -> dict[str, Any]:
+        with session_scope(url) as session:
+            _lock_pool(session, pool_id)
+            row = session.get(FederatedNode, node_id)
+            if row is None or row.pool_id != pool_id:
+                raise NotFoundError(f"Node {node_id!r} has not joined pool {pool_id}",
+                                    details={"node_id": node_id})
+            _append_to_roster(session, pool_id, row)
+            return node_dict(row)
+
+    return _retrying(approve)
+
+
+def _lock_pool(session: Session, pool_id: str) -> None:
+    """Lock the pool's row (PostgreSQL) so approvals and registrations take turns; SQLite
+    serialises writers itself, and a clash on a roster seq is retried."""
+    session.scalar(select(FederatedPool).where(FederatedPool.id == pool_id).with_for_update())
+
+
+def _append_to_roster(session: Session, pool_id: str, row: FederatedNode) -> None:
+    """Approve ``row`` (if not yet) and chain its identity onto the pool's roster."""
     # Here, not at the top: the migrator loads this module without the package's extras.
     from federated._roster import GENESIS, new_entry
 
+    if row.approved_at is not None:
+        return
+    last = session.scalar(select(FederatedRosterEntry)
+                          .where(FederatedRosterEntry.pool_id == pool_id)
+                          .order_by(FederatedRosterEntry.seq.desc()).limit(1))
+    entry = new_entry(pool_id, last.seq + 1 if last else 0, row.id, row.identity_key,
+                      last.entry_hash if last else GENESIS)
+    session.add(FederatedRosterEntry(pool_id=pool_id, seq=entry["seq"], node_id=row.id,
+                                     identity_key=row.identity_key, prev_hash=entry["prev"],
+                                     entry_hash=entry["hash"]))
+    row.approved_at = utcnow()
+    if row.status == "pending":
+        row.status = "active"
+
+
+def _retrying(action: Callable[[], _T]) -> _T:
+    """Run a transaction again when a concurrent one took the same roster seq."""
     for attempt in range(5):
         try:
-            with session_scope(url) as session:
-                # The pool row's lock orders concurrent approvals (PostgreSQL); SQLite
-                # serialises writers, and a clash on the seq retries.
-                session.scalar(select(FederatedPool).where(FederatedPool.id == pool_id)
-                               .with_for_update())
-                row = session.get(FederatedNode, node_id)
-                if row is None or row.pool_id != pool_id:
-                    raise NotFoundError(f"Node {node_id!r} has not joined pool {pool_id}",
-                                        details={"node_id": node_id})
-                if row.approved_at is None:
-                    last = session.scalar(select(FederatedRosterEntry)
-                                          .where(FederatedRosterEntry.pool_id == pool_id)
-                                          .order_by(FederatedRosterEntry.seq.desc()).limit(1))
-                    entry = new_entry(pool_id, last.seq + 1 if last else 0, node_id,
-                                      row.identity_key, last.entry_hash if last else GENESIS)
-                    session.add(FederatedRosterEntry(
-                        pool_id=pool_id, seq=entry["seq"], node_id=node_id,
-                        identity_key=row.identity_key, prev_hash=entry["prev"],
-                        entry_hash=entry["hash"]))
-                    row.approved_at = utcnow()
-                    if row.status == "pending":
-                        row.status = "active"
-                return node_dict(row)
+            return action()
         except IntegrityError:
             if attempt == 4:
                 raise
