@@ -23,6 +23,8 @@ from federated._messages import b64, canonical, sign_message
 from tests.conftest import Platform
 from tests.federated.conftest import Nodes, finished_pool, wait_for
 
+pytestmark = pytest.mark.cluster_state  # also runs on PostgreSQL + S3 (MLAAS_TEST_BACKEND)
+
 SPEC: dict[str, Any] = {
     "model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
     "rounds": 1,
