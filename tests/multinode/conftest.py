@@ -101,39 +101,53 @@ result = ips.get(rows[0].node_id, "") if rows else ""
 """)
         return out or None
 
-    def move_actor_to(self, name: str, ip: str, timeout_s: float = 60) -> str | None:
-        """Restart the platform actor ``name`` until it runs on node ``ip``: every other node
-        offering ``mlaas_state`` is filled by a placeholder while the actor restarts, then
-        freed. Returns the actor's node afterwards."""
+    def move_actor_to(self, name: str, ip: str, attempts: int = 3) -> str | None:
+        """Restart the platform actor ``name`` until it runs on node ``ip``. While it restarts,
+        placeholders take what is free of ``mlaas_state`` on every other node, and one more
+        waits on its node for the share the actor frees. Returns the actor's node afterwards."""
         return self.nodes.run_python(f"""
-import time
+import math, time
+from ray._private.state import available_resources_per_node
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.state import list_actors
 alive = [n for n in ray.nodes() if n["Alive"]]
 ips = {{n["NodeID"]: n["NodeManagerAddress"] for n in alive}}
-def where():
+def actor():
     rows = list_actors(filters=[("name", "=", {name!r}), ("state", "=", "ALIVE")], detail=True)
-    return ips.get(rows[0].node_id) if rows else None
+    return rows[0] if rows else None
+def where():
+    row = actor()
+    return ips.get(row.node_id) if row else None
 class Hold:
     def ready(self):
         return True
-if where() != {ip!r}:
-    holds = []
-    for node in alive:
-        if node["NodeManagerAddress"] != {ip!r} and node["Resources"].get("mlaas_state", 0) >= 1:
-            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            hold = ray.remote(num_cpus=0, resources={{"mlaas_state": 0.9}})(Hold).options(
-                scheduling_strategy=strategy).remote()
-            ray.get(hold.ready.remote(), timeout=60)
-            holds.append(hold)
+def hold(node_id, amount):
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return ray.remote(num_cpus=0, resources={{"mlaas_state": amount}})(Hold).options(
+        scheduling_strategy=strategy).remote()
+holds = []
+for _ in range({attempts}):
+    row = actor()
+    if row is None or ips.get(row.node_id) == {ip!r}:
+        break
+    free = available_resources_per_node()
+    for node_id, node_ip in ips.items():
+        amount = math.floor(free.get(node_id, {{}}).get("mlaas_state", 0) * 1e4) / 1e4
+        if node_ip != {ip!r} and amount > 0:
+            holds.append(hold(node_id, amount))
+            ray.get(holds[-1].ready.remote(), timeout=60)
+    holds.append(hold(row.node_id, row.required_resources["mlaas_state"]))  # waits for it
     ray.kill(ray.get_actor({name!r}, namespace="mlaas"), no_restart=False)
-    deadline = time.monotonic() + {timeout_s}
-    while time.monotonic() < deadline and where() != {ip!r}:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the restarted actor is alive
+        now = actor()
+        if now is not None and int(now.num_restarts) > int(row.num_restarts):
+            break
         time.sleep(0.2)
-    for hold in holds:
-        ray.kill(hold)
+for placeholder in holds:
+    ray.kill(placeholder)
 result = where()
-""", timeout_s=timeout_s + 60)
+""", timeout_s=attempts * 100)
 
     def replica_nodes(self, app: str, deployment: str) -> dict[str, str]:
         """Replica id -> node address of the running replicas of one deployment."""
