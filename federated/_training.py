@@ -4,6 +4,14 @@ The accountant's history (noise multiplier, sample rate, steps) is kept by the n
 rounds and restarts, so the spent epsilon always covers every round it trained in. Before a
 round, ``would_exceed`` adds the round's steps to a copy of that history: a node never
 starts a round that would take it past its own (epsilon, delta).
+
+The node's sample count leaves it exactly only as the weight inside its masked vector (the
+server learns the sum of the survivors' capped counts, never one of them). The count it
+states in the clear, for credits and for the pool's node table, is noised: Gaussian noise of
+standard deviation ``COUNT_NOISE_STD`` samples, rounded and clipped at 0. That release is a
+Gaussian mechanism of sensitivity 1 (adding or removing one record changes the count by 1),
+so it is accounted in the same history as the training steps, as one step of noise
+multiplier ``COUNT_NOISE_STD`` at sample rate 1: the epsilon a node reports covers it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ import numpy as np
 import torch
 
 from federated import _model
+
+COUNT_NOISE_STD = 50.0  # samples: one release costs epsilon 0.1 alone at delta 1e-5
+COUNT_RELEASE = (COUNT_NOISE_STD, 1.0, 1)  # (noise multiplier, sample rate, steps)
 
 
 @dataclass
@@ -39,8 +50,15 @@ class PrivacyBudget:
         return float(self._accountant(self.history).get_epsilon(self.delta))
 
     def would_exceed(self, noise_multiplier: float, sample_rate: float, steps: int) -> bool:
-        planned = [*self.history, (noise_multiplier, sample_rate, steps)]
+        """Whether a round of these training steps, and the noisy count sent with its
+        update, would take the node past its epsilon."""
+        planned = [*self.history, (noise_multiplier, sample_rate, steps), COUNT_RELEASE]
         return float(self._accountant(planned).get_epsilon(self.delta)) > self.epsilon
+
+    def release_count(self, samples: int, rng: np.random.Generator) -> int:
+        """The sample count to state in the clear: noised, and accounted in the history."""
+        self.history.append(COUNT_RELEASE)
+        return max(0, round(samples + rng.normal(0.0, COUNT_NOISE_STD)))
 
 
 def round_plan(spec: dict[str, Any], samples: int) -> tuple[float, int]:

@@ -267,7 +267,10 @@ class Node:
         if self.options.dump_dir is not None:
             self.options.dump_dir.mkdir(parents=True, exist_ok=True)
             np.save(self.options.dump_dir / f"round-{number}.npy", vector)
-        return vector, {"samples": len(self.x), "epsilon": round(self.budget.spent(), 6)}
+        stated = self.budget.release_count(len(self.x), np.random.default_rng())
+        self.state.history = self.budget.history
+        self.state.save()
+        return vector, {"samples": stated, "epsilon": round(self.budget.spent(), 6)}
 
     def run(self) -> str:
         """Take part until the pool ends; returns why the node stopped."""

@@ -10,7 +10,7 @@ import pytest
 
 from federated import _model
 from federated._data import load_local_data
-from federated._training import PrivacyBudget, round_plan, train_locally
+from federated._training import COUNT_RELEASE, PrivacyBudget, round_plan, train_locally
 from federated.node import NodeState, split_pool_url
 from mlaas.errors import ValidationError
 
@@ -74,3 +74,23 @@ def test_bad_data_and_pool_urls_are_refused_with_the_reason(tmp_path: Path) -> N
     with pytest.raises(ValidationError, match="--pool must look like"):
         split_pool_url("http://127.0.0.1:8000/pools/x")
     assert split_pool_url("http://h:1/v1/federated/pools/pool_1/") == ("http://h:1", "pool_1")
+
+
+def test_the_stated_sample_count_is_noised_and_its_release_is_accounted() -> None:
+    # Arrange: a node with 150 rows, after one round of training
+    budget = PrivacyBudget(8.0, 1e-5, "rdp", [(1.0, 0.1, 10)])
+    trained_only = budget.spent()
+    rng = np.random.default_rng(0)
+
+    # Act
+    stated = [budget.release_count(150, rng) for _ in range(5)]
+
+    # Assert: never the exact count every time, never negative, and each release is in the
+    # accountant's history (the reported epsilon covers it) and in the planning of a round
+    assert stated != [150] * 5 and all(isinstance(s, int) and s >= 0 for s in stated)
+    assert budget.history[1:] == [COUNT_RELEASE] * 5
+    assert budget.spent() > trained_only
+    alone = PrivacyBudget(8.0, 1e-5, "rdp", [COUNT_RELEASE])
+    assert 0 < alone.spent() < 0.2
+    tight = PrivacyBudget(trained_only + 1e-4, 1e-5, "rdp")
+    assert tight.would_exceed(1.0, 0.1, 10)  # the round fits; with its count release it does not
