@@ -57,10 +57,12 @@ _LAZY = {
     "list_nodes": "federated._store",
     "node_identity": "federated._store",
     "roster_of": "federated._store",
+    "set_owner_key": "federated._store",
 }
 _ALIASES = {  # public name -> (module, name there)
     "ROSTER_GENESIS": ("federated._roster", "GENESIS"),
     "roster_fingerprint": ("federated._roster", "fingerprint"),
+    "roster_owner_fingerprint": ("federated._roster", "owner_fingerprint"),
 }
 
 

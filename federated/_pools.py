@@ -3,6 +3,9 @@
 A pool that scores contributions names its validation set: ``builtin:<name>``, or a CSV /
 Parquet file in the tenant's data folder (never another file of the server). It is read
 once here, so a spec whose set is missing or does not fit the model is refused at creation.
+
+A spec may carry ``owner_key``, the owner's Ed25519 public key (base64) that signs every
+roster entry; it is kept on the pool, not in its spec, and never changes.
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any,
         data_dir: the tenant's data folder, where a validation file must lie.
 
     Raises:
-        PoolSpecError: the spec is invalid or cannot be secure (the reason says the fix).
+        PoolSpecError: the spec is invalid or cannot be secure (the reason says the fix), or
+            its ``owner_key`` is not a base64 Ed25519 public key.
         ConflictError: the tenant already has a model of that name.
 
     The model is reserved for the pool (``registry.reserve_model``): a training job or any
     other registration under its name, or deleting one of its versions, is refused (409).
     """
+    owner_key = _owner_key(raw)
+    if isinstance(raw, dict) and "owner_key" in raw:
+        raw = {k: v for k, v in raw.items() if k != "owner_key"}
     spec = parse_pool_spec(raw).model_dump(mode="json")
     if spec.get("contribution_scoring"):
         spec["contribution_scoring"]["validation_data"] = _checked_validation(spec, data_dir)
@@ -44,13 +51,26 @@ def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any,
         raise ConflictError(
             f"A model named {spec['name']!r} exists already; give the pool another name",
             details={"field": "name"}) from None
-    pool = _store.create_pool(url, tenant_id, spec, pool_id=pool_id)
+    pool = _store.create_pool(url, tenant_id, spec, pool_id=pool_id, owner_key=owner_key)
     version = _model.register(
         url, artifacts_dir, tenant_id=tenant_id, spec=spec, model=_model.build(spec),
         metrics={"federated": {"pool_id": pool["id"], "round": 0, "participants": 0,
                                "epsilon_spent": 0.0}, "round": 0, "epsilon_spent": 0.0})
     assert version.version == 1
     return pool
+
+
+def _owner_key(raw: Any) -> str | None:
+    """The spec's optional ``owner_key``, once it is a base64 Ed25519 public key."""
+    owner_key = raw.get("owner_key") if isinstance(raw, dict) else None
+    if owner_key is None:
+        return None
+    try:
+        _store.check_owner_key(owner_key if isinstance(owner_key, str) else "")
+    except ValidationError as exc:
+        raise PoolSpecError("owner_key", exc.message + "; or leave it out and set it with "
+                            "`mlaas federated owner-key`") from None
+    return str(owner_key)
 
 
 def _checked_validation(spec: dict[str, Any], data_dir: Path | None) -> str:

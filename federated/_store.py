@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mlaas.db import ApiKey, Base, session_scope, utcnow
-from mlaas.errors import ConflictError, NotFoundError
+from mlaas.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 
 _T = TypeVar("_T")
 
@@ -35,6 +35,8 @@ class FederatedPool(Base):
     completed_rounds: Mapped[int] = mapped_column(Integer, default=0)
     global_version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # the owner's Ed25519 public key (base64) that signs every roster entry; set once (0007)
+    owner_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class FederatedNode(Base):
@@ -67,6 +69,8 @@ class FederatedRosterEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # the owner key's signature (base64) of the entry hash, in a pool with one (0007)
+    owner_signature: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class FederatedRound(Base):
@@ -125,10 +129,11 @@ def new_pool_id() -> str:
 
 
 def create_pool(url: str, tenant_id: str, spec: dict[str, Any],
-                pool_id: str | None = None) -> dict[str, Any]:
+                pool_id: str | None = None, owner_key: str | None = None) -> dict[str, Any]:
+    """A new pool; ``owner_key`` (checked by the caller) signs its roster from the start."""
     with session_scope(url) as session:
         pool = FederatedPool(id=pool_id or new_pool_id(), tenant_id=tenant_id,
-                             name=spec["name"], spec=spec)
+                             name=spec["name"], spec=spec, owner_key=owner_key)
         session.add(pool)
         session.flush()
         return pool_dict(pool)
@@ -138,7 +143,7 @@ def pool_dict(pool: FederatedPool) -> dict[str, Any]:
     return {"id": pool.id, "tenant_id": pool.tenant_id, "name": pool.name, "spec": pool.spec,
             "status": pool.status, "completed_rounds": pool.completed_rounds,
             "global_version": pool.global_version, **privacy_terms(pool.spec),
-            "created_at": pool.created_at.isoformat() + "Z"}
+            "owner_key": pool.owner_key, "created_at": pool.created_at.isoformat() + "Z"}
 
 
 def get_pool(url: str, pool_id: str, tenant_id: str | None = None) -> dict[str, Any]:
@@ -163,7 +168,8 @@ def add_node(url: str, pool_id: str, identity_key: str, api_key_id: str, label: 
     A node registered by a tenant-scope key of the pool's tenant, or by a participant key
     the owner pre-authorised, is approved at once (and put on the roster, in the same
     transaction); any other waits, ``pending``, for the owner's approval, and is never
-    selected meanwhile.
+    selected meanwhile. In a pool with an owner key every node waits: only the owner's
+    signature puts it on the roster (``approve_node``).
 
     Raises:
         ConflictError: the participant key registered another identity in this pool already.
@@ -171,7 +177,7 @@ def add_node(url: str, pool_id: str, identity_key: str, api_key_id: str, label: 
 
     def register() -> str:
         with session_scope(url) as session:
-            _lock_pool(session, pool_id)  # one node per key, and roster seqs, in turn
+            pool = _lock_pool(session, pool_id)  # one node per key, and roster seqs, in turn
             row = session.scalar(select(FederatedNode).where(
                 FederatedNode.pool_id == pool_id, FederatedNode.identity_key == identity_key))
             key = session.get(ApiKey, api_key_id)
@@ -186,7 +192,8 @@ def add_node(url: str, pool_id: str, identity_key: str, api_key_id: str, label: 
                 session.add(row)
                 session.flush()
             row.status = "active" if row.approved_at is not None else "pending"
-            if key is not None and (not participant or key.approves_nodes):
+            signed_pool = pool is not None and pool.owner_key is not None
+            if key is not None and (not participant or key.approves_nodes) and not signed_pool:
                 _append_to_roster(session, pool_id, row)
             return row.id
 
@@ -204,33 +211,104 @@ def _refuse_second_node(session: Session, pool_id: str, api_key_id: str) -> None
             details={"reason": "one_node_per_key", "node_id": other})
 
 
-def approve_node(url: str, pool_id: str, node_id: str) -> dict[str, Any]:
+def approve_node(url: str, pool_id: str, node_id: str,
+                 owner_signature: str | None = None) -> dict[str, Any]:
     """Approve a node of the pool and append it to the roster (once; approving again is a
-    no-op); the coordinator may select it from its next round on."""
+    no-op); the coordinator may select it from its next round on.
+
+    Args:
+        owner_signature: in a pool with an owner key, the owner's signature (base64) of the
+            entry this approval appends (``federated._roster.sign_entry``); ignored otherwise.
+
+    Raises:
+        ForbiddenError: the pool has an owner key and the signature is missing or is not the
+            owner's over the next entry (``details.reason`` ``bad_owner_signature``).
+    """
 
     def approve() -> dict[str, Any]:
         with session_scope(url) as session:
-            _lock_pool(session, pool_id)
+            pool = _lock_pool(session, pool_id)
             row = session.get(FederatedNode, node_id)
             if row is None or row.pool_id != pool_id:
                 raise NotFoundError(f"Node {node_id!r} has not joined pool {pool_id}",
                                     details={"node_id": node_id})
-            _append_to_roster(session, pool_id, row)
+            owner_key = pool.owner_key if pool is not None else None
+            _append_to_roster(session, pool_id, row, owner_key, owner_signature)
             return node_dict(row)
 
     return _retrying(approve)
 
 
-def _lock_pool(session: Session, pool_id: str) -> None:
+def set_owner_key(url: str, pool_id: str, owner_key: str,
+                  signatures: dict[int, str]) -> dict[str, Any]:
+    """Register the pool's owner key, once, with its signature of every entry on the roster
+    so far (``signatures``: seq -> base64 signature).
+
+    Raises:
+        ValidationError: ``owner_key`` is not a base64 Ed25519 public key.
+        ConflictError: the pool has an owner key already (it never changes).
+        ForbiddenError: an entry's signature is missing or not by ``owner_key``.
+    """
+    from federated._roster import owner_signature_valid
+
+    check_owner_key(owner_key)
+    with session_scope(url) as session:
+        pool = _lock_pool(session, pool_id)
+        if pool is None:
+            raise NotFoundError(f"Pool {pool_id!r} not found", details={"pool_id": pool_id})
+        if pool.owner_key is not None:
+            raise ConflictError(
+                "This pool has an owner key already, and it never changes (nodes pinned it); "
+                "sign with that key's file",
+                details={"reason": "owner_key_set", "owner_key": pool.owner_key})
+        rows = session.scalars(select(FederatedRosterEntry)
+                               .where(FederatedRosterEntry.pool_id == pool_id)
+                               .order_by(FederatedRosterEntry.seq)).all()
+        for row in rows:
+            entry = {**_entry_dict(row), "owner_signature": signatures.get(row.seq)}
+            if not owner_signature_valid(owner_key, entry):
+                raise _bad_signature(row.seq, row.entry_hash,
+                                     f"roster entry {row.seq} is not signed by this owner key")
+            row.owner_signature = signatures[row.seq]
+        pool.owner_key = owner_key
+        session.flush()
+        return pool_dict(pool)
+
+
+def check_owner_key(owner_key: str) -> None:
+    """Refuse (422) an owner key that is not a base64 Ed25519 public key."""
+    from federated._messages import unb64
+
+    try:
+        raw = unb64(owner_key)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValidationError("owner_key must be a base64 Ed25519 public key (32 bytes)",
+                              details={"field": "owner_key"})
+
+
+def _bad_signature(seq: int, entry_hash: str, message: str) -> ForbiddenError:
+    return ForbiddenError(
+        f"{message}: the owner signs b'mlaas-roster/v1|' + the entry's hash with the key "
+        "file of `mlaas federated owner-key`; fetch the roster head and sign again",
+        details={"reason": "bad_owner_signature", "seq": seq, "entry_hash": entry_hash})
+
+
+def _lock_pool(session: Session, pool_id: str) -> FederatedPool | None:
     """Lock the pool's row (PostgreSQL) so approvals and registrations take turns; SQLite
     serialises writers itself, and a clash on a roster seq is retried."""
-    session.scalar(select(FederatedPool).where(FederatedPool.id == pool_id).with_for_update())
+    return session.scalar(select(FederatedPool).where(FederatedPool.id == pool_id)
+                          .with_for_update())
 
 
-def _append_to_roster(session: Session, pool_id: str, row: FederatedNode) -> None:
-    """Approve ``row`` (if not yet) and chain its identity onto the pool's roster."""
+def _append_to_roster(session: Session, pool_id: str, row: FederatedNode,
+                      owner_key: str | None = None,
+                      owner_signature: str | None = None) -> None:
+    """Approve ``row`` (if not yet) and chain its identity onto the pool's roster; with an
+    ``owner_key``, only when ``owner_signature`` is its signature of the new entry."""
     # Here, not at the top: the migrator loads this module without the package's extras.
-    from federated._roster import GENESIS, new_entry
+    from federated._roster import GENESIS, new_entry, owner_signature_valid
 
     if row.approved_at is not None:
         return
@@ -239,9 +317,15 @@ def _append_to_roster(session: Session, pool_id: str, row: FederatedNode) -> Non
                           .order_by(FederatedRosterEntry.seq.desc()).limit(1))
     entry = new_entry(pool_id, last.seq + 1 if last else 0, row.id, row.identity_key,
                       last.entry_hash if last else GENESIS)
+    if owner_key is not None and not owner_signature_valid(
+            owner_key, {**entry, "owner_signature": owner_signature}):
+        what = "is not signed" if not owner_signature else "is not signed by the owner key"
+        raise _bad_signature(entry["seq"], entry["hash"],
+                             f"The roster entry for node {row.id} (seq {entry['seq']}) {what}")
     session.add(FederatedRosterEntry(pool_id=pool_id, seq=entry["seq"], node_id=row.id,
                                      identity_key=row.identity_key, prev_hash=entry["prev"],
-                                     entry_hash=entry["hash"]))
+                                     entry_hash=entry["hash"],
+                                     owner_signature=owner_signature if owner_key else None))
     row.approved_at = utcnow()
     if row.status == "pending":
         row.status = "active"
@@ -265,9 +349,17 @@ def roster_of(url: str, pool_id: str) -> list[dict[str, Any]]:
         rows = session.scalars(select(FederatedRosterEntry)
                                .where(FederatedRosterEntry.pool_id == pool_id)
                                .order_by(FederatedRosterEntry.seq)).all()
-        return [{"seq": r.seq, "pool_id": r.pool_id, "node_id": r.node_id,
-                 "identity_key": r.identity_key, "prev": r.prev_hash, "hash": r.entry_hash}
-                for r in rows]
+        return [_entry_dict(r) for r in rows]
+
+
+def _entry_dict(row: FederatedRosterEntry) -> dict[str, Any]:
+    """A roster entry as ``federated._roster`` reads it (``owner_signature`` when signed)."""
+    entry: dict[str, Any] = {"seq": row.seq, "pool_id": row.pool_id, "node_id": row.node_id,
+                             "identity_key": row.identity_key, "prev": row.prev_hash,
+                             "hash": row.entry_hash}
+    if row.owner_signature is not None:
+        entry["owner_signature"] = row.owner_signature
+    return entry
 
 
 def get_node(url: str, pool_id: str, node_id: str) -> dict[str, Any] | None:
