@@ -16,6 +16,11 @@ their updates unmasked (``clear_input`` to ``/messages/binary``), every descript
 pool says so (``aggregation``, ``server_sees_individual_updates``, ``privacy_notice``), and
 only such a pool may score contributions by leave-one-out. A secure pool refuses an update
 in the clear (403, ``details.reason: secure_pool``).
+
+A pool may have an owner key (``owner_key`` in the spec at creation, or ``PUT
+…/owner-key`` once): the owner's Ed25519 public key, which must sign every roster entry.
+Approvals then carry ``owner_signature`` and a bad or missing one is 403
+(``details.reason: bad_owner_signature``); the key itself never changes (a second one is 409).
 """
 
 from __future__ import annotations
@@ -50,6 +55,25 @@ class LeaveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Literal["budget", "done", "other"] = "other"
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner_signature: str | None = Field(
+        default=None, max_length=100,
+        description="in a pool with an owner key: its signature (base64) of the new roster "
+        "entry's hash, after b'mlaas-roster/v1|'")
+
+
+class OwnerKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner_key: str = Field(min_length=40, max_length=64,
+                           description="the owner's Ed25519 public key, base64")
+    signatures: dict[int, str] = Field(
+        default_factory=dict, description="roster seq -> the owner's signature of that "
+        "entry's hash: every entry so far must be signed")
 
 
 class MessageRequest(BaseModel):
@@ -181,25 +205,43 @@ async def list_nodes(pool_id: str, principal: CurrentPrincipal, ctx: Context) ->
 
 @router.post("/v1/federated/pools/{pool_id}/nodes/{node_id}/approve")
 async def approve_node(pool_id: str, node_id: str, principal: CurrentPrincipal,
-                       ctx: Context) -> dict[str, Any]:
+                       ctx: Context, body: ApproveRequest | None = None) -> dict[str, Any]:
     """The owner approves a pending node: it goes on the roster and may be selected from the
-    next round on (participant keys get 403 here)."""
+    next round on (participant keys get 403 here). In a pool with an owner key the approval
+    carries the owner's signature of the new entry, checked before it is appended."""
     await _own_pool(pool_id, principal, ctx)
     federated = _federated()
-    node = await run_in_threadpool(federated.approve_node, ctx.database_url, pool_id, node_id)
+    signature = body.owner_signature if body is not None else None
+    node = await run_in_threadpool(federated.approve_node, ctx.database_url, pool_id, node_id,
+                                   signature)
     roster = await run_in_threadpool(federated.roster_of, ctx.database_url, pool_id)
     return {**node, "roster_head": roster[-1]["hash"], "roster_length": len(roster)}
 
 
+@router.put("/v1/federated/pools/{pool_id}/owner-key")
+async def set_owner_key(pool_id: str, body: OwnerKeyRequest, principal: CurrentPrincipal,
+                        ctx: Context) -> dict[str, Any]:
+    """Register the pool's owner key, once (409 after), with its signature of every roster
+    entry so far; from then on only entries it signs join the roster."""
+    await _own_pool(pool_id, principal, ctx)
+    return await run_in_threadpool(_federated().set_owner_key, ctx.database_url, pool_id,
+                                   body.owner_key, body.signatures)
+
+
 @router.get("/v1/federated/pools/{pool_id}/roster")
 async def roster(pool_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
-    """The approved nodes' identity keys as a hash chain; ``head`` is its fingerprint."""
-    await _own_pool(pool_id, principal, ctx)
+    """The approved nodes' identity keys as a hash chain; ``head`` is its fingerprint. With
+    the pool's ``owner_key`` (and its fingerprint) when it has one: each entry then carries
+    the owner's signature."""
+    pool = await _own_pool(pool_id, principal, ctx)
     federated = _federated()
     entries = await run_in_threadpool(federated.roster_of, ctx.database_url, pool_id)
     head = entries[-1]["hash"] if entries else federated.ROSTER_GENESIS
+    owner_key = pool.get("owner_key")
     return {"pool_id": pool_id, "entries": entries, "length": len(entries), "head": head,
-            "fingerprint": federated.roster_fingerprint(head)}
+            "fingerprint": federated.roster_fingerprint(head), "owner_key": owner_key,
+            "owner_fingerprint": (federated.roster_owner_fingerprint(owner_key)
+                                  if owner_key else None)}
 
 
 @router.post("/v1/federated/pools/{pool_id}/nodes/{node_id}/leave")
