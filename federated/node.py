@@ -87,7 +87,9 @@ class PoolConnection:
 
     Polls and leaves are signed with the identity the node joined with. Once the node has
     pinned the roster (``follow_roster``), the first poll that shows it selected for a new
-    round fetches the roster again and accepts it only if it extends the pinned one.
+    round fetches the roster again and accepts it only if it extends the pinned one and,
+    in a pool with an owner key, comes with the pinned owner key and its signature on
+    every entry.
     """
 
     def __init__(self, base_url: str, pool_id: str, api_key: str) -> None:
@@ -127,14 +129,24 @@ class PoolConnection:
 
     def roster(self) -> list[dict[str, Any]]:
         """The pool's roster entries (unchecked: see ``PinnedRoster.accept``)."""
-        return list(self._check(self.http.get(f"{self.prefix}/roster")).json()["entries"])
+        return self.roster_and_owner()[0]
+
+    def roster_and_owner(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The pool's roster entries and owner key, unchecked (see ``PinnedRoster.accept``)."""
+        answer = self._check(self.http.get(f"{self.prefix}/roster")).json()
+        return list(answer["entries"]), answer.get("owner_key")
+
+    def _accepted_roster(self) -> frozenset[bytes]:
+        assert self.pinned is not None
+        entries, owner_key = self.roster_and_owner()
+        return self.pinned.accept(entries, owner_key)  # raises if rewritten or unsigned
 
     def follow_roster(self, pinned: PinnedRoster,
                       on_change: Callable[[frozenset[bytes]], None]) -> frozenset[bytes]:
-        """Pin the pool's roster now, and re-check it each new round this node is selected
-        for; ``on_change`` gets the pinned identity keys each time."""
+        """Pin the pool's roster (and owner key) now, and re-check it each new round this
+        node is selected for; ``on_change`` gets the pinned identity keys each time."""
         self.pinned, self.on_roster = pinned, on_change
-        keys = pinned.accept(self.roster())
+        keys = self._accepted_roster()
         on_change(keys)
         return keys
 
@@ -147,7 +159,7 @@ class PoolConnection:
                                          headers=headers)).json()
         if self.pinned is not None and view.get("selected") \
                 and view.get("round") != self.roster_round:  # fmt: skip
-            self.on_roster(self.pinned.accept(self.roster()))  # raises if rewritten
+            self.on_roster(self._accepted_roster())
             self.roster_round = view.get("round")
         return view  # type: ignore[no-any-return]
 
@@ -240,9 +252,15 @@ class Node:
         def pin(keys: frozenset[bytes]) -> None:  # round clients check peers against these
             participant.roster = keys
 
-        # The roster is pinned beside the identity; a later one must extend it.
+        # The roster and owner key are pinned beside the identity; a later roster must extend
+        # it, signed by the same owner key, and no description may show another owner key.
         pinned = PinnedRoster.load(self.state.path.parent / "roster.json", self.pool_id)
+        described = (pool.get("owner_key"), joined["pool"].get("owner_key"))
+        for owner_key in described:  # against the key pinned before a restart
+            pinned.check_owner_key(owner_key)
         self.connection.follow_roster(pinned, pin)
+        for owner_key in described:  # against the key the roster came with
+            pinned.check_owner_key(owner_key)
         return participant
 
     def _affordable(self) -> bool:
