@@ -434,3 +434,95 @@ def test_a_node_refuses_a_roster_that_does_not_extend_the_pinned_one(tmp_path: P
     assert dropped.value.details["reason"] == "roster_rewritten"
     assert broken.value.details["reason"] == "roster_broken"
     assert len(keys) == 3 and reloaded.head == third["hash"]
+
+
+def test_mlaas_federated_join_works_in_a_pool_whose_roster_the_owner_signs(
+    platform: Platform, nodes_factory: Callable[..., Nodes], tmp_path: Path
+) -> None:
+    # Prepare: the owner's key made and registered by the CLI; three data owners, one of them
+    # pre-authorised (in a signed pool it waits for the owner's signature all the same)
+    _, owner_key = platform.new_tenant("pro")
+    with _client(platform, owner_key) as owner:
+        pool_id, _ = _new_pool(owner)
+    pool_url = f"{platform.url}/v1/federated/pools/{pool_id}"
+    key_file = tmp_path / "owner" / f"{pool_id}.json"
+    made = platform.cli(
+        "federated", "owner-key", "--pool", pool_url, "--api-key", owner_key,
+        "--owner-key-file", str(key_file),
+    )
+    keys = [
+        _cli_key(platform, pool_id, "--approve"),
+        _cli_key(platform, pool_id),
+        _cli_key(platform, pool_id),
+    ]
+    for i, key in enumerate(keys):
+        nodes_factory(pool_url, key).start(i, Path("builtin:iris"))
+
+    # Execute: an approval the owner did not sign is refused; the CLI signs each one
+    with _client(platform, owner_key) as owner:
+        listed = wait_for(
+            lambda: (
+                len(nodes := owner.get(f"/v1/federated/pools/{pool_id}/nodes").json()["nodes"]) == 3
+                and nodes
+            ),
+            120,
+            "three nodes to register",
+        )
+        unsigned = owner.post(f"/v1/federated/pools/{pool_id}/nodes/{listed[0]['node_id']}/approve")
+        replaced = owner.put(
+            f"/v1/federated/pools/{pool_id}/owner-key",
+            json={"owner_key": b64(Identity().public_bytes), "signatures": {}},
+        )
+        approved = platform.cli(
+            "federated", "approve", "--pool", pool_url, "--all-pending", "--api-key", owner_key,
+            "--owner-key-file", str(key_file),
+        )
+        final = finished_pool(owner, pool_id)
+        roster = owner.get(f"/v1/federated/pools/{pool_id}/roster").json()
+    printed = platform.cli("federated", "roster", "--pool", pool_url, "--api-key", keys[1])
+
+    # Assert
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert key_file.stat().st_mode & 0o077 == 0
+    owner_public = json.loads(key_file.read_text())["owner_key"]
+    assert "private_key" not in json.dumps(roster)
+    assert not any(n["approved"] for n in listed)
+    assert _forbidden(unsigned) and unsigned.json()["error"]["details"]["reason"] == (
+        "bad_owner_signature"
+    )
+    assert replaced.status_code == 409, replaced.text
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert final["rounds"][-1]["status"] == "completed"
+    assert len(final["rounds"][-1]["survivors"]) == 3
+    assert final["owner_key"] == roster["owner_key"] == owner_public
+    assert all(e.get("owner_signature") for e in roster["entries"])
+    pinned = [json.loads((tmp_path / f"s{i}" / "roster.json").read_text()) for i in range(3)]
+    assert all(p["owner_key"] == owner_public for p in pinned)
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    assert roster["owner_fingerprint"] in printed.stdout
+
+
+def test_a_pool_created_with_an_owner_key_describes_it_and_keeps_it(platform: Platform) -> None:
+    # Prepare
+    _, owner_key = platform.new_tenant("pro")
+    owner = Identity()
+
+    # Execute
+    with _client(platform, owner_key) as client:
+        bad = client.post(
+            "/v1/federated/pools", json={**SPEC, "name": "bad-owner", "owner_key": "xyz"}
+        )
+        pool_id, _ = _new_pool(client, owner_key=b64(owner.public_bytes))
+        described = client.get(f"/v1/federated/pools/{pool_id}").json()
+        again = client.put(
+            f"/v1/federated/pools/{pool_id}/owner-key",
+            json={"owner_key": b64(Identity().public_bytes), "signatures": {}},
+        )
+
+    # Assert
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "owner_key"
+    assert described["owner_key"] == b64(owner.public_bytes)
+    assert "owner_key" not in described["spec"]
+    assert again.status_code == 409 and again.json()["error"]["details"]["reason"] == (
+        "owner_key_set"
+    )
