@@ -240,8 +240,9 @@ def approve(
         raise _fail(f"node {node} has not joined pool {pool_id}")
     for one in chosen:
         answer = _approve_one(pool, api_key, one, owner)
+        signed = f"signed identity key {one['identity_key']}; " if owner is not None else ""
         console.print(f"[green]✔[/] node {answer['node_id']} ({one['label'] or 'no label'}) "
-                      f"approved; roster of {answer['roster_length']} entries, head "
+                      f"approved; {signed}roster of {answer['roster_length']} entries, head "
                       f"{answer['roster_head']}", highlight=False, soft_wrap=True)
     if not chosen:
         console.print("no pending nodes")
