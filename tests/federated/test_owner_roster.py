@@ -420,3 +420,81 @@ def test_a_node_refuses_a_pool_whose_owner_key_was_replaced(
     with pytest.raises(RosterError) as refused:
         restarted()
     assert refused.value.details["reason"] == "owner_key_changed"
+
+
+# ---- the owner's CLI signs locally -------------------------------------------------------
+
+
+class _OwnerRoutes:
+    """The owner's routes (roster, nodes, approve, owner-key), answered from the database."""
+
+    def __init__(self, url: str, pool_id: str) -> None:
+        self.url, self.pool_id = url, pool_id
+        self.bodies: list[bytes] = []
+
+    def __call__(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        from federated import _store
+        from mlaas.errors import MlaasError
+
+        path = httpx.URL(url).path.removeprefix(f"/v1/federated/pools/{self.pool_id}")
+        body = kwargs.get("json") or {}
+        self.bodies.append(json.dumps(body).encode())
+        try:
+            if path == "/roster":
+                owner_key = _store.get_pool(self.url, self.pool_id)["owner_key"]
+                answer = {"pool_id": self.pool_id, "owner_key": owner_key,
+                          "entries": _store.roster_of(self.url, self.pool_id)}
+            elif path == "/nodes":
+                answer = {"nodes": _store.list_nodes(self.url, self.pool_id)}
+            elif path == "/owner-key":
+                answer = _store.set_owner_key(self.url, self.pool_id, body["owner_key"],
+                                              {int(k): v for k, v in body["signatures"].items()})
+            else:
+                node_id = path.split("/")[2]
+                answer = _store.approve_node(self.url, self.pool_id, node_id,
+                                             body.get("owner_signature"))
+                roster = _store.roster_of(self.url, self.pool_id)
+                answer |= {"roster_head": roster[-1]["hash"], "roster_length": len(roster)}
+        except MlaasError as exc:
+            return httpx.Response(exc.status_code, json={"error": {
+                "code": exc.code, "message": exc.message, "details": exc.details}})
+        return httpx.Response(200, json=answer)
+
+
+def test_the_cli_makes_the_owner_key_locally_and_signs_each_approval(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from federated import _store
+    from mlaas.federated_cli import federated_app
+
+    # Prepare: a pool with one approved node, then two pending ones
+    tenant_id, key_id = _tenant(database)
+    pool_id = _pool(database, tenant_id, None)
+    _store.add_node(database, pool_id, b64(Identity().public_bytes), key_id, "first")
+    routes = _OwnerRoutes(database, pool_id)
+    monkeypatch.setattr(httpx, "request", routes)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    pool = ["--pool", f"http://h/v1/federated/pools/{pool_id}", "--api-key", "k"]
+    runner = CliRunner()
+
+    # Execute
+    made = runner.invoke(federated_app, ["owner-key", *pool])
+    for label in ("second", "third"):
+        _store.add_node(database, pool_id, b64(Identity().public_bytes), key_id, label)
+    approved = runner.invoke(federated_app, ["approve", *pool, "--all-pending"])
+    printed = runner.invoke(federated_app, ["roster", *pool])
+
+    # Assert
+    key_file = tmp_path / "config" / "mlaas" / "pool-owners" / f"{pool_id}.json"
+    saved = json.loads(key_file.read_text())
+    assert made.exit_code == 0, made.output
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert not any(saved["private_key"].encode() in body for body in routes.bodies)
+    assert approved.exit_code == 0, approved.output
+    assert approved.output.count("approved") == 2
+    roster = _store.roster_of(database, pool_id)
+    assert len(roster) == 3 and check_chain(pool_id, roster, saved["owner_key"])
+    assert printed.exit_code == 0, printed.output
+    assert f"owner key fingerprint {owner_fingerprint(saved['owner_key'])}" in printed.output
