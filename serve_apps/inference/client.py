@@ -49,15 +49,24 @@ class InferenceClient:
         return self._handles[deployment]
 
     async def _call(self, deployment: str, method: str, *args: Any, model_id: str = "") -> Any:
+        """Call a replica; every method here only reads, so a call whose replica died under
+        it (its node lost) goes once more, to a replica the router still has."""
+        from ray.exceptions import RayActorError
+
         handle = self.handle(deployment)
         if model_id:
             handle = handle.options(multiplexed_model_id=model_id)
-        try:
-            return await getattr(handle, method).remote(*args)
-        except MlaasError:
-            raise
-        except Exception as error:  # Ray wraps what the replica raised
-            raise _unwrapped(error, deployment) from None
+        for attempt in (1, 2):
+            try:
+                return await getattr(handle, method).remote(*args)
+            except MlaasError:
+                raise
+            except RayActorError:
+                if attempt == 2:
+                    raise _unwrapped(RuntimeError("replica lost"), deployment) from None
+            except Exception as error:  # Ray wraps what the replica raised
+                raise _unwrapped(error, deployment) from None
+        raise AssertionError("unreachable")
 
     async def predict(self, spec: dict[str, Any], rows: Any) -> dict[str, Any]:
         """Outputs of a version for a float32 array of rows (routed to a replica holding it)."""
