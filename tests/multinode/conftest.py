@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from mlaas import kuberay
-from tests.conftest import MLAAS, Platform, _free_port_block
+from tests.conftest import MLAAS, REPO, Platform, _free_port_block
 from tests.serve_apps.test_train_api import tiny_spec
 from tests.services.multinode import MultiNodeCluster, namespaces_supported
 from tests.services.postgres import PostgresServer, PostgresUnavailableError
@@ -188,6 +188,21 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"the platform at {url} was not healthy within {timeout_s} s: {last}")
 
 
+RAY_NODE_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000",
+                              "RAY_health_check_failure_threshold": "3"}
+
+
+def _roomy_tiers(path: Path) -> Path:
+    """The shipped tiers with rate limits 20 times higher: the fault tests' steady load (20
+    requests/s, so that one request lost to a dying node is well under 1%) stays under them."""
+    tiers = yaml.safe_load((REPO / "configs" / "tiers.yaml").read_text())
+    limits = tiers["rate_limits"]
+    limits["default_per_window"] *= 20
+    limits["endpoints"] = {name: n * 20 for name, n in limits["endpoints"].items()}
+    path.write_text(yaml.safe_dump(tiers))
+    return path
+
+
 @pytest.fixture(scope="session")
 def mn_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodePlatform]:
     why = namespaces_supported()
@@ -226,6 +241,9 @@ def mn_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeP
             "MLAAS_HOST": "0.0.0.0",
             "MLAAS_PORT": str(port),
             "MLAAS_PLATFORM_ACTOR_RESOURCES": json.dumps({ACTOR_RESOURCE: 0.001}),
+            "MLAAS_TIERS_FILE": str(_roomy_tiers(root / "tiers.yaml")),
+            # As configs/cluster/rayservice.yaml: a lost node is declared dead in seconds
+            **RAY_NODE_FAILURE_DETECTION,
             "COLUMNS": "200",
         }
         nodes.env = env
