@@ -76,6 +76,9 @@ def _worker_index(platform: MultiNodePlatform, ip: str | None) -> int:
     return ips.index(ip)
 
 
+WINDOW_S = 60  # the load measured from the kill: failover (under 30 s) and after
+
+
 def _driver_ip(platform: MultiNodePlatform, job_id: str, timeout_s: float = 120) -> str:
     """The node of a training job's driver, once it has started."""
     deadline = time.monotonic() + timeout_s
@@ -270,9 +273,7 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
         killed_at = time.monotonic()
         nodes.kill_worker(victim)
         final = poll_job(mn_platform, client, job_id, timeout_s=400)
-        recovery_deadline = time.monotonic() + 30
-        while time.monotonic() < recovery_deadline and \
-                _recovered_after(load.results, killed_at) is None:  # fmt: skip
+        while time.monotonic() < killed_at + WINDOW_S:  # the load runs the whole window
             time.sleep(0.5)
     nodes.restart_worker(victim)
     homes = files_in_worker_homes(mn_platform)
@@ -285,7 +286,7 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
     assert epoch_at_kill >= 1 and final["progress"]["epoch"] == 6
     assert len(restarts) >= 2 and restarts[0] == 1, logs[-3000:]
     assert restarts[-1] >= 2, f"the restarted group began from scratch: {restarts}"
-    window = [r for r in load.results if killed_at <= r[0] <= killed_at + 30]
+    window = [r for r in load.results if killed_at <= r[0] <= killed_at + WINDOW_S]
     failed = [status for _, status, _ in window if status != 200]
     assert len(window) >= 100, f"the light load kept running: {len(window)} requests"
     assert len(failed) < 0.01 * len(window), (len(failed), len(window), sorted(set(failed)))
