@@ -36,10 +36,21 @@ POD_ONLY_SETTINGS = frozenset({
     "cluster_mode",
 })  # fmt: skip
 _BLOCK_KEY = "serveConfigV2: |"
+# Deployments that hold no state of their own (models come from the artifact store, limits
+# from the admission actor) run on a cluster with at least this many replicas, at most one per
+# node (`max_replicas_per_node`; Serve's default spreading is best effort and put both
+# Inference replicas on one node). Losing a node then leaves a replica serving while Serve
+# replaces the lost one; with one Inference replica, every predict waited for a new replica
+# to start and load its model (about 30 s on a loaded 2-core machine). The RayService keeps
+# at least two CPU workers, and its autoscaler adds a node for a replica that finds none.
+# One host (`make run`) keeps the file's counts: a second replica there only costs memory.
+# KnowledgePool and ProviderRouter keep one: they hold an index or per-process state.
+CLUSTER_REPLICAS = {"Gateway": 2, "Inference": 2, "Embedder": 2}
 
 
 def serve_config_v2(serve_config: Path = SERVE_CONFIG) -> dict[str, Any]:
-    """The Serve config of the RayService: proxies on every node, on ``0.0.0.0``.
+    """The Serve config of the RayService: proxies on every node, on ``0.0.0.0``, and the
+    stateless deployments on more than one node (``CLUSTER_REPLICAS``).
 
     Raises:
         ConfigurationError: the file does not parse, or an application's ``args.settings``
@@ -61,7 +72,23 @@ def serve_config_v2(serve_config: Path = SERVE_CONFIG) -> dict[str, Any]:
                 f"remove them there and set {names} in the mlaas-secrets Secret "
                 "(configs/cluster/secret.yaml) or the pod's env"
             )
+        for deployment in app.get("deployments") or []:
+            if deployment.get("name") in CLUSTER_REPLICAS:
+                _at_least(deployment, CLUSTER_REPLICAS[deployment["name"]])
+                deployment["max_replicas_per_node"] = 1
     return config
+
+
+def _at_least(deployment: dict[str, Any], replicas: int) -> None:
+    """Raise a deployment's replica count (fixed, or its autoscaling floor) to ``replicas``."""
+    autoscaling = deployment.get("autoscaling_config")
+    if isinstance(autoscaling, dict):
+        autoscaling["min_replicas"] = max(int(autoscaling.get("min_replicas") or 0), replicas)
+        if "max_replicas" in autoscaling:
+            autoscaling["max_replicas"] = max(int(autoscaling["max_replicas"]),
+                                              autoscaling["min_replicas"])  # fmt: skip
+    elif isinstance(count := deployment.get("num_replicas", 1), int) and count < replicas:
+        deployment["num_replicas"] = replicas  # "auto" is Serve's autoscaling: left as it is
 
 
 def render_serve_config_v2(serve_config: Path = SERVE_CONFIG) -> str:

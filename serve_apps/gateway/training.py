@@ -27,6 +27,12 @@ from mlaas.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from mlaas.settings import Settings
 
 WORKER_START_TIMEOUT_S = "600"
+# (connect, read) seconds for calls to the job server. Ray's client sets none, so a dashboard
+# that stops answering (its node busy, or a node being declared lost) held a status read, and
+# the caller, for as long as it lasted. Reads give up sooner: a status read then answers from
+# the record, which the job itself keeps up to date.
+JOB_SERVER_READ_TIMEOUT_S = (3.05, 10.0)
+JOB_SERVER_WRITE_TIMEOUT_S = (3.05, 60.0)
 _RAY_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -89,9 +95,21 @@ class JobServer:
             if self._client is None:
                 from ray.job_submission import JobSubmissionClient
 
+                class BoundedJobSubmissionClient(JobSubmissionClient):  # type: ignore[misc]
+                    """Every call with a timeout: ``_do_request`` is the one place Ray's
+                    client sends through, and passes extra arguments on to ``requests``."""
+
+                    def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+                        read = method.upper() in ("GET", "HEAD")
+                        kwargs.setdefault("timeout", JOB_SERVER_READ_TIMEOUT_S if read
+                                          else JOB_SERVER_WRITE_TIMEOUT_S)  # fmt: skip
+                        return super()._do_request(method, endpoint, **kwargs)
+
                 try:
-                    self._client = JobSubmissionClient(self._address or cluster_address())
-                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    self._client = BoundedJobSubmissionClient(
+                        self._address or cluster_address()
+                    )
+                except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
                     raise ServiceUnavailableError(
                         f"The Ray job server is not reachable: {exc}"
                     ) from exc

@@ -298,7 +298,11 @@ def poll_job(
     deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        response = client.get(f"/v1/train/{job_id}/status")
+        try:
+            response = client.get(f"/v1/train/{job_id}/status")
+        except httpx.TimeoutException as exc:  # a poller retries; the job's end is what counts
+            print(f"[poll_job] {exc!r}; polling again", flush=True)
+            continue
         assert response.status_code == 200, response.text
         body = response.json()
         if body["status"] in TERMINAL:

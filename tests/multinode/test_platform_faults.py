@@ -40,6 +40,7 @@ class Load:
                  clients: httpx.Client | list[httpx.Client], period_s: float) -> None:  # fmt: skip
         self.call, self.period_s = call, period_s
         self.results: list[tuple[float, int, httpx.Response | None]] = []
+        self.slow: list[tuple[float, float, int, str]] = []  # (sent, seconds, status, body)
         self._stop = threading.Event()
         clients = clients if isinstance(clients, list) else [clients]
         self._threads = [threading.Thread(target=self._run, args=(client,), daemon=True)
@@ -61,13 +62,25 @@ class Load:
             try:
                 response: httpx.Response | None = self.call(client)
                 status = response.status_code
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 response, status = None, 0
+                body = repr(exc)
+            else:
+                body = response.text[:300]
+            elapsed = time.monotonic() - sent
+            if elapsed > 5 or status not in (200, 503):  # what a failure message shows
+                self.slow.append((sent, elapsed, status, body))
             self.results.append((sent, status, response))  # list.append is atomic
             self._stop.wait(max(0.0, self.period_s - (time.monotonic() - sent)))
 
     def since(self, t: float) -> list[tuple[float, int, httpx.Response | None]]:
         return [r for r in self.results if r[0] >= t]
+
+    def slow_since(self, t: float) -> list[tuple[float, float, int, str]]:
+        """(sent after ``t``, seconds taken, status, body) of the slow or failed requests,
+        for failure messages."""
+        return [(round(sent - t, 1), round(took, 1), status, body[:120])
+                for sent, took, status, body in self.slow]  # fmt: skip
 
 
 def _worker_index(platform: MultiNodePlatform, ip: str | None) -> int:
@@ -196,6 +209,7 @@ def test_killing_the_admission_actors_node_gives_503s_then_it_is_back_and_usage_
         # Execute: the node hosting the admission actor goes down at once
         killed_at = time.monotonic()
         nodes.kill_worker(victim)
+        killed = time.monotonic()  # its processes are all gone
         deadline = time.monotonic() + 60
         back_on = None
         while time.monotonic() < deadline and back_on in (None, nodes.worker_ip(victim)):
@@ -210,10 +224,15 @@ def test_killing_the_admission_actors_node_gives_503s_then_it_is_back_and_usage_
 
     # Assert
     statuses = [status for _, status, _ in load.results]
-    after = load.since(killed_at)
+    after = load.since(killed)
     assert back_on is not None and back_on != nodes.worker_ip(victim), back_on
     assert actor_back_s < 30, f"the admission actor took {actor_back_s:.1f} s to come back"
-    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    # The one request in flight when the node went (one client) may fail: with the Serve
+    # proxy's 500 when its gateway replica was there. Every request sent once the node is gone
+    # is served or refused with a 503.
+    in_flight = [s for sent, s, _ in load.results if sent < killed and s != 200]
+    assert len(in_flight) <= 1 and set(in_flight) <= {500, 503}, load.slow_since(killed_at)
+    assert {s for _, s, _ in load.since(killed)} <= {200, 503}, load.slow_since(killed_at)
     refusals = [r for _, status, r in after if status == 503]
     for refused in refusals:
         assert refused is not None and refused.headers.get("retry-after"), refused
@@ -269,6 +288,7 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
         assert victims, f"the training workers ({worker_ips}) all share the driver's node"
         victim = _worker_index(mn_platform, victims[0])
         epoch_at_kill = status["progress"]["epoch"]
+        inference_nodes = set(mn_platform.replica_nodes("inference", "Inference").values())
         # Execute
         killed_at = time.monotonic()
         nodes.kill_worker(victim)
@@ -289,7 +309,8 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
     window = [r for r in load.results if killed_at <= r[0] <= killed_at + WINDOW_S]
     failed = [status for _, status, _ in window if status != 200]
     assert len(window) >= 100, f"the light load kept running: {len(window)} requests"
-    assert len(failed) < 0.01 * len(window), (len(failed), len(window), sorted(set(failed)))
+    assert len(failed) < 0.01 * len(window), (len(failed), len(window), load.slow_since(killed_at))
     recovery = _recovered_after(load.results, killed_at)
-    assert recovery is not None and recovery < 30, recovery
+    assert recovery is not None and recovery < 30, (recovery, load.slow_since(killed_at))
+    assert len(inference_nodes) == 2, f"one Inference replica per worker node: {inference_nodes}"
     assert homes == {nodes.worker_ip(0): [], nodes.worker_ip(1): []}, homes

@@ -47,3 +47,52 @@ def test_the_driver_reserves_the_configured_cpus(
 
 def test_the_default_driver_reservation_is_small(tmp_path: Path) -> None:
     assert 0 < Settings(home=tmp_path).training_driver_num_cpus <= 0.25
+
+
+def test_a_job_server_that_stops_answering_bounds_a_status_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import ray
+    import requests
+
+    from serve_apps.gateway import training
+
+    # Prepare: a job server that answers its version check, then hangs on job reads
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path != "/api/version":
+                release.wait(30)
+            body = b'{"ray_version": "%s", "version": "5"}' % ray.__version__.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(training, "JOB_SERVER_READ_TIMEOUT_S", (1.0, 0.5))
+    try:
+        client = training.JobServer(f"http://127.0.0.1:{server.server_port}").client()
+
+        # Execute
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            client.get_job_info("job_0123")
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+    # Assert: given up after the read timeout, not after the server's 30 s
+    assert waited < 5, waited
