@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from mlaas.tiers import TiersConfig
 ACTOR_NAME = "admission"
 NAMESPACE = "mlaas"
 REQUESTS = "requests"
+MAX_RATE_WINDOWS = 100_000  # (subject, endpoint) windows kept; about 200 bytes each
 log = get_logger("mlaas.admission")
 
 # (code, retry_after_s, limit) when refused; None when admitted.
@@ -47,19 +48,37 @@ class AdmissionLedger:
     def __init__(self, database_url: str, tiers: dict[str, Any]) -> None:
         self.database_url = database_url
         self.tiers = TiersConfig.model_validate(tiers)
-        self._windows: dict[tuple[str, str], deque[float]] = {}
+        # (subject, endpoint) -> admission times in the window, least recently used first
+        self._windows: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
         self._used: dict[tuple[str, str, str], int] = {}
         self._pending: dict[tuple[str, str, str, str], int] = defaultdict(int)
 
     def _rate_refusal(self, subject: str, endpoint: str, now: float) -> Refusal | None:
         limit = self.tiers.rate_limits.limit_for(endpoint)
         window_s = self.tiers.rate_limits.window_s
-        window = self._windows.setdefault((subject, endpoint), deque())
+        self._forget_idle(now, window_s)
+        window = self._windows.get((subject, endpoint))
+        if window is None:
+            window = self._windows[(subject, endpoint)] = deque()
+        else:
+            self._windows.move_to_end((subject, endpoint))
         while window and window[0] <= now - window_s:
             window.popleft()
         if len(window) >= limit:
             return ("RATE_LIMIT_EXCEEDED", window[0] + window_s - now, limit)
         return None
+
+    def _forget_idle(self, now: float, window_s: float) -> None:
+        """Bound the rate-limit table: windows with nothing admitted in the last ``window_s``
+        hold no state and go (least recently used first), and past ``MAX_RATE_WINDOWS`` the
+        least recently used go too. One window per client address on ``/health`` made it grow
+        for as long as the actor lived."""
+        while self._windows:
+            key, window = next(iter(self._windows.items()))
+            idle = not window or window[-1] <= now - window_s
+            if not idle and len(self._windows) < MAX_RATE_WINDOWS:
+                return
+            del self._windows[key]
 
     def _used_this_period(self, tenant_id: str, category: str, period: str) -> int:
         key = (tenant_id, category, period)

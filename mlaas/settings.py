@@ -200,7 +200,13 @@ class Settings(BaseSettings):
         return proxy_url(self.host, self.port, self.node_ip_address)
 
     def ensure_home(self) -> Path:
+        """The home folder, made if missing, and private to its owner (0700) on every start:
+        it holds the JWT secret, the admin key and the database. A home made by hand, or
+        opened up since, is closed again when it is this user's."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        status = self.home.stat()
+        if status.st_uid == os.getuid() and status.st_mode & 0o077:
+            self.home.chmod(0o700)
         return self.home
 
     def jwt_signing_secret(self) -> str:
@@ -234,13 +240,23 @@ def proxy_url(host: str, port: int, node_address: str) -> str:
 
 
 def write_private_file(path: Path, content: str) -> None:
-    """Write a file readable by its owner only (mode 0600), never world-readable in between."""
+    """Write a file readable by its owner only (mode 0600), never world-readable in between.
+
+    The content goes to a temporary file of a fresh random name, created exclusively and never
+    through a symbolic link (``O_EXCL | O_NOFOLLOW``): a link or file planted at a predictable
+    name cannot redirect the secret elsewhere. It then replaces ``path`` in one step.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @lru_cache(maxsize=1)
