@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
+from mlaas import audit
+from mlaas.audit import HOST_OPERATOR, Actor
 from mlaas.db import ApiKey, Tenant, session_scope, utcnow
 from mlaas.errors import ConflictError, NotFoundError, ValidationError
 
 KEY_PREFIX = "mlk_"
 # admin: the platform's operators; tenant: everything of its tenant; federated: a data
-# owner's participant key, one node of the pools it names (rules in mlaas.auth.SCOPE_RULES).
-SCOPES = ("admin", "tenant", "federated")
+# owner's participant key, one node of the pools it names; read-only: reads and inference,
+# no change (rules in mlaas.auth.SCOPE_RULES). federated and read-only stand alone.
+SCOPES = ("admin", "tenant", "federated", "read-only")
+_ALONE_SCOPES = ("federated", "read-only")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 
 
@@ -97,12 +101,17 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def create_tenant(url: str, name: str, *, tier: str, is_admin: bool = False) -> TenantInfo:
+def create_tenant(url: str, name: str, *, tier: str, is_admin: bool = False,
+                  actor: Actor = HOST_OPERATOR) -> TenantInfo:
+    """Create a tenant; ``actor`` is who the audit log names (default: an operator)."""
     _check_name(name, "Tenant")
     row = Tenant(id="ten_" + secrets.token_hex(8), name=name, tier=tier, is_admin=is_admin)
     try:
         with session_scope(url) as session:
             session.add(row)
+            audit.add(session, actor, audit.TENANT_CREATE, target=row.id,
+                      target_tenant_id=row.id, status=201,
+                      detail=f"name {name}, tier {tier}" + (", admin" if is_admin else ""))
     except IntegrityError as exc:
         raise ConflictError(f"A tenant named {name!r} exists already") from exc
     return TenantInfo.of(row)
@@ -146,12 +155,14 @@ def create_key(
     scopes: tuple[str, ...] = ("tenant",),
     pools: tuple[str, ...] = (),
     approve_nodes: bool = False,
+    actor: Actor = HOST_OPERATOR,
 ) -> tuple[KeyInfo, str]:
     """Create a key; returns its record and the key itself, which is never stored or shown again.
 
     Args:
         pools: for scope ``federated`` (alone): the tenant's pools the key may act in.
         approve_nodes: the owner pre-authorises the key: its node is approved on registering.
+        actor: who the audit log names (default: an operator on the host).
     """
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
@@ -192,6 +203,9 @@ def create_key(
             approves_nodes=approve_nodes or None,
         )
         session.add(row)
+        audit.add(session, actor, audit.KEY_CREATE, target=row.id, target_tenant_id=tenant_id,
+                  status=201, detail=f"scopes {row.scopes}" + (f", pools {row.pools}"
+                                                               if row.pools else ""))
     return KeyInfo.of(row), key
 
 
@@ -207,7 +221,16 @@ def pool_tenant(url: str, pool_id: str) -> str:
 
 
 def _check_participant(scopes: tuple[str, ...], pools: tuple[str, ...], approve: bool) -> None:
-    """A participant key has the federated scope alone and names at least one pool."""
+    """A participant key has the federated scope alone and names at least one pool; a
+    read-only key has its scope alone (with another, it would allow what that one allows)."""
+    alone = [s for s in _ALONE_SCOPES if s in scopes]
+    if alone and len(set(scopes)) > 1:
+        what = ("a participant key acts only as a node of its pools" if alone[0] == "federated"
+                else "a read-only key only reads and predicts")
+        raise ValidationError(
+            f"scope {alone[0]} cannot be combined with another scope: {what}",
+            details={"field": "scopes", "received": list(scopes)},
+        )
     if "federated" not in scopes:
         if pools or approve:
             raise ValidationError(
@@ -215,12 +238,6 @@ def _check_participant(scopes: tuple[str, ...], pools: tuple[str, ...], approve:
                 details={"field": "pools", "received": list(pools)},
             )
         return
-    if len(set(scopes)) > 1:
-        raise ValidationError(
-            "scope federated cannot be combined with another scope: a participant key acts "
-            "only as a node of its pools",
-            details={"field": "scopes", "received": list(scopes)},
-        )
     if not pools:
         raise ValidationError(
             "a key of scope federated names the pools it may join: pass at least one pool id",
@@ -241,12 +258,20 @@ def list_keys(url: str, tenant_id: str | None = None) -> list[KeyInfo]:
         return [KeyInfo.of(r) for r in session.scalars(query).all()]
 
 
-def revoke_key(url: str, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
-    """Revoke a key. With ``tenant_id``, another tenant's key is reported as not found."""
+def revoke_key(url: str, key_id: str, *, tenant_id: str | None = None,
+               actor: Actor = HOST_OPERATOR) -> KeyInfo:
+    """Revoke a key. With ``tenant_id``, another tenant's key is reported as not found.
+
+    Args:
+        actor: who the audit log names (default: an operator on the host).
+    """
     with session_scope(url) as session:
         row = session.get(ApiKey, key_id)
         if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
             raise NotFoundError(f"Key {key_id!r} not found")
-        if row.revoked_at is None:
+        already = row.revoked_at is not None
+        if not already:
             row.revoked_at = utcnow()
+        audit.add(session, actor, audit.KEY_REVOKE, target=row.id, target_tenant_id=row.tenant_id,
+                  detail="revoked already" if already else None)
         return KeyInfo.of(row)

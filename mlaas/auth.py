@@ -6,6 +6,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from sqlalchemy import select
@@ -28,6 +29,7 @@ class Principal:
     scopes: frozenset[str]
     is_admin_tenant: bool
     pools: frozenset[str] = frozenset()  # the pools a participant key (scope federated) names
+    via_token: bool = False  # the caller sent a JWT exchanged for the key, not the key itself
 
     @property
     def is_admin(self) -> bool:
@@ -51,6 +53,27 @@ PARTICIPANT_ROUTES = frozenset({
     ("GET", "/v1/federated/pools/{pool_id}/roster"),
 })
 
+# What a read-only key may call besides every GET: the POSTs that only compute an answer
+# (inference, embeddings, retrieval, expert routing, analysis). They may log the request
+# (usage, routing decisions, query ids) but create, change or delete nothing of the tenant's.
+# Not here, as they make something: batch_predict (a job and its output), train, synthetic
+# data, ai/enhance (it generates data), and every key, tenant, model, pool or document route.
+READ_ONLY_POSTS = frozenset({
+    ("POST", "/v1/predict"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/knowledge/query"),
+    ("POST", "/v1/experts/route"),
+    ("POST", "/v1/ai/analyze"),
+})
+
+# Routes that need the API key itself: a token that could mint keys would turn a leaked
+# 15-minute credential into lasting access that outlives revoking its key.
+KEY_ONLY_ROUTES = frozenset({
+    ("POST", "/v1/keys"),
+    ("DELETE", "/v1/keys/{key_id}"),
+})
+
 # scope -> whether it lets a principal call (method, route template, path parameters)
 ScopeRule = Callable[["Principal", str, str, Mapping[str, str]], bool]
 
@@ -60,11 +83,26 @@ def _participant_may(principal: Principal, method: str, route: str,
     return (method, route) in PARTICIPANT_ROUTES and params.get("pool_id") in principal.pools
 
 
+def _read_only_may(principal: Principal, method: str, route: str,
+                   params: Mapping[str, str]) -> bool:
+    return method in ("GET", "HEAD") or (method, route) in READ_ONLY_POSTS
+
+
 SCOPE_RULES: dict[str, ScopeRule] = {
     "admin": lambda *_: True,  # admin-only routes check is_admin themselves
     "tenant": lambda *_: True,
     "federated": _participant_may,
+    "read-only": _read_only_may,
 }
+
+
+class RouteRefusedError(ForbiddenError):
+    """``authorize`` refused this principal the route (a 403 like any other); it carries the
+    principal so that a route's audit can name who was refused."""
+
+    def __init__(self, message: str, *, principal: Principal, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.principal = principal
 
 
 def authorize(principal: Principal, method: str, route: str,
@@ -76,8 +114,17 @@ def authorize(principal: Principal, method: str, route: str,
         params: the route's path parameters.
 
     Raises:
-        ForbiddenError: no scope of the key allows this route.
+        RouteRefusedError: no scope of the key allows this route, or the route needs the key
+            itself and a token was sent.
     """
+    if principal.via_token and (method, route) in KEY_ONLY_ROUTES:
+        raise RouteRefusedError(
+            "Creating or revoking API keys needs an API key, not a token: send "
+            "'Authorization: Bearer mlk_...' (a token is short-lived and must not mint "
+            "lasting keys)",
+            principal=principal,
+            details={"reason": "token", "route": f"{method} {route}"},
+        )
     if any(SCOPE_RULES.get(scope, lambda *_: False)(principal, method, route, params)
            for scope in principal.scopes):
         return
@@ -85,10 +132,14 @@ def authorize(principal: Principal, method: str, route: str,
         message = ("This is a participant key: it acts only as a node of the pools "
                    f"{', '.join(sorted(principal.pools))} (register, poll, send messages, "
                    "leave, read the pool, its model and roster)")
+    elif "read-only" in principal.scopes:
+        message = ("This is a read-only key: it reads (GET) and predicts (POST /v1/predict, "
+                   "embeddings, chat, knowledge queries), and changes nothing; use a key of "
+                   "scope tenant")
     else:
         message = "This key's scopes do not allow this route"
-    raise ForbiddenError(message, details={"reason": "scope", "scopes": sorted(principal.scopes),
-                                           "route": f"{method} {route}"})
+    raise RouteRefusedError(message, principal=principal, details={
+        "reason": "scope", "scopes": sorted(principal.scopes), "route": f"{method} {route}"})
 
 
 def _principal_for(url: str, *, key_id: str | None = None, raw_key: str | None = None) -> Principal:
@@ -170,4 +221,5 @@ def authenticate(url: str, authorization: str | None, secret: str) -> Principal:
         scopes=scopes,
         is_admin_tenant=principal.is_admin_tenant,
         pools=principal.pools,
+        via_token=True,
     )

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlaas import accounts
+from mlaas.audit_cli import audit_command
 from mlaas.cluster_mode import (
     CHECKS,
     HEAD_CHECKS,
@@ -41,6 +42,7 @@ app.add_typer(federated_app, name="federated")
 app.add_typer(knowledge_app, name="knowledge")
 app.add_typer(kuberay_app, name="kuberay")
 app.command("bootstrap-admin")(bootstrap_admin_command)
+app.command("audit")(audit_command)
 console = Console()
 err = Console(stderr=True)
 

@@ -77,6 +77,28 @@ class ApiKey(Base):
     approves_nodes: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
+class AuditEvent(Base):
+    """One administrative or key action, done or refused (mlaas.audit writes and reads them).
+
+    No foreign keys: the record of an action outlives the tenant and key it names.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor_tenant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    actor_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    credential: Mapped[str] = mapped_column(String(10))  # key, token, or host (an operator)
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    target: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    target_tenant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    outcome: Mapped[str] = mapped_column(String(10))  # ok, refused, or failed
+    status: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(140), nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
 class UsageEvent(Base):
     """Metered usage, written in batches: one row per tenant, endpoint and category per flush."""
 

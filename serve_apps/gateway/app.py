@@ -14,6 +14,7 @@ from mlaas.errors import MlaasError, ServiceUnavailableError, error_body
 from mlaas.logs import get_logger
 from serve_apps.gateway.routes import (
     ai,
+    audit,
     auth,
     batch,
     chat,
@@ -157,7 +158,7 @@ def create_app() -> FastAPI:
         app.add_exception_handler(error, _on_actor_unavailable)
     app.add_exception_handler(Exception, _on_unhandled)
     routers = (health, auth, keys, tenants, usage, ai, chat, predict, batch, models, embeddings,
-               train, knowledge, experts, federated)
+               train, knowledge, experts, federated, audit)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -118,13 +118,13 @@ def test_a_database_behind_the_code_is_refused_and_the_password_is_not_shown(
     with get_engine(database_url).begin() as connection:
         connection.execute(
             text("UPDATE alembic_version SET version_num = '0003' "
-                 "WHERE version_num = '0008_key_pools'")
+                 "WHERE version_num = '0009_audit_log'")
         )
 
     with pytest.raises(SchemaOutOfDateError, match="run `mlaas migrate`") as e:
         require_current_schema(database_url)
 
-    assert "0003" in e.value.message and "0008_key_pools" in e.value.message
+    assert "0003" in e.value.message and "0009_audit_log" in e.value.message
     password = get_engine(database_url).url.password
     assert password is None or password not in e.value.message
 

@@ -1,19 +1,24 @@
-"""``/v1/tenants``: tenant administration, for admin keys only."""
+"""``/v1/tenants``: tenant administration, for admin keys only; creating one is in the audit
+log, done or refused (also when a non-admin key tries)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from mlaas import accounts
+from mlaas import accounts, audit
+from mlaas.audit import Actor
+from mlaas.auth import Principal
 from mlaas.errors import ValidationError
 from serve_apps.gateway.context import AdminPrincipal, Context
+from serve_apps.gateway.routes.audit import audited_principal, refusals_audited
 
 router = APIRouter(tags=["tenants"])
+TenantCreator = Annotated[Principal, Depends(audited_principal(audit.TENANT_CREATE))]
 
 
 class TenantCreate(BaseModel):
@@ -22,17 +27,25 @@ class TenantCreate(BaseModel):
 
 
 @router.post("/v1/tenants", status_code=201)
-async def create_tenant(body: TenantCreate, _: AdminPrincipal, ctx: Context) -> dict[str, Any]:
+async def create_tenant(body: TenantCreate, principal: TenantCreator,
+                        ctx: Context) -> dict[str, Any]:
     """Create a tenant and its first key (shown only in this response)."""
-    if body.tier not in ctx.tiers.tiers:
-        raise ValidationError(
-            f"Unknown tier {body.tier!r}",
-            details={"field": "tier", "received": body.tier, "expected": sorted(ctx.tiers.tiers)},
+    actor = Actor.of(principal)
+    async with refusals_audited(ctx, principal, audit.TENANT_CREATE, target=body.name):
+        principal.require_admin()
+        if body.tier not in ctx.tiers.tiers:
+            raise ValidationError(
+                f"Unknown tier {body.tier!r}",
+                details={"field": "tier", "received": body.tier,
+                         "expected": sorted(ctx.tiers.tiers)},
+            )
+        tenant = await run_in_threadpool(
+            lambda: accounts.create_tenant(ctx.database_url, body.name, tier=body.tier,
+                                           actor=actor)
         )
-    tenant = await run_in_threadpool(
-        accounts.create_tenant, ctx.database_url, body.name, tier=body.tier
+    key_info, key = await run_in_threadpool(
+        lambda: accounts.create_key(ctx.database_url, tenant.id, actor=actor)
     )
-    key_info, key = await run_in_threadpool(accounts.create_key, ctx.database_url, tenant.id)
     return {**asdict(tenant), "api_key": {**asdict(key_info), "key": key}}
 
 
