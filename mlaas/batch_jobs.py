@@ -93,6 +93,22 @@ def lost_job_reason(status: dict[str, Any], timeout_s: float, now: float | None 
             "its worker died or its node left the cluster); submit the job again")
 
 
+def count_active(url: str, tenant_id: str, heartbeat_timeout_s: float = 30.0) -> int:
+    """How many of the tenant's jobs have not ended: PENDING ones, and RUNNING ones whose task
+    still beats (a lost job no longer holds its place, even before a read marks it FAILED)."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(BatchJob.status, BatchJob.heartbeat_at).where(
+                BatchJob.tenant_id == tenant_id, BatchJob.status.not_in(TERMINAL)
+            )
+        ).all()
+    now = time.time()
+    return sum(
+        1 for status, beat in rows
+        if not lost_job_reason({"status": status, "heartbeat_at": beat}, heartbeat_timeout_s, now)
+    )
+
+
 def read(
     url: str, tenant_id: str, job_id: str, heartbeat_timeout_s: float = 30.0
 ) -> dict[str, Any]:

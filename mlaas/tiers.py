@@ -1,4 +1,5 @@
-"""Tiers, quotas and rate limits, read from ``configs/tiers.yaml`` and validated."""
+"""Tiers, quotas, limits on the size of work, and rate limits, read from ``configs/tiers.yaml``
+and validated."""
 
 from __future__ import annotations
 
@@ -12,10 +13,41 @@ from mlaas.errors import ConfigurationError
 QUOTA_CATEGORIES = ("training_jobs", "inference_requests")
 
 
+class WorkLimits(BaseModel):
+    """How much work one tenant of a tier may ask for: per job, and at the same time.
+
+    A key left out of the tiers file takes the default here, the free tier's shipped value,
+    so an older or hand-written tiers file stays as safe as the shipped one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_workers_per_job: int = Field(default=2, ge=1, description="scaling.num_workers")
+    min_cpus_per_worker: float = Field(
+        default=0.25, ge=0, description="resources_per_worker.CPU: no crowd of 0.001-CPU workers"
+    )
+    max_cpus_per_job: float = Field(
+        default=2, gt=0, description="workers x CPU per worker (x concurrent Tune trials)"
+    )
+    max_gpus_per_job: float = Field(
+        default=0, ge=0, description="workers x GPU per worker (x concurrent Tune trials)"
+    )
+    max_epochs: int = Field(default=100, ge=1)
+    max_steps_per_epoch: int = Field(default=1000, ge=1, description="language models")
+    max_failures: int = Field(default=3, ge=0, description="a job's max_failures; -1 is refused")
+    max_tune_trials: int = Field(default=8, ge=1, description="num_samples x grid points")
+    max_concurrent_trials: int = Field(default=2, ge=1)
+    max_concurrent_training_jobs: int = Field(default=2, ge=0, description="not yet ended")
+    max_concurrent_batch_jobs: int = Field(default=2, ge=0, description="not yet ended")
+    max_open_federated_pools: int = Field(default=3, ge=0, description="not finished or failed")
+    max_knowledge_documents: int = Field(default=100, ge=0)
+
+
 class TierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     quotas: dict[str, int | None] = Field(default_factory=dict)
+    limits: WorkLimits = Field(default_factory=WorkLimits)
 
     @model_validator(mode="after")
     def _known_categories(self) -> TierConfig:
@@ -56,6 +88,10 @@ class TiersConfig(BaseModel):
         """The monthly limit, or None for unlimited. An unknown tier gets the free tier's."""
         config = self.tiers.get(tier) or self.tiers["free"]
         return config.quotas.get(category)
+
+    def work_limits(self, tier: str) -> WorkLimits:
+        """The tier's limits on the size of work; an unknown tier gets the free tier's."""
+        return (self.tiers.get(tier) or self.tiers["free"]).limits
 
 
 def load_tiers(path: Path) -> TiersConfig:

@@ -218,6 +218,17 @@ def list_jobs(url: str, tenant_id: str, limit: int = 100) -> list[TrainingJobInf
         return [TrainingJobInfo.of(row) for row in rows]
 
 
+def active_jobs(url: str, tenant_id: str) -> list[TrainingJobInfo]:
+    """The tenant's jobs that have not ended (PENDING or RUNNING), oldest first."""
+    with session_scope(url) as session:
+        rows = session.scalars(
+            select(TrainingJob)
+            .where(TrainingJob.tenant_id == tenant_id, TrainingJob.status.not_in(TERMINAL))
+            .order_by(TrainingJob.created_at)
+        ).all()
+        return [TrainingJobInfo.of(row) for row in rows]
+
+
 def set_ray_job_id(url: str, job_id: str, ray_job_id: str) -> None:
     with session_scope(url) as session:
         row = _row(session, job_id)
