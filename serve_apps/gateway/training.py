@@ -9,6 +9,7 @@ reports progress into it. Blocking calls (database, job server, file checks) run
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import sys
@@ -21,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from cluster.data import check_data, resolve_data_source
 from cluster.errors import SpecError
-from cluster.spec import JobSpec, deepspeed_config, validate_spec
+from cluster.spec import JobSpec, TuneSpec, confined_deepspeed_config, set_path, validate_spec
 from mlaas import registry, training_jobs
 from mlaas.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from mlaas.settings import Settings
@@ -44,22 +45,20 @@ def tenant_data_dir(settings: Settings, tenant_id: str) -> Path:
 def checked_spec(raw: Any, *, settings: Settings, database_url: str, tenant_id: str) -> JobSpec:
     """Validate a spec from a request, including its data, DeepSpeed config and teacher.
 
+    Every path the spec names, the values of a Tune search included, is confined to the
+    tenant's folder (or the shipped data and configs) and made the absolute path the job
+    reads; a path elsewhere and a missing one get the same refusal.
+
     Raises:
         SpecError: a 422 naming the field.
         ForbiddenError: a 403 for a data URI outside the tenant's storage prefix.
     """
     spec = validate_spec(raw, "<request>")
-    spec = resolve_data_source(
-        spec,
-        tenant_data_dir(settings, tenant_id),
-        confine=True,
-        source="<request>",
-        tenant_id=tenant_id,
-        settings=settings,
-    )
-    check_data(spec, "<request>")
-    if spec.strategy.type == "deepspeed":
-        deepspeed_config(spec, "<request>")
+    checked = _confined(spec, settings, tenant_id)
+    if spec.tune is not None:
+        checked = checked.model_copy(
+            update={"tune": _confined_search(spec, spec.tune, settings, tenant_id)}
+        )
     if spec.distill is not None:
         ref = spec.distill.teacher
         try:
@@ -68,7 +67,57 @@ def checked_spec(raw: Any, *, settings: Settings, database_url: str, tenant_id: 
             raise SpecError(
                 "<request>", "distill.teacher", exc.message, received=ref.model
             ) from exc
+    return checked
+
+
+def _confined(spec: JobSpec, settings: Settings, tenant_id: str) -> JobSpec:
+    """The spec with its data, model folder and DeepSpeed config checked and made absolute."""
+    tenant_dir = tenant_data_dir(settings, tenant_id)
+    spec = resolve_data_source(
+        spec, tenant_dir, confine=True, source="<request>", tenant_id=tenant_id, settings=settings
+    )
+    check_data(spec, "<request>")
+    if spec.strategy.type == "deepspeed":
+        spec = confined_deepspeed_config(spec, tenant_dir, "<request>")
     return spec
+
+
+def _confined_search(
+    spec: JobSpec, search: TuneSpec, settings: Settings, tenant_id: str
+) -> TuneSpec:
+    """The search with each listed value held to the base spec's rules (a trial reads what
+    it names), and kept as the trial is to read it (an absolute path, as in the base)."""
+    base = spec.model_dump(mode="json", exclude={"tune"})
+    space: dict[str, dict[str, Any]] = {}
+    for path, definition in search.search_space.items():
+        (kind, values), *_ = definition.items()
+        if kind not in ("choice", "grid"):
+            space[path] = definition  # numeric bounds name no path
+            continue
+        checked = []
+        for value in values:
+            raw = json.loads(json.dumps(base))
+            set_path(raw, path, value)
+            try:
+                variant = _confined(validate_spec(raw, "<request>"), settings, tenant_id)
+            except SpecError as exc:
+                # The value goes in details only, so the words are the same for any refusal.
+                raise SpecError(
+                    "<request>",
+                    f"tune.search_space.{path}",
+                    f"a value does not fit: field {exc.field}: {exc.reason}",
+                    received=value,
+                ) from exc
+            checked.append(_value_at(variant.model_dump(mode="json"), path))
+        space[path] = {kind: checked}
+    return search.model_copy(update={"search_space": space})
+
+
+def _value_at(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def cluster_address() -> str | None:
