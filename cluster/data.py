@@ -95,8 +95,10 @@ def resolve_data_source(
         ForbiddenError: 403 for a URI outside the tenant's prefix and the allow-list.
     """
     if spec.model.type == "huggingface" and confine:
-        path = _confined_model_path(spec.model.path, base_dir, source, settings or get_settings())
-        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"path": path})})
+        folder = _confined_model_path(
+            spec.model.path, base_dir, source, settings or get_settings()
+        )
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"path": folder})})
     text = spec.data.source
     if spec.data.builtin is not None:
         return spec
