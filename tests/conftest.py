@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import subprocess
 import sys
@@ -52,6 +53,9 @@ class Platform:
     url: str
     admin_key: str
     env: dict[str, str] = field(repr=False)
+    # Every key and token the run's clients sent or were given: the log scan looks for them
+    secrets_seen: set[str] = field(default_factory=set, repr=False)
+    first_ray_logs: Path | None = None
 
     @property
     def settings(self) -> Settings:
@@ -82,7 +86,22 @@ class Platform:
 
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+        if key:
+            self.secrets_seen.add(key)
+        hooks = {"response": [self._remember_secrets]}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60,
+                            event_hooks=hooks, **kwargs)  # fmt: skip
+
+    def _remember_secrets(self, response: httpx.Response) -> None:
+        """Keys and tokens in what the platform answered (new keys, minted JWTs)."""
+        if "application/json" not in response.headers.get("content-type", ""):
+            return
+        response.read()
+        try:
+            found = re.findall(r'"(?:key|access_token|token)"\s*:\s*"([^"]{24,})"', response.text)
+        except UnicodeDecodeError:
+            return
+        self.secrets_seen.update(found)
 
     def new_tenant(self, tier: str = "free") -> tuple[str, str]:
         """A fresh tenant (own rate-limit and quota state); returns (tenant id, its key)."""
@@ -236,7 +255,10 @@ def platform(
     admin_key = (home / "admin_key").read_text().strip()
     assert admin_key in up.stdout, "the first start prints the admin key"
     try:
-        yield Platform(home=home, url=f"http://127.0.0.1:{TEST_PORT}", admin_key=admin_key, env=env)
+        started = Platform(home=home, url=f"http://127.0.0.1:{TEST_PORT}", admin_key=admin_key,
+                           env=env, secrets_seen={admin_key})  # fmt: skip
+        started.first_ray_logs = started.ray_logs
+        yield started
     finally:
         subprocess.run([MLAAS, "down"], env=env, capture_output=True, timeout=300)
 
@@ -252,4 +274,6 @@ def ray_driver(platform: Platform) -> Iterator[None]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests that restart the shared platform run last, so they do not pull it from under others.
-    items.sort(key=lambda item: item.get_closest_marker("restarts_platform") is not None)
+    # The log scan runs after them all, when every log line of the run is written.
+    items.sort(key=lambda item: (item.get_closest_marker("scans_logs") is not None,
+                                 item.get_closest_marker("restarts_platform") is not None))
