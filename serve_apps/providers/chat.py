@@ -1,5 +1,9 @@
 """OpenAI-compatible chat completions over the router: guardrails in, routing, guardrails out,
-the response cache, and the OpenAI response and chunk shapes."""
+the response cache, and the OpenAI response and chunk shapes.
+
+The order of the checks puts the cheap ones first: size limits, budget, model and keys, and
+only then the scan for injection and personal data, off the event loop when the text is long.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,12 @@ from serve_apps.providers.accounting import MICRO
 from serve_apps.providers.adapters.base import ChatCall, Completion, StreamDelta
 from serve_apps.providers.cache import cache_key
 from serve_apps.providers.errors import ProviderCallError
-from serve_apps.providers.guardrails import GuardedInput, InputGuard, StreamRedactor, redact_pii
+from serve_apps.providers.guardrails import (
+    GuardedInput,
+    InputGuard,
+    StreamRedactor,
+    redact_pii_off_loop,
+)
 from serve_apps.providers.planning import CHARS_PER_TOKEN, RoutePlan
 from serve_apps.providers.policies import Candidate
 from serve_apps.providers.router import Router
@@ -68,8 +77,11 @@ class ChatService:
     async def _prepare(
         self, request: ChatCompletionRequest, tenant: TenantRef
     ) -> tuple[GuardedInput, RoutePlan, ChatCall]:
-        guarded = self.guard.check(request.call_messages(), request.output_limit())
+        messages = request.call_messages()
+        self.guard.check_limits(messages, request.output_limit())
         await self.router.check_budget(tenant)
+        self.router.planner.plan_model(request.model, 0, 0)  # an unknown model or no key: no scan
+        guarded = await self.guard.scan_off_loop(messages)
         chars = sum(len(m["content"]) for m in guarded.messages)
         plan = self.router.planner.plan_model(request.model, chars, request.output_limit() or 0)
         json_output = (request.response_format or {}).get("type") in ("json_object", "json_schema")
@@ -108,7 +120,11 @@ class ChatService:
             )
 
         completion, candidate = await self.router.run(plan, attempt)
-        text = redact_pii(completion.text)[0] if self.redact_output else completion.text
+        text = (
+            (await redact_pii_off_loop(completion.text))[0]
+            if self.redact_output
+            else completion.text
+        )
         cost = await self.router.account(
             tenant, candidate, completion.tokens_in, completion.tokens_out
         )

@@ -40,6 +40,7 @@ def _parts(
                 model_description=request.model_description,
                 existing_data=request.training_data,
                 target_count=request.synthetic_count,
+                provider=request.provider,
             ),
             tenant,
         )
@@ -52,12 +53,13 @@ def _parts(
                 if isinstance(request.training_data, str)
                 else None,
                 performance_metrics=request.performance_metrics,
+                provider=request.provider,
             ),
             tenant,
         )
     if "research" in scope:
         parts["research_insights"] = tasks.research(
-            request.model_description, request.performance_metrics, tenant
+            request.model_description, request.performance_metrics, tenant, request.provider
         )
     return parts
 

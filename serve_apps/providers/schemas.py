@@ -206,6 +206,7 @@ class EnhanceRequest(BaseModel):
     performance_metrics: dict[str, Any] | None = None
     config: EnhanceConfig = Field(default_factory=EnhanceConfig)
     synthetic_count: int = Field(default=500, ge=1, le=100_000)
+    provider: str | None = Field(default=None, description="Prefer this provider for each part")
 
 
 class TenantRef(BaseModel):

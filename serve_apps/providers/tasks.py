@@ -1,5 +1,10 @@
 """The ``/v1/ai/*`` tasks: each routed by capability to an LLM provider (structured output,
-validated against its schema with one repair retry) or to ``local``."""
+validated against its schema with one repair retry) or to ``local``.
+
+A prompt bound for an LLM provider passes the same input guardrails as a chat request (size
+limits, prompt injection, personal data redacted or refused), once per request, on the first
+attempt that leaves the platform; ``local`` answers from the request as sent.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from serve_apps.providers.adapters.base import ChatCall
 from serve_apps.providers.catalogue import Capability
 from serve_apps.providers.errors import ProviderCallError
 from serve_apps.providers.guardrails import (
+    InputGuard,
     StructuredOutputError,
     parse_structured,
     repair_prompt,
@@ -49,6 +55,19 @@ class AiTasks:
     def __init__(self, router: Router, local: LocalProvider) -> None:
         self.router = router
         self.local = local
+        self.guard = InputGuard(router.catalogue.guardrails)
+
+    async def guarded_prompt(self, prompt: str) -> str:
+        """The prompt as it may leave the platform, after the input guardrails.
+
+        Raises:
+            InputTooLargeError: over ``guardrails.max_input_chars``.
+            GuardrailViolationError: an injection, or personal data in ``block`` mode.
+        """
+        messages = [{"role": "user", "content": prompt}]
+        self.guard.check_limits(messages, None)
+        guarded = await self.guard.scan_off_loop(messages)
+        return guarded.messages[0]["content"]
 
     async def structured(
         self,
@@ -97,16 +116,21 @@ class AiTasks:
         capability: Capability,
         prefer: str | None,
         local: Callable[[], Awaitable[Any]] | None,
-        remote: Callable[[Candidate, float], Awaitable[Any]],
+        remote: Callable[[Candidate, float, str], Awaitable[Any]],
         tenant: TenantRef,
+        prompt: str,
     ) -> tuple[Any, Candidate]:
+        """The first candidate's answer; ``remote`` gets the prompt after the guardrails."""
         await self.router.check_budget(tenant)
         plan = self.router.planner.plan_capability(capability, prefer)
+        guarded: list[str] = []  # worked out on the first remote attempt, reused by the rest
 
         async def attempt(candidate: Candidate, timeout_s: float) -> Any:
             if candidate.provider == "local" and local is not None:
                 return await local()
-            return await remote(candidate, timeout_s)
+            if not guarded:
+                guarded.append(await self.guarded_prompt(prompt))
+            return await remote(candidate, timeout_s, guarded[0])
 
         return await self.router.run(plan, attempt)
 
@@ -118,11 +142,16 @@ class AiTasks:
             + json.dumps(request.model_dump(exclude={"provider"}), default=str)
         )
 
-        async def remote(candidate: Candidate, timeout_s: float) -> ModelAnalysis:
-            return await self.structured(candidate, timeout_s, prompt, ModelAnalysis, tenant)
+        async def remote(candidate: Candidate, timeout_s: float, sent: str) -> ModelAnalysis:
+            return await self.structured(candidate, timeout_s, sent, ModelAnalysis, tenant)
 
         analysis, candidate = await self._route(
-            "analysis", request.provider, lambda: self.local.analyze(request), remote, tenant
+            "analysis",
+            request.provider,
+            lambda: self.local.analyze(request),
+            remote,
+            tenant,
+            prompt,
         )
         return {
             "status": "success",
@@ -137,8 +166,8 @@ class AiTasks:
     ) -> dict[str, Any]:
         started = time.perf_counter()
 
-        async def remote(candidate: Candidate, timeout_s: float) -> dict[str, Any]:
-            return await self._llm_rows(candidate, timeout_s, request, tenant)
+        async def remote(candidate: Candidate, timeout_s: float, sent: str) -> dict[str, Any]:
+            return await self._llm_rows(candidate, timeout_s, request, tenant, sent)
 
         result, candidate = await self._route(
             "synthetic_data",
@@ -146,6 +175,7 @@ class AiTasks:
             lambda: self.local.synthetic_data(request, tenant.tenant_id),
             remote,
             tenant,
+            rows_prompt(request),
         )
         return {
             "status": "success",
@@ -162,20 +192,8 @@ class AiTasks:
         timeout_s: float,
         request: SyntheticDataRequest,
         tenant: TenantRef,
+        prompt: str,
     ) -> dict[str, Any]:
-        count = min(request.target_count, _LLM_MAX_ROWS)
-        examples = (
-            request.existing_data[:20]
-            if isinstance(request.existing_data, list)
-            else request.existing_data
-        )
-        schema = request.data_schema
-        schema_text = schema.model_dump_json() if schema else "as in the data"
-        prompt = (
-            f"Generate {count} realistic, diverse rows of tabular training data for: "
-            f"{request.model_description}\nData: {json.dumps(examples, default=str)}\n"
-            f"Schema: {schema_text}"
-        )
         rows = (await self.structured(candidate, timeout_s, prompt, SyntheticRows, tenant)).rows
         source = source_of(request)
         frame = pd.DataFrame(rows)
@@ -198,7 +216,11 @@ class AiTasks:
         }
 
     async def research(
-        self, topic: str, metrics: dict[str, Any] | None, tenant: TenantRef
+        self,
+        topic: str,
+        metrics: dict[str, Any] | None,
+        tenant: TenantRef,
+        prefer: str | None = None,
     ) -> dict[str, Any]:
         """Techniques and benchmark notes for a model; only LLM providers have ``research``."""
         prompt = (
@@ -206,15 +228,34 @@ class AiTasks:
             f"where known: {topic}. Current metrics: {json.dumps(metrics or {}, default=str)}"
         )
 
-        async def remote(candidate: Candidate, timeout_s: float) -> ResearchInsights:
-            return await self.structured(candidate, timeout_s, prompt, ResearchInsights, tenant)
+        async def remote(candidate: Candidate, timeout_s: float, sent: str) -> ResearchInsights:
+            return await self.structured(candidate, timeout_s, sent, ResearchInsights, tenant)
 
-        insights, candidate = await self._route("research", None, None, remote, tenant)
+        insights, candidate = await self._route(
+            "research", prefer, None, remote, tenant, prompt
+        )
         return {
             "provider": candidate.provider,
             "model": candidate.model_id,
             **insights.model_dump(),
         }
+
+
+def rows_prompt(request: SyntheticDataRequest) -> str:
+    """What an LLM provider is asked for synthetic rows: the description, examples, schema."""
+    count = min(request.target_count, _LLM_MAX_ROWS)
+    examples = (
+        request.existing_data[:20]
+        if isinstance(request.existing_data, list)
+        else request.existing_data
+    )
+    schema = request.data_schema
+    schema_text = schema.model_dump_json() if schema else "as in the data"
+    return (
+        f"Generate {count} realistic, diverse rows of tabular training data for: "
+        f"{request.model_description}\nData: {json.dumps(examples, default=str)}\n"
+        f"Schema: {schema_text}"
+    )
 
 
 def synthetic_recommendations(result: dict[str, Any]) -> list[str]:

@@ -1,7 +1,13 @@
-"""The input side of the guardrails, in one pass: size limits, prompt injection, personal data."""
+"""The input side of the guardrails: size limits, prompt injection, personal data.
+
+The limits are cheap and checked first; they bound the scan, which is linear in the characters
+sent (at most ``max_input_chars``) and runs in a worker thread once the text is longer than
+:data:`INLINE_SCAN_CHARS`, so one large request does not hold up the replica's event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +17,7 @@ from serve_apps.providers.catalogue import GuardrailSpec
 from serve_apps.providers.errors import GuardrailViolationError
 from serve_apps.providers.guardrails.injection import assess_injection
 from serve_apps.providers.guardrails.limits import check_size_limits
-from serve_apps.providers.guardrails.pii import find_pii, redact_pii
+from serve_apps.providers.guardrails.pii import INLINE_SCAN_CHARS, find_pii, redact_pii
 
 
 @dataclass
@@ -42,7 +48,33 @@ class InputGuard:
             InputTooLargeError, RequestValidationError: over a size limit.
             GuardrailViolationError: an injection or personal data in ``block`` mode.
         """
-        check_size_limits(messages, max_tokens, self.spec)
+        self.check_limits(messages, max_tokens)
+        return self.scan(messages)
+
+    def check_limits(self, messages: Sequence[dict[str, str]], max_tokens: int | None) -> int:
+        """The size limits alone; returns the number of input characters.
+
+        Raises:
+            InputTooLargeError, RequestValidationError: over a size limit.
+        """
+        return check_size_limits(messages, max_tokens, self.spec)
+
+    async def scan_off_loop(self, messages: Sequence[dict[str, str]]) -> GuardedInput:
+        """:meth:`scan`, in a worker thread when the messages are long (call after the limits).
+
+        Raises:
+            GuardrailViolationError: an injection or personal data in ``block`` mode.
+        """
+        if sum(len(m.get("content") or "") for m in messages) <= INLINE_SCAN_CHARS:
+            return self.scan(messages)
+        return await asyncio.to_thread(self.scan, messages)
+
+    def scan(self, messages: Sequence[dict[str, str]]) -> GuardedInput:
+        """Injection on the caller's turns, then personal data; linear in the characters.
+
+        Raises:
+            GuardrailViolationError: an injection or personal data in ``block`` mode.
+        """
         guarded = GuardedInput(messages=tuple(messages))
         if self.spec.prompt_injection != "off":
             user_text = "\n".join(
