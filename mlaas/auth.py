@@ -67,6 +67,11 @@ READ_ONLY_POSTS = frozenset({
     ("POST", "/v1/ai/analyze"),
 })
 
+# GETs a read-only key may not call: a node's poll of its round marks the node ready.
+READ_ONLY_EXCLUDED_GETS = frozenset({
+    ("GET", "/v1/federated/pools/{pool_id}/round"),
+})
+
 # Routes that need the API key itself: a token that could mint keys would turn a leaked
 # 15-minute credential into lasting access that outlives revoking its key.
 KEY_ONLY_ROUTES = frozenset({
@@ -85,7 +90,9 @@ def _participant_may(principal: Principal, method: str, route: str,
 
 def _read_only_may(principal: Principal, method: str, route: str,
                    params: Mapping[str, str]) -> bool:
-    return method in ("GET", "HEAD") or (method, route) in READ_ONLY_POSTS
+    if method in ("GET", "HEAD"):
+        return ("GET", route) not in READ_ONLY_EXCLUDED_GETS
+    return (method, route) in READ_ONLY_POSTS
 
 
 SCOPE_RULES: dict[str, ScopeRule] = {

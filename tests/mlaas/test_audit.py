@@ -154,6 +154,7 @@ def test_a_read_only_key_may_read_and_predict(method: str, route: str) -> None:
     ("POST", "/v1/models/{model_id}/versions/{version}/stage"),
     ("DELETE", "/v1/knowledge/documents/{document_id}"),
     ("POST", "/v1/federated/pools"),
+    ("GET", "/v1/federated/pools/{pool_id}/round"),  # a node's poll marks it ready
 ])
 def test_a_read_only_key_may_not_write(method: str, route: str) -> None:
     principal = _principal("read-only")
