@@ -25,6 +25,7 @@ from serve_apps.providers.router import Router
 from serve_apps.providers.schemas import (
     AnalyzeRequest,
     ChatCompletionRequest,
+    ChatMessage,
     SyntheticDataRequest,
     TenantRef,
 )
@@ -220,7 +221,7 @@ def test_chat_scans_long_messages_in_a_worker_thread(
     monkeypatch.setattr(InputGuard, "scan", recording_scan)
     content = ("x@example.org " * (size // 14 + 1))[:size]
     request = ChatCompletionRequest(
-        model="gs/gs-chat", messages=[{"role": "user", "content": content}]
+        model="gs/gs-chat", messages=[ChatMessage(role="user", content=content)]
     )
 
     async def complete() -> tuple[dict[str, Any], int]:
