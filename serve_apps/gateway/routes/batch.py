@@ -2,7 +2,7 @@
 batches are answered inline; a file (``input_uri``) or more rows than
 ``MLAAS_BATCH_INLINE_ROWS`` become an asynchronous Ray Data job that writes Parquet predictions
 to the platform storage, downloadable by the tenant. Each row counts against the tenant's
-inference quota."""
+inference quota; the tier caps how many asynchronous jobs may be unfinished at once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from mlaas import batch_jobs
+from mlaas import batch_jobs, work_limits
 from mlaas.errors import NotFoundError
 from mlaas.storage import get_storage
 from serve_apps.gateway.context import Context, CurrentPrincipal
@@ -60,6 +60,14 @@ def _launch(ctx: Any, job_id: str, spec: dict[str, Any], schema: dict[str, Any],
                 tenant, charge_rows, ctx.settings.batch_heartbeat_timeout_s / 4)
 
 
+async def _check_room(ctx: Any, principal: Any) -> None:
+    """Refuse (429) an asynchronous job past the tier's number of unfinished ones."""
+    active = await run_in_threadpool(batch_jobs.count_active, ctx.database_url,
+                                     principal.tenant_id, ctx.settings.batch_heartbeat_timeout_s)
+    work_limits.check_count(ctx.tiers.work_limits(principal.tier), "max_concurrent_batch_jobs",
+                            current=active, tier=principal.tier)
+
+
 def _save_rows(ctx: Any, key: str, rows: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, rows, allow_pickle=False)
@@ -81,6 +89,8 @@ async def batch_predict(
         rows = validate_inputs(
             version.input_schema, body.inputs, max_rows=ctx.settings.batch_max_rows
         )
+        if len(rows) > ctx.settings.batch_inline_rows:
+            await _check_room(ctx, principal)  # before the rows are charged
         await count_rows(ctx, principal, request, len(rows))
         if len(rows) <= ctx.settings.batch_inline_rows:
             result = await inference_client.predict(spec, rows)
@@ -93,6 +103,7 @@ async def batch_predict(
         fmt, charge = "numpy", False
     else:
         fmt = format_of(source, body.format)
+        await _check_room(ctx, principal)
         job_id = await run_in_threadpool(
             batch_jobs.create, ctx.database_url, principal.tenant_id,
             model_version_id=version.id, input=body.input_uri)

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from mlaas import errors
+from mlaas import errors, work_limits
 from mlaas.auth import Principal
 from mlaas.placement import platform_actor_options
 from mlaas.storage import get_storage
@@ -126,11 +126,15 @@ async def create_pool(
     principal: CurrentPrincipal, ctx: Context,
     spec: dict[str, Any] = Body(..., description="a pool spec"),  # noqa: B008
 ) -> dict[str, Any]:
-    """Check the spec (insecure parameters are refused with the fix), register the first
-    global model, and start the pool's coordinator."""
+    """Check the spec (insecure parameters are refused with the fix) and the tier's number of
+    open pools, register the first global model, and start the pool's coordinator."""
     from serve_apps.gateway.training import tenant_data_dir
 
     federated = _federated()
+    pools = await run_in_threadpool(federated.list_pools, ctx.database_url, principal.tenant_id)
+    work_limits.check_count(ctx.tiers.work_limits(principal.tier), "max_open_federated_pools",
+                            current=sum(p["status"] == "open" for p in pools),
+                            tier=principal.tier)
     pool = await run_in_threadpool(federated.create_pool, ctx.database_url,
                                    get_storage(ctx.settings), principal.tenant_id, spec,
                                    tenant_data_dir(ctx.settings, principal.tenant_id))

@@ -1,17 +1,20 @@
 """``/v1/knowledge``: ingest and delete documents, hybrid queries with citations, contributor
 credits, the concept graph (JSON, GraphML, SVG) and a page that draws it. The pool itself is
-the ``knowledge`` Serve application; every call carries the caller's tenant id."""
+the ``knowledge`` Serve application; every call carries the caller's tenant id. The tier caps
+how many documents a tenant keeps."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlaas import work_limits
 from mlaas.errors import MlaasError
-from serve_apps.gateway.context import CurrentPrincipal
+from serve_apps.gateway.context import Context, CurrentPrincipal
 from serve_apps.knowledge import knowledge_client
 from serve_apps.providers.client import providers_client
 
@@ -54,9 +57,22 @@ class QueryBody(BaseModel):
                               description="Route alias or provider/model for the answer")
 
 
+async def _check_room(body: IngestBody, principal: Any, ctx: Any) -> None:
+    """Refuse (429) documents that would take the tenant past its tier's number; content
+    already in the pool (``unchanged``) takes no room."""
+    kept = await knowledge_client.call("documents", principal.tenant_id)
+    # The pool's identity of a document's content (knowledge.chunking.content_hash).
+    known = {doc["content_hash"] for doc in kept}
+    new = {hashlib.sha256(d.content.encode("utf-8")).hexdigest() for d in body.documents} - known
+    if new:
+        work_limits.check_count(ctx.tiers.work_limits(principal.tier), "max_knowledge_documents",
+                                current=len(kept), adding=len(new), tier=principal.tier)
+
+
 @router.post("/v1/knowledge/documents")
-async def ingest(body: IngestBody, principal: CurrentPrincipal) -> dict[str, Any]:
+async def ingest(body: IngestBody, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
     """Chunk, embed and index documents; content already in the pool is ``unchanged``."""
+    await _check_room(body, principal, ctx)
     docs = [{**d.model_dump(), "contributor": d.contributor or principal.key_id}
             for d in body.documents]
     results = await knowledge_client.call("ingest", principal.tenant_id, docs,

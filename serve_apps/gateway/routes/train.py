@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cluster.errors import SpecError
-from cluster.spec import BUILTIN_DATASETS
-from mlaas import registry, training_jobs
+from cluster.spec import BUILTIN_DATASETS, validate_spec
+from mlaas import registry, training_jobs, work_limits
 from mlaas.auth import Principal
 from serve_apps.gateway import training
 from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
@@ -41,13 +41,19 @@ def _job_server(ctx: Any) -> training.JobServer:
 async def _submit(
     raw: Any, principal: Principal, ctx: Any, request: Request, idempotency_key: str | None
 ) -> training.Submission:
-    """Validate, charge one training job to the tenant (not for a replay), write and submit."""
+    """Validate (against the tier's limits too), charge one training job to the tenant (not for
+    a replay), write and submit."""
     spec = await run_in_threadpool(
         training.checked_spec,
         raw,
         settings=ctx.settings,
         database_url=ctx.database_url,
         tenant_id=principal.tenant_id,
+    )
+    limits = ctx.tiers.work_limits(principal.tier)
+    await run_in_threadpool(
+        work_limits.check_job_spec, limits, spec.model_dump(mode="json"), principal.tier,
+        trial_spec=_trial_spec,
     )
     if idempotency_key:
         earlier = await run_in_threadpool(
@@ -59,6 +65,10 @@ async def _submit(
         if earlier is not None:
             # The same request again: same job, no second charge (a different body is a 409).
             return await run_in_threadpool(_replay, ctx, principal, spec, idempotency_key)
+    active = await run_in_threadpool(_active_jobs, ctx, principal.tenant_id,
+                                     limits.max_concurrent_training_jobs)
+    work_limits.check_count(limits, "max_concurrent_training_jobs", current=active,
+                            tier=principal.tier)
     await consume_quota(ctx, principal, "training_jobs", 1, endpoint_of(request))
     return await run_in_threadpool(
         training.submit,
@@ -69,6 +79,21 @@ async def _submit(
         idempotency_key=idempotency_key,
         job_server=_job_server(ctx),
     )
+
+
+def _trial_spec(raw: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's spec as the trial will run it, defaults included."""
+    return validate_spec(raw, "<request>").model_dump(mode="json")
+
+
+def _active_jobs(ctx: Any, tenant_id: str, limit: int) -> int:
+    """How many of the tenant's jobs have not ended. At the limit, each is first checked with
+    Ray: a job that died without saying so must not hold its place."""
+    active = training_jobs.active_jobs(ctx.database_url, tenant_id)
+    if len(active) >= limit:
+        checked = (training.reconciled(job, ctx.database_url, _job_server(ctx)) for job in active)
+        active = [job for job in checked if not job.is_terminal]
+    return len(active)
 
 
 def _replay(ctx: Any, principal: Principal, spec: Any, key: str) -> training.Submission:
@@ -198,6 +223,7 @@ _DOCUMENTED_FIELDS = {
     "hyperparameters.lr": "training_config.learning_rate",
     "strategy": "training_config.strategy",
     "scaling.num_workers": "training_config.num_workers",
+    "scaling.resources_per_worker.CPU": "training_config.cpus_per_worker",
 }
 
 
@@ -235,4 +261,11 @@ async def submit_documented_training(
     except SpecError as exc:
         field = _DOCUMENTED_FIELDS.get(exc.field, exc.field)
         raise SpecError("<request>", field, exc.reason) from exc
+    except work_limits.WorkLimitError as exc:
+        field = exc.details["field"]
+        documented = _DOCUMENTED_FIELDS.get(field, field)
+        raise work_limits.WorkLimitError(
+            exc.message.replace(f"field {field}:", f"field {documented}:", 1),
+            details={**exc.details, "field": documented},
+        ) from exc
     return _accepted(submission)
