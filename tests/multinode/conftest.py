@@ -91,6 +91,17 @@ node = client.get_job_info({job_id!r}).driver_node_id
 result = {{n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}}.get(node, "")
 """)
 
+    def train_worker_nodes(self) -> list[str]:
+        """The addresses of the nodes of the live Ray Train workers, as they are now (a worker
+        group that restarted may sit elsewhere than the first one did)."""
+        return self.nodes.run_python("""
+from ray.util.state import list_actors
+rows = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                   detail=True)
+ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+result = sorted(ips.get(row.node_id, "") for row in rows)
+""")  # type: ignore[no-any-return]
+
     def node_ip_of_actor(self, name: str) -> str | None:
         """The address of the node running the live platform actor ``name`` (namespace mlaas)."""
         out = self.nodes.run_python(f"""
