@@ -46,7 +46,8 @@ def build_test_catalogue(fake: FakeProvider) -> dict[str, Any]:
         retry={"max_attempts": 3, "base_delay_s": 0.05, "max_delay_s": 0.2, "max_retry_after_s": 5},
         circuit_breaker={"failure_threshold": 3, "cooldown_s": 2},
     )
-    catalogue["guardrails"]["max_input_chars"] = 20_000
+    # as much as the test platform's 64 KiB request bodies carry: the scan is tested near it
+    catalogue["guardrails"]["max_input_chars"] = 60_000
     catalogue["budgets_usd"] = {"free": None, "pro": BUDGET_USD, "enterprise": None}
     openai_like = {
         "kind": "openai",
@@ -89,6 +90,13 @@ def build_test_catalogue(fake: FakeProvider) -> dict[str, Any]:
                     "claude-stream": _model(3, 15),
                     "claude-down": _model(3, 15),
                 },
+            },
+            "fake-patient": {  # waits longer than the others: a request stays in flight
+                **openai_like,
+                "priority": 6,
+                "timeout_s": 10,
+                "capabilities": ["chat"],
+                "models": {"gpt-flood": _model(1, 2)},
             },
             "fake-flaky": {
                 **openai_like,

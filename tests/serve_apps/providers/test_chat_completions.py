@@ -392,8 +392,8 @@ def test_prompt_injection_is_refused(ai_platform: Platform, tenant_key: str) -> 
 
 def test_input_over_the_size_limit_is_413(ai_platform: Platform, tenant_key: str) -> None:
     huge = [
-        {"role": "user", "content": "x" * 25_000}
-    ]  # the test catalogue allows 20,000 characters
+        {"role": "user", "content": "x" * 62_000}
+    ]  # the test catalogue allows 60,000 characters (and request bodies 64 KiB)
     with httpx.Client(
         base_url=ai_platform.url, headers={"Authorization": f"Bearer {tenant_key}"}
     ) as http:
@@ -402,7 +402,7 @@ def test_input_over_the_size_limit_is_413(ai_platform: Platform, tenant_key: str
         )
 
     assert response.status_code == 413
-    assert response.json()["error"]["details"]["limit"] == 20_000
+    assert response.json()["error"]["details"]["limit"] == 60_000
 
 
 def test_keys_never_appear_in_errors_status_or_logs(
