@@ -57,6 +57,7 @@ DEFAULT_IS_RIGHT = {
     "MLAAS_HAPROXY_STATS_PORT": "as MLAAS_RAY_PORT",
     "MLAAS_RAY_ADDRESS": "set by the gateway on each training job it submits",
     "MLAAS_API_KEY": "a client's key (CLI), not a server setting",
+    "MLAAS_PACKAGE_ALLOWLIST": "the platform's own model package, the same on every pod",
     "MLAAS_DB_POOL_SIZE": "tuning", "MLAAS_DB_MAX_OVERFLOW": "tuning",
     "MLAAS_DB_POOL_TIMEOUT_S": "tuning", "MLAAS_JWT_TTL_S": "tuning",
     "MLAAS_MAX_BODY_BYTES": "tuning", "MLAAS_USAGE_FLUSH_INTERVAL_S": "tuning",
