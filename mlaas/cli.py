@@ -372,7 +372,8 @@ def keys_create(
     ] = None,
     name: Annotated[str, typer.Option(help="A label for the key")] = "default",
     scope: Annotated[
-        list[str] | None, typer.Option(help="admin, tenant, or federated (a participant key)")
+        list[str] | None,
+        typer.Option(help="admin, tenant, read-only (reads and predict), or federated (a node)"),
     ] = None,
     pool: Annotated[
         list[str] | None, typer.Option(help="scope federated: a pool id the key may join")
