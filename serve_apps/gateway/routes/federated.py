@@ -310,7 +310,7 @@ async def post_binary_message(
 
 @router.get("/v1/federated/pools/{pool_id}/model")
 async def global_model(pool_id: str, principal: CurrentPrincipal, ctx: Context,
-                       version: int | None = Query(None, ge=1)) -> Response:
+                       version: int | None = Query(None, ge=1, le=2**31 - 1)) -> Response:
     """The global model's weights (safetensors); ``X-Model-Version`` names the version."""
     pool = await _own_pool(pool_id, principal, ctx)
     number = version or pool["global_version"]
