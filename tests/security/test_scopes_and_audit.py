@@ -10,27 +10,8 @@ from typing import Any
 
 import httpx
 
-from serve_apps.inference.demo import register_torch_version
 from tests.conftest import Platform
-from tests.serve_apps.inference.conftest import post_until
-
-
-def _register_tiny_model(platform: Platform, tenant_id: str, name: str) -> None:
-    """An untrained 2-feature, 2-class MLP in the tenant's registry (enough to predict)."""
-    import torch
-
-    from cluster.zoo import MLP, MLPConfig
-
-    torch.manual_seed(0)
-    model = MLP(MLPConfig(in_features=2, num_classes=2, hidden_sizes=[4]))
-    architecture = {"type": "mlp", "config": {"in_features": 2, "num_classes": 2,
-                                              "hidden_sizes": [4], "dropout": 0.0}}
-    schemas = (
-        {"type": "tabular", "dtype": "float32", "features": ["a", "b"], "shape": [2]},
-        {"type": "classification", "classes": ["no", "yes"]},
-    )
-    register_torch_version(platform.database_url, platform.storage, tenant_id, name, model,
-                           architecture, {}, stage="production", schemas=schemas)
+from tests.serve_apps.inference.conftest import post_until, register_tiny_mlp
 
 
 def _forbidden(response: httpx.Response) -> dict[str, Any]:
@@ -62,7 +43,8 @@ def _key_id(platform: Platform, key: str) -> tuple[str, str]:
 def test_a_read_only_key_reads_and_predicts_but_cannot_write(platform: Platform) -> None:
     # Prepare: a tenant with a model, and a read-only key its tenant key creates
     tenant_id, key = platform.new_tenant("pro")
-    _register_tiny_model(platform, tenant_id, "tiny-ro")
+    register_tiny_mlp(platform.database_url, platform.storage, tenant_id, "tiny-ro",
+                      stage="production")
     with platform.client(key) as client:
         created = client.post("/v1/keys", json={"name": "dashboard", "scopes": ["read-only"]})
     assert created.status_code == 201, created.text

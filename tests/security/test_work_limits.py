@@ -7,7 +7,6 @@ straight into the platform's database, so no Ray job or coordinator starts for t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +16,9 @@ import pytest
 from federated import _store as pool_store
 from mlaas import batch_jobs, training_jobs
 from mlaas.registry import ModelVersionInfo
-from serve_apps.inference.demo import register_torch_version
 from tests.conftest import Platform
+from tests.knowledge.test_api import post_until_ready
+from tests.serve_apps.inference.conftest import register_tiny_mlp
 from tests.serve_apps.test_train_api import tiny_spec
 
 FREE_LIMITS = {"workers": 2, "min_cpu": 0.25, "cpus": 2, "epochs": 100, "failures": 3,
@@ -46,17 +46,6 @@ def free_tenant(platform: Platform) -> Iterator[tuple[str, str]]:
 
 def _used(client: httpx.Client, category: str) -> int:
     return int(client.get("/v1/usage").json()["quotas"][category]["used"])
-
-
-def _post_until_ready(client: httpx.Client, path: str, body: dict[str, Any],
-                      deadline_s: float = 240) -> httpx.Response:
-    """POST until the Serve application behind the route has started."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        response = client.post(path, json=body)
-        if response.status_code != 503 or time.monotonic() > deadline:
-            return response
-        time.sleep(1)
 
 
 def _assert_quota_exceeded(response: httpx.Response, limit_name: str, limit: int,
@@ -161,19 +150,7 @@ def test_a_training_job_past_the_tiers_concurrent_jobs_is_429_and_not_charged(
 
 
 def _tiny_model(platform: Platform, tenant_id: str) -> ModelVersionInfo:
-    """An untrained 2-feature MLP registered for the tenant."""
-    import torch
-
-    from cluster.zoo import MLP, MLPConfig
-
-    torch.manual_seed(0)
-    model = MLP(MLPConfig(in_features=2, num_classes=2, hidden_sizes=[4]))
-    architecture = {"type": "mlp", "config": {"in_features": 2, "num_classes": 2,
-                                              "hidden_sizes": [4], "dropout": 0.0}}
-    schemas = ({"type": "tabular", "dtype": "float32", "features": ["a", "b"], "shape": [2]},
-               {"type": "classification", "classes": ["no", "yes"]})
-    return register_torch_version(platform.database_url, platform.storage, tenant_id, "tiny",
-                                  model, architecture, {}, schemas=schemas)
+    return register_tiny_mlp(platform.database_url, platform.storage, tenant_id, "tiny")
 
 
 def test_a_batch_job_past_the_tiers_concurrent_batch_jobs_is_429(
@@ -188,9 +165,9 @@ def test_a_batch_job_past_the_tiers_concurrent_batch_jobs_is_429(
     batch_jobs.update(db, batch_jobs.create(db, tenant_id, input="done.csv"), status="SUCCEEDED")
     with platform.client(key) as client:
         # Execute
-        refused = _post_until_ready(client, "/v1/batch_predict",
+        refused = post_until_ready(client, "/v1/batch_predict",
                                     {"model": "tiny", "input_uri": "rows.csv"})
-        inline = _post_until_ready(client, "/v1/batch_predict",
+        inline = post_until_ready(client, "/v1/batch_predict",
                                    {"model": "tiny", "inputs": [[0.1, 0.2]]})
 
     # Assert
@@ -228,7 +205,7 @@ def test_knowledge_documents_past_the_tiers_number_are_429_and_none_is_ingested(
             for i in range(FREE_LIMITS["documents"] + 1)]
     with platform.client(key) as client:
         # Execute
-        refused = _post_until_ready(client, "/v1/knowledge/documents", {"documents": docs})
+        refused = post_until_ready(client, "/v1/knowledge/documents", {"documents": docs})
         kept = client.get("/v1/knowledge/documents").json()["total"]
 
     # Assert

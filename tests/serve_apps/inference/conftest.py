@@ -70,9 +70,10 @@ def register_mlp(
     return register
 
 
-@pytest.fixture(scope="module")
-def register_tiny(store: Store) -> Callable[..., ModelVersionInfo]:
-    """An untrained 2-feature, 2-class MLP: rows small enough that 1000 of them fit a body."""
+def register_tiny_mlp(database_url: str, storage: Any, tenant_id: str, name: str,
+                      stage: str = "staging") -> ModelVersionInfo:  # fmt: skip
+    """An untrained 2-feature, 2-class MLP in the tenant's registry: enough to predict, and
+    rows small enough that 1000 of them fit a body."""
     import torch
 
     from cluster.zoo import MLP, MLPConfig
@@ -85,12 +86,18 @@ def register_tiny(store: Store) -> Callable[..., ModelVersionInfo]:
         {"type": "tabular", "dtype": "float32", "features": ["a", "b"], "shape": [2]},
         {"type": "classification", "classes": ["no", "yes"]},
     )
+    return register_torch_version(
+        database_url, storage, tenant_id, name, model, architecture, {},
+        stage=stage, schemas=schemas,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def register_tiny(store: Store) -> Callable[..., ModelVersionInfo]:
+    """:func:`register_tiny_mlp` in the module's store."""
 
     def register(tenant_id: str, name: str, stage: str = "staging") -> ModelVersionInfo:
-        return register_torch_version(
-            store.database_url, store.storage, tenant_id, name, model, architecture, {},
-            stage=stage, schemas=schemas,  # type: ignore[arg-type]
-        )
+        return register_tiny_mlp(store.database_url, store.storage, tenant_id, name, stage)
 
     return register
 
