@@ -22,14 +22,20 @@ TIERS = {
 }
 
 
+def _ledger_with_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                       ) -> tuple[AdmissionLedger, list[float]]:  # fmt: skip
+    """A ledger whose clock is ``now[0]`` (the test moves it), with a cap of 500 windows."""
+    now = [1000.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(admission, "MAX_RATE_WINDOWS", 500, raising=False)
+    return AdmissionLedger(f"sqlite:///{tmp_path / 'unused.db'}", TIERS), now
+
+
 def test_one_client_address_per_health_call_does_not_grow_the_rate_limit_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: a clock the test moves, and a small cap
-    now = [1000.0]
-    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(admission, "MAX_RATE_WINDOWS", 500, raising=False)
-    ledger = AdmissionLedger(f"sqlite:///{tmp_path / 'unused.db'}", TIERS)
+    ledger, now = _ledger_with_clock(tmp_path, monkeypatch)
 
     # Execute: 2,000 addresses inside one window, then 10 more after it has passed
     admitted = [ledger.admit(f"ip:10.0.{i // 250}.{i % 250}", "/health") for i in range(2000)]
@@ -48,10 +54,7 @@ def test_the_limit_still_holds_for_a_client_that_keeps_calling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare
-    now = [1000.0]
-    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(admission, "MAX_RATE_WINDOWS", 500, raising=False)
-    ledger = AdmissionLedger(f"sqlite:///{tmp_path / 'unused.db'}", TIERS)
+    ledger, now = _ledger_with_clock(tmp_path, monkeypatch)
 
     # Execute: one client at its limit while 400 others come and go
     mine = [ledger.admit("ip:10.1.1.1", "/health") for _ in range(2)]
