@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import MLAAS
 from tests.multinode.conftest import (
+    TERMINAL,
     MultiNodePlatform,
     files_in_worker_homes,
     poll_job,
@@ -277,7 +278,8 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             status = client.get(f"/v1/train/{job_id}/status").json()
-            if status["progress"]["epoch"] >= 1 or status["status"] != "RUNNING":
+            # PENDING until the job server reports the driver running: that may lag its start
+            if status["progress"]["epoch"] >= 1 or status["status"] in TERMINAL:
                 break
             time.sleep(0.5)
         assert status["status"] == "RUNNING", status
