@@ -6,8 +6,14 @@ Each class also subclasses the built-in type a caller would catch (``NotFoundErr
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+# An absolute path in a message: not a URL's path (no scheme or host before it) and not the
+# rest of a path already named (``<model files>/weights``).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~>-])/(?:[\w.~+-]+/)*[\w.~+-]+/?")
 
 
 class MlaasError(Exception):
@@ -104,6 +110,25 @@ class SchemaOutOfDateError(MlaasError, RuntimeError):
 class ProcessingTimeoutError(MlaasError, TimeoutError):
     status_code = 504
     code = "PROCESSING_TIMEOUT"
+
+
+def without_server_paths(text: str, named: Mapping[str, str] | None = None) -> str:
+    """``text`` as a caller may see it: each path of ``named`` replaced by what it stands for
+    (``{"/srv/cache/mv_1": "<model files>"}``), then any other absolute path by ``<path>/``
+    and its last part (``<path>/model.safetensors``).
+
+    Messages that reach an answer (an exception's text, a Ray job's failure) would otherwise
+    tell a tenant where the server keeps its files.
+    """
+    for path, name in sorted((named or {}).items(), key=lambda item: -len(item[0])):
+        if path.strip("/"):
+            text = text.replace(path, name)
+    return _ABSOLUTE_PATH.sub(_hidden_path, text)
+
+
+def _hidden_path(match: re.Match[str]) -> str:
+    name = match.group(0).rstrip("/").rsplit("/", 1)[-1]
+    return f"<path>/{name}"
 
 
 def utc_timestamp() -> str:

@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from mlaas import registry
+from mlaas.model_store import version_by_id
 from tests.conftest import TEST_BACKEND, Platform
 from tests.serve_apps.inference.conftest import post_until
 from tests.serve_apps.test_train_api import poll, tiny_spec
@@ -31,7 +32,11 @@ def trained(platform: Platform) -> dict[str, Any]:
         job_id = submitted.json()["training_job_id"]
         final = poll(client, job_id, lambda s: s["status"] in ("SUCCEEDED", "FAILED", "STOPPED"))
     assert final["status"] == "SUCCEEDED", final
-    return {"tenant_id": tenant_id, "key": key, "version": final["model_version"]}
+    version = final["model_version"]
+    assert "artifact_uri" not in version, "the answer names no storage place"
+    # Where the registry keeps its files: the database's record, which answers never show
+    stored = version_by_id(platform.database_url, tenant_id, version["id"]).artifact_uri
+    return {"tenant_id": tenant_id, "key": key, "version": version, "artifact_uri": stored}
 
 
 def _forward(folder: Path, version: dict[str, Any], rows: np.ndarray) -> np.ndarray:
@@ -63,11 +68,11 @@ def test_a_trained_version_lives_on_the_platform_storage_and_predicts(
                             {"model": version["id"], "inputs": rows.tolist()},
                             lambda r: r.status_code != 503)  # fmt: skip
 
-    assert version["artifact_uri"].startswith(storage.base_uri + "/models/")
+    assert trained["artifact_uri"].startswith(storage.base_uri + "/models/")
     if TEST_BACKEND == "cluster":
-        assert version["artifact_uri"].startswith("s3://")
+        assert trained["artifact_uri"].startswith("s3://")
         assert not (platform.home / "artifacts" / "models").exists(), "nothing on local disk"
-    key = storage.key_of(version["artifact_uri"])
+    key = storage.key_of(trained["artifact_uri"])
     assert key is not None and storage.manifest(key) is not None
     assert answer.status_code == 200, answer.text
     local = storage.fetch_folder(key, cache_id=f"test-{version['id']}")

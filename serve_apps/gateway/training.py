@@ -24,7 +24,12 @@ from cluster.data import check_data, resolve_data_source
 from cluster.errors import SpecError
 from cluster.spec import JobSpec, TuneSpec, confined_deepspeed_config, set_path, validate_spec
 from mlaas import registry, training_jobs
-from mlaas.errors import ConflictError, NotFoundError, ServiceUnavailableError
+from mlaas.errors import (
+    ConflictError,
+    NotFoundError,
+    ServiceUnavailableError,
+    without_server_paths,
+)
 from mlaas.settings import Settings
 
 WORKER_START_TIMEOUT_S = "600"
@@ -312,7 +317,7 @@ def status_body(job: training_jobs.TrainingJobInfo) -> dict[str, Any]:
         "metrics": job.metrics,
         "metrics_history": job.metrics_history,
         "eta_seconds": job.eta_seconds,
-        "error_message": job.error_message,
+        "error_message": job.error_message and without_server_paths(job.error_message),
         "model_version_id": job.model_version_id,
         "created_at": job.created_at,
         "started_at": job.started_at,

@@ -17,6 +17,7 @@ import numpy as np
 
 from mlaas import batch_jobs
 from mlaas.batch_jobs import now_text
+from mlaas.errors import without_server_paths
 from serve_apps.inference.batch_jobs import BatchPredictor
 
 BATCH_ROWS = 8192
@@ -160,7 +161,6 @@ def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source
     """The job's work; returns the fields of its final status."""
     import ray.data
 
-    from mlaas.storage import get_storage
     from serve_apps.inference.batch_jobs import output_key
 
     try:
@@ -182,7 +182,7 @@ def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source
         key = output_key(tenant["tenant_id"], job_id)
         _write(predicted, key)
         seconds = time.monotonic() - started
-        return {"status": "SUCCEEDED", "rows": rows, "output_uri": get_storage().uri_of(key),
+        return {"status": "SUCCEEDED", "rows": rows,
                 "output_url": f"/v1/batch_predict/{job_id}/output",
                 "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
                 "finished_at": now_text()}
@@ -222,4 +222,4 @@ def _without_paths(reason: str, source: str, message: str) -> str:
         return f"FileNotFoundError: {source.rsplit('/', 1)[-1]}: no such file in your datasets"
     from mlaas.storage import get_storage
 
-    return reason.replace(get_storage().root, "<storage>")[:500]
+    return without_server_paths(reason, {get_storage().root: "<storage>"})[:500]

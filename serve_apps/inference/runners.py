@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from mlaas.errors import without_server_paths
+
 WEIGHTS_FILE = "model.safetensors"  # as cluster.trainers._worker writes it
 KERAS_FILE = "model.keras"  # as cluster.trainers.tensorflow writes it
 ONNX_FILE = "model.onnx"
@@ -240,9 +242,10 @@ def load_runner(spec: dict[str, Any], settings: Any = None, device: str = "auto"
     except ArtifactUnavailable:
         raise
     except Exception as exc:  # corrupt, truncated or mismatched files
+        reason = without_server_paths(str(exc), {str(folder): "<model files>"})[:200]
         raise ArtifactUnavailable(
             f"Version {spec.get('id')} could not be loaded from the artifact store "
-            f"({type(exc).__name__}: {str(exc)[:200]})"
+            f"({type(exc).__name__}: {reason})"
         ) from exc
 
 

@@ -73,7 +73,8 @@ def _summarise(name: str, result: dict[str, Any]) -> dict[str, Any]:
             "generated_samples": data["generated_samples"],
             "quality_score": metrics.get("realism_score"),
             "quality_metrics": metrics,
-            "dataset_uri": data.get("dataset_uri"),
+            "dataset_id": data.get("dataset_id"),
+            "dataset_url": data.get("dataset_url"),
             "recommendations": result["recommendations"],
         }
     if name == "architecture_optimization":

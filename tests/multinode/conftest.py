@@ -67,6 +67,12 @@ class MultiNodePlatform:
 
     new_tenant = Platform.new_tenant  # through the head's proxy, with the admin key
 
+    def artifact_uri(self, tenant_id: str, version_id: str) -> str:
+        """Where the registry keeps a version's files (answers never say)."""
+        from mlaas.model_store import version_by_id
+
+        return version_by_id(self.env["MLAAS_DATABASE_URL"], tenant_id, version_id).artifact_uri
+
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([MLAAS, *args], env=self.env, capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip

@@ -70,7 +70,8 @@ def test_ddp_on_two_worker_nodes_registers_an_s3_version_that_serves(
     version = final["model_version"]
     nodes = mn_platform.nodes
     assert sorted(trained["worker_nodes"]) == sorted([nodes.worker_ip(0), nodes.worker_ip(1)])
-    assert version["artifact_uri"].startswith("s3://")
+    stored_at = mn_platform.artifact_uri(trained["tenant_id"], version["id"])
+    assert stored_at.startswith("s3://")
     rows = load_digits().data[:6].astype(np.float32)
 
     with mn_platform.client(trained["key"]) as client:
@@ -87,7 +88,7 @@ def test_ddp_on_two_worker_nodes_registers_an_s3_version_that_serves(
     assert answer.status_code == 200, answer.text
     assert inference and set(inference.values()) <= {nodes.worker_ip(0), nodes.worker_ip(1)}
     storage = _storage(mn_platform, tmp_path / "cache")
-    key = storage.key_of(version["artifact_uri"])
+    key = storage.key_of(stored_at)
     assert key is not None
     folder = storage.fetch_folder(key, cache_id=f"test-{version['id']}")
     assert load_file(str(folder / "model.safetensors"))

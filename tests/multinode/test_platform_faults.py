@@ -303,7 +303,8 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
 
     # Assert
     assert final["status"] == "SUCCEEDED", final
-    assert final["model_version"]["artifact_uri"].startswith("s3://")
+    assert mn_platform.artifact_uri(trained["tenant_id"], final["model_version"]["id"]
+                                    ).startswith("s3://")  # fmt: skip
     logs = mn_platform.job_logs(job_id, tail=20_000)
     starts = [int(n) for n in re.findall(STARTS, logs)]
     assert epoch_at_kill >= 1 and final["progress"]["epoch"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -106,10 +107,10 @@ def test_submitted_job_reports_progress_and_registers_a_version(
     version = final["model_version"]
     assert version["training_job_id"] == job_id and version["metrics"]["val_accuracy"] >= 0.9
     assert version["metrics"]["val_accuracy"] > version["metrics"]["baseline_accuracy"]
-    assert (
-        registry.get_version(database_url, tenant_id, "api-digits").id == final["model_version_id"]
-    )
-    assert Path(version["artifact_uri"].removeprefix("file://"), "model.safetensors").is_file()
+    stored = registry.get_version(database_url, tenant_id, "api-digits")
+    assert stored.id == final["model_version_id"]
+    assert Path(stored.artifact_uri.removeprefix("file://"), "model.safetensors").is_file()
+    assert "artifact_uri" not in version and str(platform.home) not in json.dumps(final)
     assert version["input_schema"]["features"][:2] == ["pixel_0_0", "pixel_0_1"]
     assert version["output_schema"]["classes"] == [str(d) for d in range(10)]
     assert "[progress]" in logs and "registered api-digits version 1" in logs

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request
@@ -18,6 +17,7 @@ from cluster.errors import SpecError
 from cluster.spec import BUILTIN_DATASETS, validate_spec
 from mlaas import registry, training_jobs, work_limits
 from mlaas.auth import Principal
+from mlaas.model_store import version_summary
 from serve_apps.gateway import training
 from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
 
@@ -156,7 +156,7 @@ async def training_status(job_id: str, principal: CurrentPrincipal, ctx: Context
     body = training.status_body(job)
     if job.status == "SUCCEEDED":
         versions = await run_in_threadpool(registry.versions_of_job, ctx.database_url, job.id)
-        body["model_version"] = asdict(versions[-1]) if versions else None
+        body["model_version"] = version_summary(versions[-1]) if versions else None
     return body
 
 

@@ -85,9 +85,7 @@ class LocalProvider:
                 buffer
             )
             prune_synthetic(self.storage, tenant_id, self.retention_s)
-            result["dataset_uri"] = self.storage.put_bytes(
-                synthetic_key(tenant_id, dataset_id), buffer.getvalue()
-            )
+            self.storage.put_bytes(synthetic_key(tenant_id, dataset_id), buffer.getvalue())
             result["dataset_id"] = dataset_id
             result["dataset_url"] = f"/v1/ai/synthetic-data/{dataset_id}"
             result["expires_in_s"] = int(self.retention_s)

@@ -4,6 +4,7 @@ limit, becomes a Ray Data job whose Parquet predictions land in the artifact sto
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -92,7 +93,8 @@ def test_a_file_becomes_a_ray_data_job_with_parquet_predictions(
     assert submitted.status_code == 202, submitted.text
     assert status["status"] == "SUCCEEDED", status
     assert status["rows"] == 300
-    assert status["output_uri"].startswith(store.storage.base_uri + "/batch/" + owner.id)
+    assert status["output_url"] == f"/v1/batch_predict/{status['id']}/output"
+    assert "output_uri" not in status and store.storage.base_uri not in json.dumps(status)
     assert predictions is not None
     assert predictions["prediction"].tolist() == _expected_classes(trained_mlp, rows)
     assert after - before == 300

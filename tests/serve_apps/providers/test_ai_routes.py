@@ -138,8 +138,8 @@ def test_synthetic_data_over_the_inline_limit_is_stored_as_a_dataset(
         foreign = other.get(data["dataset_url"])
 
     assert data["generated_samples"] == 5000 and data["rows_are_sample"] is True
-    assert data["dataset_uri"].startswith(ai_platform.storage.base_uri + "/synthetic/")
-    assert data["dataset_uri"].endswith(f"/{data['dataset_id']}.parquet")
+    assert "dataset_uri" not in data and ai_platform.storage.base_uri not in response.text
+    assert data["dataset_url"] == f"/v1/ai/synthetic-data/{data['dataset_id']}"
     import io
 
     import pandas as pd
