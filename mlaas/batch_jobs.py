@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, String, select
 from sqlalchemy import update as sa_update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from mlaas.db import Base, session_scope, utcnow
+from mlaas.db import Base, hold_tenant, session_scope, utcnow
 from mlaas.errors import NotFoundError
 
 TERMINAL = ("SUCCEEDED", "FAILED")
@@ -44,12 +45,27 @@ def _check_id(job_id: str) -> None:
         raise NotFoundError(f"No batch job {job_id!r}", details={"id": job_id})
 
 
-def create(url: str, tenant_id: str, **fields: Any) -> str:
-    """A new PENDING job of the tenant; returns its id."""
+def create(
+    url: str,
+    tenant_id: str,
+    *,
+    admit: Callable[[int], None] | None = None,
+    heartbeat_timeout_s: float = 30.0,
+    **fields: Any,
+) -> str:
+    """A new PENDING job of the tenant; returns its id.
+
+    ``admit`` is called with :func:`count_active` in the transaction that writes the job while
+    it holds the tenant (:func:`mlaas.db.hold_tenant`), and raises to refuse: concurrent
+    requests are counted one at a time, so a count limit holds.
+    """
     job_id = "bp_" + secrets.token_hex(8)
     state = {"id": job_id, "status": "PENDING", "created_at": now_text(), **fields}
     state["updated_at"] = state["created_at"]
     with session_scope(url) as session:
+        if admit is not None:
+            hold_tenant(session, tenant_id)
+            admit(_count_active(session, tenant_id, heartbeat_timeout_s))
         session.add(BatchJob(id=job_id, tenant_id=tenant_id, status="PENDING", state=state))
     return job_id
 
@@ -97,11 +113,15 @@ def count_active(url: str, tenant_id: str, heartbeat_timeout_s: float = 30.0) ->
     """How many of the tenant's jobs have not ended: PENDING ones, and RUNNING ones whose task
     still beats (a lost job no longer holds its place, even before a read marks it FAILED)."""
     with session_scope(url) as session:
-        rows = session.execute(
-            select(BatchJob.status, BatchJob.heartbeat_at).where(
-                BatchJob.tenant_id == tenant_id, BatchJob.status.not_in(TERMINAL)
-            )
-        ).all()
+        return _count_active(session, tenant_id, heartbeat_timeout_s)
+
+
+def _count_active(session: Session, tenant_id: str, heartbeat_timeout_s: float) -> int:
+    rows = session.execute(
+        select(BatchJob.status, BatchJob.heartbeat_at).where(
+            BatchJob.tenant_id == tenant_id, BatchJob.status.not_in(TERMINAL)
+        )
+    ).all()
     now = time.time()
     return sum(
         1 for status, beat in rows

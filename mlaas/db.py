@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -18,7 +19,9 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -182,6 +185,27 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def hold_row(session: Session, entity: Any, row_id: str, column: Any) -> None:
+    """Hold row ``row_id`` of ``entity`` until the transaction ends, so that the writers that
+    hold it go one at a time (read, check, write).
+
+    PostgreSQL takes the row lock (``FOR UPDATE``). SQLite ignores ``FOR UPDATE``: a first
+    write (``column``, any column of the row, set to itself) takes its database write lock.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(entity).where(entity.id == row_id).values({column: column})
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.execute(select(entity.id).where(entity.id == row_id).with_for_update())
+
+
+def hold_tenant(session: Session, tenant_id: str) -> None:
+    """:func:`hold_row` of the tenant: its count limits are checked and written one at a time."""
+    hold_row(session, Tenant, tenant_id, Tenant.tier)
 
 
 def load_all_tables() -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from mlaas.db import Base, session_scope, utcnow
+from mlaas.db import Base, hold_row, session_scope, utcnow
 from mlaas.errors import ConflictError, NotFoundError, ValidationError
 
 STAGES = ("staging", "production")
@@ -412,18 +412,7 @@ def _require_model(session: Session, tenant_id: str, name: str) -> RegisteredMod
 def _lock_model(session: Session, model_id: str) -> None:
     """Hold the model's row until the transaction ends, so that writers of its versions
     (numbering, stage changes) go one at a time."""
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite ignores FOR UPDATE: a first write takes the database's write lock instead.
-        session.execute(
-            update(RegisteredModel)
-            .where(RegisteredModel.id == model_id)
-            .values(task=RegisteredModel.task)
-            .execution_options(synchronize_session=False)
-        )
-    else:
-        session.execute(
-            select(RegisteredModel.id).where(RegisteredModel.id == model_id).with_for_update()
-        )
+    hold_row(session, RegisteredModel, model_id, RegisteredModel.task)
 
 
 def _demote_production(session: Session, model_id: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -24,12 +25,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     select,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from mlaas.db import Base, session_scope, utcnow
+from mlaas.db import Base, hold_tenant, session_scope, utcnow
 from mlaas.errors import ConflictError, NotFoundError
 
 JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
@@ -134,8 +136,13 @@ def create_job(
     idempotency_key: str | None = None,
     status: JobStatus = "PENDING",
     ray_job_id: str | None = None,
+    admit: Callable[[int], None] | None = None,
 ) -> tuple[TrainingJobInfo, bool]:
     """Write a new job record, or return the one an earlier request with the same key made.
+
+    ``admit`` is called with the number of the tenant's jobs not yet ended, in the transaction
+    that writes the record while it holds the tenant (:func:`mlaas.db.hold_tenant`); it raises
+    to refuse. Concurrent requests are counted one at a time, so a count limit holds.
 
     Returns:
         The record, and whether it was created by this call.
@@ -150,6 +157,9 @@ def create_job(
             return _same_request(existing, fingerprint), False
     try:
         with session_scope(url) as session:
+            if admit is not None:
+                hold_tenant(session, tenant_id)
+                admit(_active_count(session, tenant_id))
             row = TrainingJob(
                 id="job_" + secrets.token_hex(8),
                 tenant_id=tenant_id,
@@ -172,6 +182,13 @@ def create_job(
         if existing is None:
             raise
         return _same_request(existing, fingerprint), False
+
+
+def _active_count(session: Session, tenant_id: str) -> int:
+    return int(session.scalar(
+        select(func.count()).select_from(TrainingJob).where(
+            TrainingJob.tenant_id == tenant_id, TrainingJob.status.not_in(TERMINAL))
+    ) or 0)  # fmt: skip
 
 
 def _same_request(existing: TrainingJobInfo, fingerprint: str) -> TrainingJobInfo:

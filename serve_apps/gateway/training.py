@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,12 @@ def submit(
     tenant_id: str,
     idempotency_key: str | None,
     job_server: JobServer,
+    admit: Callable[[int], None] | None = None,
 ) -> Submission:
     """Write the job record (or find the one of an earlier request with this key) and submit it.
+
+    ``admit`` checks the tenant's count of jobs not yet ended as the record is written
+    (:func:`mlaas.training_jobs.create_job`).
 
     Raises:
         ConflictError: the key was used for a different spec.
@@ -199,6 +204,7 @@ def submit(
         spec=spec.model_dump(mode="json"),
         model_id=model.id,
         idempotency_key=idempotency_key,
+        admit=admit,
     )
     if not created:
         return Submission(job, False)

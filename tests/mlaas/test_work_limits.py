@@ -338,3 +338,65 @@ def test_batch_jobs_that_ended_or_were_lost_do_not_count(database_url: str) -> N
 
     # Assert
     assert active == 2
+
+
+def _write_concurrently(write: Any, writers: int = 8) -> tuple[int, int]:
+    """``write()`` from ``writers`` threads released at once: (written, refused)."""
+    import threading
+
+    start = threading.Barrier(writers)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            write()
+            outcomes.append("written")
+        except QuotaExceededError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=one) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes.count("written"), outcomes.count("refused")
+
+
+def _slow_admit(limit_name: str) -> Any:
+    """The gateway's check, slowed down so that unserialised writers would all see room."""
+    limits = WorkLimits()
+
+    def admit(current: int) -> None:
+        time.sleep(0.05)
+        check_count(limits, limit_name, current=current, tier="free")
+
+    return admit
+
+
+def test_concurrent_training_submissions_never_pass_the_count_limit(database_url: str) -> None:
+    # Prepare: the free tier's 2 training jobs not yet ended, and 8 requests at once
+    tenant = accounts.create_tenant(database_url, "acme", tier="free").id
+    admit = _slow_admit("max_concurrent_training_jobs")
+
+    # Execute
+    written, refused = _write_concurrently(lambda: training_jobs.create_job(
+        database_url, tenant_id=tenant, name="race", spec={"epochs": 1}, admit=admit))  # fmt: skip
+
+    # Assert
+    assert (written, refused) == (WorkLimits().max_concurrent_training_jobs, 8 - written)
+    assert len(training_jobs.active_jobs(database_url, tenant)) == written
+
+
+def test_concurrent_batch_jobs_never_pass_the_count_limit(database_url: str) -> None:
+    # Prepare
+    tenant = accounts.create_tenant(database_url, "acme", tier="free").id
+    admit = _slow_admit("max_concurrent_batch_jobs")
+
+    # Execute
+    written, refused = _write_concurrently(
+        lambda: batch_jobs.create(database_url, tenant, admit=admit, input="x.csv"))
+
+    # Assert
+    assert (written, refused) == (WorkLimits().max_concurrent_batch_jobs, 8 - written)
+    assert batch_jobs.count_active(database_url, tenant) == written

@@ -7,6 +7,7 @@ inference quota; the tier caps how many asynchronous jobs may be unfinished at o
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -61,11 +62,21 @@ def _launch(ctx: Any, job_id: str, spec: dict[str, Any], schema: dict[str, Any],
 
 
 async def _check_room(ctx: Any, principal: Any) -> None:
-    """Refuse (429) an asynchronous job past the tier's number of unfinished ones."""
+    """Refuse (429) an asynchronous job past the tier's number of unfinished ones (before
+    anything is charged; the write checks again, one request at a time: ``_admit``)."""
     active = await run_in_threadpool(batch_jobs.count_active, ctx.database_url,
                                      principal.tenant_id, ctx.settings.batch_heartbeat_timeout_s)
-    work_limits.check_count(ctx.tiers.work_limits(principal.tier), "max_concurrent_batch_jobs",
-                            current=active, tier=principal.tier)
+    _admit(ctx, principal)(active)
+
+
+def _admit(ctx: Any, principal: Any) -> Callable[[int], None]:
+    limits = ctx.tiers.work_limits(principal.tier)
+
+    def admit(active: int) -> None:
+        work_limits.check_count(limits, "max_concurrent_batch_jobs", current=active,
+                                tier=principal.tier)  # fmt: skip
+
+    return admit
 
 
 def _save_rows(ctx: Any, key: str, rows: np.ndarray) -> str:
@@ -97,6 +108,8 @@ async def batch_predict(
             return {"mode": "inline", **version_header(version), "rows": len(rows), **result}
         job_id = await run_in_threadpool(
             batch_jobs.create, ctx.database_url, principal.tenant_id,
+            admit=_admit(ctx, principal),
+            heartbeat_timeout_s=ctx.settings.batch_heartbeat_timeout_s,
             model_version_id=version.id, input="inline", rows=len(rows))
         source = await run_in_threadpool(
             _save_rows, ctx, f"{job_key(principal.tenant_id, job_id)}/inputs.npy", rows)
@@ -106,6 +119,8 @@ async def batch_predict(
         await _check_room(ctx, principal)
         job_id = await run_in_threadpool(
             batch_jobs.create, ctx.database_url, principal.tenant_id,
+            admit=_admit(ctx, principal),
+            heartbeat_timeout_s=ctx.settings.batch_heartbeat_timeout_s,
             model_version_id=version.id, input=body.input_uri)
         charge = True
     _launch(ctx, job_id, spec, version.input_schema, source, fmt, principal, charge)

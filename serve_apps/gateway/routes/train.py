@@ -65,10 +65,13 @@ async def _submit(
         if earlier is not None:
             # The same request again: same job, no second charge (a different body is a 409).
             return await run_in_threadpool(_replay, ctx, principal, spec, idempotency_key)
-    active = await run_in_threadpool(_active_jobs, ctx, principal.tenant_id,
-                                     limits.max_concurrent_training_jobs)
-    work_limits.check_count(limits, "max_concurrent_training_jobs", current=active,
-                            tier=principal.tier)
+    def admit(active: int) -> None:
+        work_limits.check_count(limits, "max_concurrent_training_jobs", current=active,
+                                tier=principal.tier)  # fmt: skip
+
+    # Refused before anything is charged; the write checks again, one request at a time
+    admit(await run_in_threadpool(_active_jobs, ctx, principal.tenant_id,
+                                  limits.max_concurrent_training_jobs))
     await consume_quota(ctx, principal, "training_jobs", 1, endpoint_of(request))
     return await run_in_threadpool(
         training.submit,
@@ -78,6 +81,7 @@ async def _submit(
         tenant_id=principal.tenant_id,
         idempotency_key=idempotency_key,
         job_server=_job_server(ctx),
+        admit=admit,
     )
 
 
