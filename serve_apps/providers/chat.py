@@ -1,8 +1,9 @@
 """OpenAI-compatible chat completions over the router: guardrails in, routing, guardrails out,
 the response cache, and the OpenAI response and chunk shapes.
 
-The order of the checks puts the cheap ones first: size limits, budget, model and keys, and
-only then the scan for injection and personal data, off the event loop when the text is long.
+The order of the checks puts the cheap ones first: size limits, model and keys, the budget (the
+request's worst-case cost held against it until the answer settles it), and only then the scan
+for injection and personal data, off the event loop when the text is long.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
+from mlaas.errors import MlaasError
 from serve_apps.providers.accounting import MICRO
 from serve_apps.providers.adapters.base import ChatCall, Completion, StreamDelta
 from serve_apps.providers.cache import cache_key
@@ -25,7 +27,7 @@ from serve_apps.providers.guardrails import (
 )
 from serve_apps.providers.planning import CHARS_PER_TOKEN, RoutePlan
 from serve_apps.providers.policies import Candidate
-from serve_apps.providers.router import Router
+from serve_apps.providers.router import BudgetReservation, Router
 from serve_apps.providers.schemas import ChatCompletionRequest, TenantRef
 
 
@@ -74,13 +76,37 @@ class ChatService:
         self.guard = InputGuard(router.catalogue.guardrails)
         self.redact_output = router.catalogue.guardrails.pii != "off"
 
+    async def _reserve(
+        self, request: ChatCompletionRequest, tenant: TenantRef, messages: list[dict[str, str]]
+    ) -> BudgetReservation:
+        """Hold the request's worst-case cost on the dearest model it may reach."""
+        try:
+            reachable = self.router.planner.plan_model(request.model, 0, 0)
+        except MlaasError:  # an unknown model or no key: no scan, a spent budget still first
+            await self.router.check_budget(tenant)
+            raise
+        chars = sum(len(m["content"]) for m in messages)
+        return await self.router.reserve(
+            tenant, reachable.candidates, chars, request.output_limit()
+        )
+
     async def _prepare(
         self, request: ChatCompletionRequest, tenant: TenantRef
-    ) -> tuple[GuardedInput, RoutePlan, ChatCall]:
+    ) -> tuple[GuardedInput, RoutePlan, ChatCall, BudgetReservation]:
+        """The guarded input, the plan, the call and its budget hold (released on a refusal)."""
         messages = request.call_messages()
         self.guard.check_limits(messages, request.output_limit())
-        await self.router.check_budget(tenant)
-        self.router.planner.plan_model(request.model, 0, 0)  # an unknown model or no key: no scan
+        reservation = await self._reserve(request, tenant, messages)
+        try:
+            guarded, plan, call = await self._guarded_call(request, messages)
+        except BaseException:
+            await self.router.release(reservation)
+            raise
+        return guarded, plan, call, reservation
+
+    async def _guarded_call(
+        self, request: ChatCompletionRequest, messages: list[dict[str, str]]
+    ) -> tuple[GuardedInput, RoutePlan, ChatCall]:
         guarded = await self.guard.scan_off_loop(messages)
         chars = sum(len(m["content"]) for m in guarded.messages)
         plan = self.router.planner.plan_model(request.model, chars, request.output_limit() or 0)
@@ -100,7 +126,21 @@ class ChatService:
 
     async def complete(self, request: ChatCompletionRequest, tenant: TenantRef) -> dict[str, Any]:
         """``{"body": <chat.completion>, "meta": {provider, model, cost_usd, cached, ...}}``."""
-        guarded, plan, call = await self._prepare(request, tenant)
+        guarded, plan, call, reservation = await self._prepare(request, tenant)
+        try:
+            return await self._answer(request, tenant, guarded, plan, call, reservation)
+        finally:
+            await self.router.release(reservation)  # settled already unless the call failed
+
+    async def _answer(
+        self,
+        request: ChatCompletionRequest,
+        tenant: TenantRef,
+        guarded: GuardedInput,
+        plan: RoutePlan,
+        call: ChatCall,
+        reservation: BudgetReservation,
+    ) -> dict[str, Any]:
         key = (
             cache_key(tenant.tenant_id, request.model, asdict(call))
             if self._cacheable(request)
@@ -116,17 +156,17 @@ class ChatService:
 
         async def attempt(candidate: Candidate, timeout_s: float) -> Completion:
             return await self.router.adapter(candidate.provider).complete(
-                candidate.model, call, timeout_s
+                candidate.model, self.router.bounded(call, candidate, reservation), timeout_s
             )
 
         completion, candidate = await self.router.run(plan, attempt)
+        cost = await self.router.account(
+            tenant, candidate, completion.tokens_in, completion.tokens_out, reservation
+        )
         text = (
             (await redact_pii_off_loop(completion.text))[0]
             if self.redact_output
             else completion.text
-        )
-        cost = await self.router.account(
-            tenant, candidate, completion.tokens_in, completion.tokens_out
         )
         body = {
             "id": "chatcmpl-" + secrets.token_hex(12),
@@ -158,14 +198,29 @@ class ChatService:
         self, request: ChatCompletionRequest, tenant: TenantRef
     ) -> AsyncIterator[dict[str, Any]]:
         """The first item is ``{"meta": ...}``; then chat.completion.chunk dicts; maybe an error."""
-        guarded, plan, call = await self._prepare(request, tenant)
+        guarded, plan, call, reservation = await self._prepare(request, tenant)
+        try:
+            async for item in self._stream(request, tenant, guarded, plan, call, reservation):
+                yield item
+        finally:
+            await self.router.release(reservation)  # settled already unless the call failed
 
+    async def _stream(
+        self,
+        request: ChatCompletionRequest,
+        tenant: TenantRef,
+        guarded: GuardedInput,
+        plan: RoutePlan,
+        call: ChatCall,
+        reservation: BudgetReservation,
+    ) -> AsyncIterator[dict[str, Any]]:
         async def open_stream(
             candidate: Candidate, timeout_s: float
         ) -> tuple[StreamDelta | None, Any]:
+            bounded = self.router.bounded(call, candidate, reservation)
             deltas = (
                 self.router.adapter(candidate.provider)
-                .stream(candidate.model, call, timeout_s)
+                .stream(candidate.model, bounded, timeout_s)
                 .__aiter__()
             )
             try:
@@ -188,7 +243,7 @@ class ChatService:
         )
         yield _chunk(ident, created, model, {"role": "assistant", "content": ""}, None)
         async for item in self._relay(
-            first, deltas, candidate, tenant, request, (ident, created, model)
+            first, deltas, candidate, tenant, request, (ident, created, model), reservation
         ):
             yield item
 
@@ -200,6 +255,7 @@ class ChatService:
         tenant: TenantRef,
         request: ChatCompletionRequest,
         head: tuple[str, int, str],
+        reservation: BudgetReservation,
     ) -> AsyncIterator[dict[str, Any]]:
         redactor = StreamRedactor() if self.redact_output else None
         tokens_in = tokens_out = None
@@ -231,6 +287,7 @@ class ChatService:
                 candidate,
                 tokens_in or prompt // CHARS_PER_TOKEN,
                 tokens_out or _estimate("".join(sent)),
+                reservation,
             )
         tail = redactor.flush() if redactor else ""
         if tail:

@@ -112,7 +112,8 @@ class ProcessingTimeoutError(_PicklesByState, MlaasError, TimeoutError):
 
 
 class BudgetExceededError(_PicklesByState, MlaasError):
-    """The tenant's monthly AI budget is spent: 402, which clients' SDKs do not retry."""
+    """The tenant's monthly AI budget is spent, or cannot cover a request's worst-case cost
+    beside the requests in flight: 402, which clients' SDKs do not retry."""
 
     status_code = 402
     code = "BUDGET_EXCEEDED"

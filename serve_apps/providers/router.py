@@ -1,18 +1,23 @@
 """The router: tries a plan's candidates in order, retrying each with backoff (honouring
 Retry-After) under one deadline, skipping open circuits, and falling back along the chain.
-It also keeps the books: budgets before a call, tokens and cost after it."""
+It also keeps the books: for a tier with a budget, each call's worst-case cost is held against
+it before the call goes out and settled to the real cost after; tokens and cost after a call."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import random
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mlaas.logs import get_logger, redact
 from serve_apps.providers.accounting import MICRO, cost_microusd
-from serve_apps.providers.adapters.base import ChatAdapter
+from serve_apps.providers.adapters.base import ChatAdapter, ChatCall
 from serve_apps.providers.catalogue import Catalogue
 from serve_apps.providers.errors import (
     BudgetExceededError,
@@ -30,6 +35,21 @@ from serve_apps.providers.state_view import RouterState
 log = get_logger("mlaas.providers")
 ResultT = TypeVar("ResultT")
 CallFn = Callable[[Candidate, float], Awaitable[ResultT]]
+# Input tokens a hold assumes: fewer characters per token than any tokenizer on common text.
+HOLD_CHARS_PER_TOKEN = 2
+
+
+@dataclass
+class BudgetReservation:
+    """A call's worst-case cost held against its tenant's budget; ``hold_id`` is None when the
+    tier has no budget (nothing held) and once the hold is settled or released."""
+
+    hold_id: str | None = None
+    microusd: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.hold_id is not None
 
 
 def make_adapter(catalogue: Catalogue, provider: str, api_key: str) -> ChatAdapter:
@@ -224,12 +244,109 @@ class Router:
                 details={"budget_usd": budget, "spent_usd": round(spent / MICRO, 6)},
             )
 
-    async def account(
-        self, tenant: TenantRef, candidate: Candidate, tokens_in: int, tokens_out: int
+    @property
+    def hold_ttl_s(self) -> float:
+        # Longer than any call, streams included; a replica that dies mid-call frees its holds then.
+        return max(600.0, 4 * self.catalogue.routing.deadline_s)
+
+    def output_cap(self, candidate: Candidate, asked: int | None) -> int:
+        """The most output tokens a call to ``candidate`` can bring (see :meth:`bounded`)."""
+        if asked:
+            return asked
+        spec = self.catalogue.providers[candidate.provider]
+        if spec.kind == "anthropic":
+            return spec.default_max_tokens  # the adapter always sends it
+        return self.catalogue.guardrails.max_output_tokens
+
+    def bounded(
+        self, call: ChatCall, candidate: Candidate, reservation: BudgetReservation
+    ) -> ChatCall:
+        """``call`` with the output cap its hold assumed, when it is held and asks for none."""
+        if not reservation.active or call.max_tokens is not None:
+            return call
+        return dataclasses.replace(call, max_tokens=self.output_cap(candidate, None))
+
+    def worst_case_microusd(
+        self, candidates: Iterable[Candidate], prompt_chars: int, max_output_tokens: int | None
     ) -> int:
-        """Record a call's tokens and cost; waits for it only when the tenant has a budget."""
+        """The most a call could cost on the dearest of ``candidates``."""
+        tokens_in = math.ceil(prompt_chars / HOLD_CHARS_PER_TOKEN)
+        return max(
+            (
+                cost_microusd(c.spec, tokens_in, self.output_cap(c, max_output_tokens))
+                for c in candidates
+            ),
+            default=0,
+        )
+
+    async def reserve(
+        self,
+        tenant: TenantRef,
+        candidates: Iterable[Candidate],
+        prompt_chars: int,
+        max_output_tokens: int | None,
+    ) -> BudgetReservation:
+        """Hold the worst-case cost of a call against the tenant's budget (nothing without one).
+
+        The caller settles it with :meth:`account` or frees it with :meth:`release`, in a
+        ``finally``; a hold neither settled nor released expires after :attr:`hold_ttl_s`.
+
+        Raises:
+            BudgetExceededError: spend plus calls in flight plus this one would pass the budget.
+        """
+        budget = self.catalogue.budget_usd(tenant.tier)
+        if budget is None:
+            return BudgetReservation()
+        needed = self.worst_case_microusd(candidates, prompt_chars, max_output_tokens)
+        hold_id = secrets.token_hex(12)
+        answer = await self.state.backend.reserve(
+            tenant.tenant_id, hold_id, needed, round(budget * MICRO), self.hold_ttl_s
+        )
+        if not answer["granted"]:
+            raise self._over_budget(tenant, budget, answer["spent"], answer["reserved"], needed)
+        return BudgetReservation(hold_id, needed)
+
+    def _over_budget(
+        self, tenant: TenantRef, budget: float, spent: int, reserved: int, needed: int
+    ) -> BudgetExceededError:
+        details = {
+            "budget_usd": budget,
+            "spent_usd": round(spent / MICRO, 6),
+            "reserved_usd": round(reserved / MICRO, 6),
+            "request_max_usd": round(needed / MICRO, 6),
+        }
+        if spent >= budget * MICRO:
+            message = (
+                f"The monthly AI budget of ${budget:g} for the {tenant.tier} tier is spent; "
+                "it renews next month, or upgrade the tier"
+            )
+        else:
+            message = (
+                f"The monthly AI budget of ${budget:g} for the {tenant.tier} tier cannot cover "
+                f"this request (up to ${needed / MICRO:g}): ${spent / MICRO:g} is spent and "
+                f"${reserved / MICRO:g} held by requests in flight; lower max_tokens, retry "
+                "when requests in flight finish, or upgrade the tier"
+            )
+        return BudgetExceededError(message, details=details)
+
+    async def release(self, reservation: BudgetReservation) -> None:
+        """Free a hold that was not settled (the call failed, was refused or cancelled)."""
+        hold_id, reservation.hold_id = reservation.hold_id, None
+        if hold_id is not None:
+            await self.state.backend.release(hold_id)
+
+    async def account(
+        self,
+        tenant: TenantRef,
+        candidate: Candidate,
+        tokens_in: int,
+        tokens_out: int,
+        reservation: BudgetReservation | None = None,
+    ) -> int:
+        """Record a call's tokens and cost, settling its hold in the same step; waits for it
+        only when the tenant has a budget."""
         cost = cost_microusd(candidate.spec, tokens_in, tokens_out)
-        record = self.state.backend.record_usage(
+        usage = (
             tenant.tenant_id,
             tenant.tier,
             tenant.endpoint,
@@ -238,6 +355,11 @@ class Router:
             tokens_out,
             cost,
         )
+        if reservation is not None and reservation.hold_id is not None:
+            hold_id, reservation.hold_id = reservation.hold_id, None
+            record = self.state.backend.record_usage(*usage, hold_id)
+        else:
+            record = self.state.backend.record_usage(*usage)
         if self.catalogue.budget_usd(tenant.tier) is not None:
             await record
         else:

@@ -4,7 +4,8 @@ each tenant's AI spend, held by one named Ray actor.
 The hot path stays off the actor: a replica keeps a local view of the breakers, refreshed from
 every answer and once a second, reports outcomes without waiting, and asks the actor only when
 a breaker's cooldown has passed (so that exactly one replica probes) or for tenants with a
-budget (so that spend is checked where it is counted).
+budget: their calls hold their worst-case cost here before they go out and settle it after, so
+that spend and the holds of calls in flight are checked together where spend is counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -29,6 +31,16 @@ NAMESPACE = "mlaas"
 _LATENCY_SMOOTHING = 0.2
 
 
+@dataclass(frozen=True)
+class BudgetHold:
+    """Micro-USD set aside for one call in flight, until it settles, is released or expires."""
+
+    tenant_id: str
+    period: str
+    microusd: int
+    expires_at: float
+
+
 class ProviderStateBook:
     """The shared state and its rules, as plain Python (the actor wraps it; tests use it as is)."""
 
@@ -40,6 +52,9 @@ class ProviderStateBook:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.latency_ms: dict[str, float] = {}
         self.spend_microusd: dict[tuple[str, str], int] = {}
+        self.holds: dict[str, BudgetHold] = {}
+        self.held_microusd: dict[tuple[str, str], int] = {}
+        self._next_expiry = float("inf")
 
     def configure(self, breaker: BreakerSpec, cache: CacheSpec) -> None:
         self.breaker_spec = breaker
@@ -90,6 +105,58 @@ class ProviderStateBook:
         key = (tenant_id, period)
         self.spend_microusd[key] = self.spend_microusd.get(key, 0) + microusd
         return self.spend_microusd[key]
+
+    def reserve(
+        self,
+        hold_id: str,
+        tenant_id: str,
+        period: str,
+        microusd: int,
+        budget_microusd: int,
+        ttl_s: float,
+    ) -> dict[str, Any]:
+        """Hold ``microusd`` for a call when spend plus every hold stays within the budget.
+
+        Returns:
+            ``granted``, and the tenant's ``spent`` and ``reserved`` micro-USD before this hold.
+        """
+        self._expire_holds()
+        key = (tenant_id, period)
+        spent, reserved = self.spend_microusd.get(key, 0), self.held_microusd.get(key, 0)
+        granted = spent + reserved + microusd <= budget_microusd
+        if granted:
+            expires_at = self._clock() + ttl_s
+            self.holds[hold_id] = BudgetHold(tenant_id, period, microusd, expires_at)
+            self.held_microusd[key] = reserved + microusd
+            self._next_expiry = min(self._next_expiry, expires_at)
+        return {"granted": granted, "spent": spent, "reserved": reserved}
+
+    def release(self, hold_id: str) -> None:
+        """Drop a hold (a call that failed, or settled); unknown or expired ids are ignored."""
+        hold = self.holds.pop(hold_id, None)
+        if hold is None:
+            return
+        key = (hold.tenant_id, hold.period)
+        left = self.held_microusd[key] - hold.microusd
+        if left > 0:
+            self.held_microusd[key] = left
+        else:
+            del self.held_microusd[key]
+
+    def settle(self, hold_id: str | None, tenant_id: str, period: str, microusd: int) -> int:
+        """Release a call's hold and count its real cost in one step; returns the spend."""
+        if hold_id is not None:
+            self.release(hold_id)
+        return self.add_spend(tenant_id, period, microusd)
+
+    def _expire_holds(self) -> None:
+        # A hold outlives its call only when the replica died mid-call; the TTL frees it.
+        now = self._clock()
+        if now < self._next_expiry:
+            return
+        for hold_id in [h for h, hold in self.holds.items() if hold.expires_at <= now]:
+            self.release(hold_id)
+        self._next_expiry = min((h.expires_at for h in self.holds.values()), default=float("inf"))
 
 
 def spend_in_database(database_url: str, tenant_id: str, period: str) -> int:
@@ -164,10 +231,11 @@ class ProviderState:
         tokens_in: int,
         tokens_out: int,
         cost_microusd: int,
+        hold_id: str | None = None,
     ) -> int:
-        """Count one call's usage; returns the tenant's spend this month."""
+        """Count one call's usage, releasing its budget hold; returns the spend this month."""
         await self.spend(tenant_id)  # loads this month's stored spend on first use
-        spent = self._book.add_spend(tenant_id, current_period(), cost_microusd)
+        spent = self._book.settle(hold_id, tenant_id, current_period(), cost_microusd)
         admission = self._admission_actor()
         await asyncio.gather(
             *(
@@ -178,6 +246,18 @@ class ProviderState:
             )
         )
         return spent
+
+    async def reserve(
+        self, tenant_id: str, hold_id: str, microusd: int, budget_microusd: int, ttl_s: float
+    ) -> dict[str, Any]:
+        """Hold a call's worst-case cost against the budget (see ``ProviderStateBook.reserve``)."""
+        await self.spend(tenant_id)  # loads this month's stored spend on first use
+        return self._book.reserve(
+            hold_id, tenant_id, current_period(), microusd, budget_microusd, ttl_s
+        )
+
+    async def release(self, hold_id: str) -> None:
+        self._book.release(hold_id)
 
     async def ping(self) -> str:
         return "ok"

@@ -31,7 +31,12 @@ class StateBackend(Protocol):
         tokens_in: int,
         tokens_out: int,
         cost_microusd: int,
+        hold_id: str | None = None,
     ) -> int: ...
+    async def reserve(
+        self, tenant_id: str, hold_id: str, microusd: int, budget_microusd: int, ttl_s: float
+    ) -> dict[str, Any]: ...
+    async def release(self, hold_id: str) -> None: ...
 
 
 class ActorBackend:
@@ -85,9 +90,20 @@ class BookBackend:
         tokens_in: int,
         tokens_out: int,
         cost_microusd: int,
+        hold_id: str | None = None,
     ) -> int:
         self.usage.append((tenant_id, provider, tokens_in, tokens_out, cost_microusd))
-        return self.book.add_spend(tenant_id, current_period(), cost_microusd)
+        return self.book.settle(hold_id, tenant_id, current_period(), cost_microusd)
+
+    async def reserve(
+        self, tenant_id: str, hold_id: str, microusd: int, budget_microusd: int, ttl_s: float
+    ) -> dict[str, Any]:
+        return self.book.reserve(
+            hold_id, tenant_id, current_period(), microusd, budget_microusd, ttl_s
+        )
+
+    async def release(self, hold_id: str) -> None:
+        self.book.release(hold_id)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from pydantic import BaseModel
 
-from serve_apps.providers.adapters.base import ChatCall
+from serve_apps.providers.adapters.base import ChatAdapter, ChatCall, Completion
 from serve_apps.providers.catalogue import Capability
 from serve_apps.providers.errors import ProviderCallError
 from serve_apps.providers.guardrails import (
@@ -91,10 +91,7 @@ class AiTasks:
                 json_output=True,
                 max_tokens=_STRUCTURED_MAX_TOKENS,
             )
-            completion = await adapter.complete(candidate.model, call, timeout_s)
-            await self.router.account(
-                tenant, candidate, completion.tokens_in, completion.tokens_out
-            )
+            completion = await self._held_call(adapter, candidate, call, timeout_s, tenant)
             try:
                 return parse_structured(completion.text, schema)
             except StructuredOutputError as error:
@@ -111,6 +108,30 @@ class AiTasks:
             f"the answer did not match {schema.__name__} after one repair: {problems}",
         )
 
+    async def _held_call(
+        self,
+        adapter: ChatAdapter,
+        candidate: Candidate,
+        call: ChatCall,
+        timeout_s: float,
+        tenant: TenantRef,
+    ) -> Completion:
+        """One provider call with its worst-case cost held against the budget until it settles.
+
+        Raises:
+            BudgetExceededError: the budget cannot cover this call (a repair or a fallback too).
+        """
+        chars = sum(len(m["content"]) for m in call.messages)
+        reservation = await self.router.reserve(tenant, (candidate,), chars, call.max_tokens)
+        try:
+            completion = await adapter.complete(candidate.model, call, timeout_s)
+            await self.router.account(
+                tenant, candidate, completion.tokens_in, completion.tokens_out, reservation
+            )
+            return completion
+        finally:
+            await self.router.release(reservation)  # settled already unless the call failed
+
     async def _route(
         self,
         capability: Capability,
@@ -120,7 +141,11 @@ class AiTasks:
         tenant: TenantRef,
         prompt: str,
     ) -> tuple[Any, Candidate]:
-        """The first candidate's answer; ``remote`` gets the prompt after the guardrails."""
+        """The first candidate's answer; ``remote`` gets the prompt after the guardrails.
+
+        A spent budget is refused here, before anything runs; each provider call then holds
+        its own worst-case cost (``_held_call``), so calls in flight cannot pass the budget.
+        """
         await self.router.check_budget(tenant)
         plan = self.router.planner.plan_capability(capability, prefer)
         guarded: list[str] = []  # worked out on the first remote attempt, reused by the rest
