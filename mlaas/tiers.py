@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mlaas.errors import ConfigurationError
 
-QUOTA_CATEGORIES = ("training_jobs", "inference_requests")
+# Monthly quota categories: training jobs; predicted rows; texts embedded; knowledge documents
+# ingested and queries asked; expert routing decisions (POST /v1/experts/route, expert:auto).
+QUOTA_CATEGORIES = (
+    "training_jobs",
+    "inference_requests",
+    "embedding_inputs",
+    "knowledge_requests",
+    "expert_routings",
+)
 
 
 class WorkLimits(BaseModel):

@@ -1,6 +1,7 @@
 """``POST /v1/embeddings``: OpenAI-compatible sentence embeddings from the local MiniLM
 deployment, so that ``OpenAI(base_url=".../v1").embeddings.create(...)`` works unchanged
-(including the SDK's default ``encoding_format="base64"``)."""
+(including the SDK's default ``encoding_format="base64"``). Each text counts one
+``embedding_inputs`` against the tenant's monthly quota, all charged once the body is valid."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import base64
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from mlaas.errors import NotFoundError, PayloadTooLargeError, ValidationError
 from serve_apps.embeddings import DIMENSIONS, MODEL_ID
-from serve_apps.gateway.context import CurrentPrincipal
+from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
 from serve_apps.inference import inference_client
 
 router = APIRouter(tags=["embeddings"])
 MODEL_ALIASES = {MODEL_ID, f"sentence-transformers/{MODEL_ID}", "local/embeddings"}
 MAX_INPUTS = 256
 MAX_CHARS = 20_000
+QUOTA = "embedding_inputs"
 
 
 class EmbeddingsRequest(BaseModel):
@@ -68,9 +70,13 @@ def _encoded(vector: np.ndarray, encoding: str) -> Any:
 
 
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingsRequest, principal: CurrentPrincipal) -> dict[str, Any]:
+async def embeddings(
+    body: EmbeddingsRequest, request: Request, principal: CurrentPrincipal, ctx: Context
+) -> dict[str, Any]:
     """Embeddings of each input, in the OpenAI list shape."""
     texts = _texts(body)
+    # All or nothing, after validation: a refused or invalid request costs nothing.
+    await consume_quota(ctx, principal, QUOTA, len(texts), endpoint_of(request))
     result = await inference_client.embed(texts)
     vectors = np.asarray(result["vectors"], dtype=np.float32)
     return {

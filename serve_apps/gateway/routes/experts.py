@@ -1,4 +1,6 @@
-"""``/v1/experts``: register model versions as domain experts and route queries to them."""
+"""``/v1/experts``: register model versions as domain experts and route queries to them.
+Each routing counts one ``expert_routings`` against the tenant's monthly quota, on admission
+(the ``metered`` map of configs/tiers.yaml)."""
 
 from __future__ import annotations
 

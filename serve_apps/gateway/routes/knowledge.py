@@ -1,25 +1,27 @@
 """``/v1/knowledge``: ingest and delete documents, hybrid queries with citations, contributor
 credits, the concept graph (JSON, GraphML, SVG) and a page that draws it. The pool itself is
 the ``knowledge`` Serve application; every call carries the caller's tenant id. The tier caps
-how many documents a tenant keeps."""
+how many documents a tenant keeps. Each new document ingested (content already in the pool is
+free) and each query count one ``knowledge_requests`` against its monthly quota."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlaas import work_limits
 from mlaas.errors import MlaasError
-from serve_apps.gateway.context import Context, CurrentPrincipal
+from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
 from serve_apps.knowledge import knowledge_client
 from serve_apps.providers.client import providers_client
 
 router = APIRouter(tags=["knowledge"])
 MAX_K = 50
+QUOTA = "knowledge_requests"
 
 
 class DocumentBody(BaseModel):
@@ -57,9 +59,13 @@ class QueryBody(BaseModel):
                               description="Route alias or provider/model for the answer")
 
 
-async def _check_room(body: IngestBody, principal: Any, ctx: Any) -> None:
+async def _check_room(body: IngestBody, principal: Any, ctx: Any) -> int:
     """Refuse (429) documents that would take the tenant past its tier's number; content
-    already in the pool (``unchanged``) takes no room."""
+    already in the pool (``unchanged``) takes no room.
+
+    Returns:
+        How many distinct new contents the request holds.
+    """
     kept = await knowledge_client.call("documents", principal.tenant_id)
     # The pool's identity of a document's content (knowledge.chunking.content_hash).
     known = {doc["content_hash"] for doc in kept}
@@ -67,12 +73,17 @@ async def _check_room(body: IngestBody, principal: Any, ctx: Any) -> None:
     if new:
         work_limits.check_count(ctx.tiers.work_limits(principal.tier), "max_knowledge_documents",
                                 current=len(kept), adding=len(new), tier=principal.tier)
+    return len(new)
 
 
 @router.post("/v1/knowledge/documents")
-async def ingest(body: IngestBody, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+async def ingest(
+    body: IngestBody, request: Request, principal: CurrentPrincipal, ctx: Context
+) -> dict[str, Any]:
     """Chunk, embed and index documents; content already in the pool is ``unchanged``."""
-    await _check_room(body, principal, ctx)
+    new = await _check_room(body, principal, ctx)
+    if new:  # charged whole once there is room, so a refused ingest costs nothing
+        await consume_quota(ctx, principal, QUOTA, new, endpoint_of(request))
     docs = [{**d.model_dump(), "contributor": d.contributor or principal.key_id}
             for d in body.documents]
     results = await knowledge_client.call("ingest", principal.tenant_id, docs,
@@ -99,7 +110,8 @@ async def delete_document(document_id: str, principal: CurrentPrincipal) -> dict
 @router.post("/v1/knowledge/query")
 async def query(body: QueryBody, principal: CurrentPrincipal) -> dict[str, Any]:
     """The ``k`` best chunks, each with its document, score and why it was included; with
-    ``answer``, a generated answer whose ``[n]`` citations point at those results."""
+    ``answer``, a generated answer whose ``[n]`` citations point at those results. Counted
+    on admission (the ``metered`` map of configs/tiers.yaml)."""
     result: dict[str, Any] = await knowledge_client.call(
         "query", principal.tenant_id, body.query, body.k, body.domains, body.expand)
     if body.answer and result.get("results"):

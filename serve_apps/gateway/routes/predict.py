@@ -1,6 +1,7 @@
 """``POST /v1/predict``: a registered version's outputs (and classes with probabilities for
 classifiers) for rows checked against its input schema. Each row counts against the tenant's
-monthly inference quota (the request itself is the first)."""
+monthly inference quota (the request itself is the first); ``expert:auto`` also counts one
+expert routing, before it routes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from serve_apps.knowledge import knowledge_client
 
 router = APIRouter(tags=["inference"])
 QUOTA = "inference_requests"
+ROUTING_QUOTA = "expert_routings"
 EXPERT_AUTO = "expert:auto"
 
 
@@ -62,7 +64,7 @@ async def predict(
     """Predict with a registered version of one of the caller's models."""
     reference, routing = body.model, None
     if body.model == EXPERT_AUTO:
-        reference, routing = await routed_version(principal.tenant_id, body.query)
+        reference, routing = await routed_version(ctx, principal, request, body.query)
     version = await ctx.resolve_version(principal.tenant_id, reference)
     rows = validate_inputs(
         version.input_schema, body.inputs, max_rows=ctx.settings.max_predict_rows
@@ -73,14 +75,18 @@ async def predict(
     return {**version_header(version), "rows": len(rows), **result, **extra}
 
 
-async def routed_version(tenant_id: str, query: str | None) -> tuple[str, dict[str, Any]]:
-    """The model version the expert router picks for ``query`` (422 when none can serve)."""
+async def routed_version(
+    ctx: Any, principal: Any, request: Request, query: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The model version the expert router picks for ``query`` (422 when none can serve).
+    The routing counts one ``expert_routings`` once there is a query, before it runs."""
     if not query or not query.strip():
         raise ValidationError(
             "model expert:auto needs a non-blank `query` to route by",
             details={"field": "query"},
         )
-    decision = await knowledge_client.call("route", tenant_id, query)
+    await consume_quota(ctx, principal, ROUTING_QUOTA, 1, endpoint_of(request))
+    decision = await knowledge_client.call("route", principal.tenant_id, query)
     expert = decision.get("expert")
     if expert is None or not expert.get("model_version_id"):
         raise ValidationError(
