@@ -18,7 +18,7 @@ from federated._data import load_local_data
 from federated._spec import parse_pool_spec
 from federated.errors import PoolSpecError
 from mlaas import registry
-from mlaas.errors import ConflictError, ValidationError
+from mlaas.errors import ConflictError, ValidationError, without_server_paths
 
 VALIDATION_FIELD = "contribution_scoring.validation_data"
 
@@ -82,13 +82,14 @@ def _checked_validation(spec: dict[str, Any], data_dir: Path | None) -> str:
         folder = data_dir.resolve() if data_dir is not None else None
         resolved = (path if path.is_absolute() or folder is None else folder / path).resolve()
         if folder is None or not resolved.is_relative_to(folder):
-            raise PoolSpecError(VALIDATION_FIELD, f"must be builtin:<name> or a file in your "
-                                f"data folder {folder} (got {source})")
+            raise PoolSpecError(VALIDATION_FIELD, "must be builtin:<name> or a file in your "
+                                f"data folder (got {source})")
         source = str(resolved)
     try:
         x, y = load_local_data(source, target=scoring["validation_target"])
-    except ValidationError as exc:
-        raise PoolSpecError(VALIDATION_FIELD, exc.message) from None
+    except ValidationError as exc:  # its message names the file, in the server's data folder
+        named = {str(folder): "<your data folder>"} if folder is not None else {}
+        raise PoolSpecError(VALIDATION_FIELD, without_server_paths(exc.message, named)) from None
     if x.ndim != 2 or x.shape[1] != model["num_features"] or len(y) == 0:
         raise PoolSpecError(VALIDATION_FIELD, f"needs rows of {model['num_features']} "
                             f"features (got shape {list(x.shape)})")

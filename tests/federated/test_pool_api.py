@@ -243,6 +243,7 @@ def test_a_clear_pool_says_so_and_reads_validation_data_only_from_the_data_folde
     assert secure["aggregation"] == "secure" and not secure["server_sees_individual_updates"]
     assert outside.status_code == 422
     assert outside.json()["error"]["details"]["field"] == "contribution_scoring.validation_data"
+    assert str(platform.home) not in outside.text, "the server's data folder is not named"
 
 
 def test_a_secure_pool_refuses_an_update_sent_in_the_clear(platform: Platform) -> None:
