@@ -230,16 +230,16 @@ def test_budget_refuses_with_402_once_spent(ai_platform: Platform) -> None:
     _, key = ai_platform.new_tenant("pro")  # pro has a 50 micro-USD budget in the test catalogue
     client = sdk(ai_platform, key)
 
-    for _ in range(3):  # 17 micro-USD each: 17, 34, 51
-        client.chat.completions.create(model="fake-openai/gpt-budget", messages=USER)
+    # 17 micro-USD each, 24 held while in flight (max_tokens=6): 17, 34, then 34 + 24 > 50
+    for _ in range(2):
+        client.chat.completions.create(model="fake-openai/gpt-budget", messages=USER, max_tokens=6)
     with httpx.Client(base_url=ai_platform.url, headers={"Authorization": f"Bearer {key}"}) as http:
-        refused = http.post(
-            "/v1/chat/completions", json={"model": "fake-openai/gpt-budget", "messages": USER}
-        )
+        refused = http.post("/v1/chat/completions", json={
+            "model": "fake-openai/gpt-budget", "messages": USER, "max_tokens": 6})
 
     assert refused.status_code == 402, refused.text
     assert refused.json()["error"]["code"] == "BUDGET_EXCEEDED"
-    assert refused.json()["error"]["details"]["spent_usd"] == 0.000051
+    assert refused.json()["error"]["details"]["spent_usd"] == 0.000034
 
 
 def test_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe(
