@@ -4,6 +4,7 @@ providers pointed at the session's fake provider server)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ from tests.serve_apps.providers.catalogue import (  # noqa: F401 - re-exported t
     FAKE_OPENAI_KEY,
     REAL_KEY_VARIABLES,
 )
+from tests.serve_apps.providers.fake_provider import FakeProvider
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvider]:
+    """A fake provider server of the module's own, for tests that build a router in process."""
+    server = FakeProvider().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,13 +39,6 @@ class FakeClock:
 
 def book(clock: Callable[[], float] = time.monotonic) -> ProviderStateBook:
     return ProviderStateBook(BreakerSpec(), CacheSpec(), clock=clock)
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    server = FakeProvider().start()
-    yield server
-    server.stop()
 
 
 def make_chat(fake: FakeProvider) -> tuple[ChatService, ProviderStateBook]:

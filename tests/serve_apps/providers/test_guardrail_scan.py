@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -173,13 +173,6 @@ def test_crafted_runs_of_200k_characters_do_not_backtrack(unit: str) -> None:
 
 
 # ----- the scan off the event loop -----
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    server = FakeProvider().start()
-    yield server
-    server.stop()
 
 
 def make_router(fake: FakeProvider, pii: str = "redact") -> Router:

@@ -4,7 +4,6 @@ provider through the official SDKs: transport faults and each wire format's erro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,13 +22,6 @@ KEYS = {"OA_KEY": "sk-inprocess-openai-000000000000", "AN_KEY": "sk-ant-inproces
 
 def _model(**extra: Any) -> dict[str, Any]:
     return {"input_per_mtok": 1, "output_per_mtok": 2, "context_window": 10_000, **extra}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    server = FakeProvider().start()
-    yield server
-    server.stop()
 
 
 def make_chat(fake: FakeProvider) -> tuple[ChatService, BookBackend]:
