@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from sqlalchemy import func, select
 
+from mlaas import platform_metrics
 from mlaas.db import UsageEvent, node_database_url, session_scope, shareable_database_url
 from mlaas.logs import get_logger
 from mlaas.tiers import TiersConfig
@@ -229,6 +230,7 @@ class Admission:
         """Admit or refuse; also returns the credentials epoch for the caller's cache."""
         self._ensure_flusher()
         refusal = self._ledger.admit(subject, endpoint, tenant_id=tenant_id, tier=tier, units=units)
+        _export(refusal, tenant_id, tier, units)
         return refusal, self._credentials_epoch
 
     async def admit_many(
@@ -245,6 +247,8 @@ class Admission:
             admit(subject, endpoint, tenant_id=tenant_id, tier=tier, units=units)
             for subject, endpoint, tenant_id, tier, units in requests
         ]
+        for refusal, (_, _, tenant_id, tier, units) in zip(refusals, requests, strict=True):
+            _export(refusal, tenant_id, tier, units)
         return refusals, self._credentials_epoch, self._registry_epoch
 
     async def registry_changed(self) -> int:
@@ -272,7 +276,9 @@ class Admission:
         self, tenant_id: str, tier: str, category: str, quantity: int, endpoint: str
     ) -> Refusal | None:
         self._ensure_flusher()
-        return self._ledger.consume(tenant_id, tier, category, quantity, endpoint)
+        refusal = self._ledger.consume(tenant_id, tier, category, quantity, endpoint)
+        _export(refusal, tenant_id, tier, {category: quantity})
+        return refusal
 
     async def flush(self) -> int:
         """Write buffered usage now; returns how many rows were written."""
@@ -290,6 +296,16 @@ class Admission:
 
     async def ping(self) -> str:
         return "ok"
+
+
+def _export(
+    refusal: Refusal | None, tenant_id: str | None, tier: str, units: dict[str, int] | None
+) -> None:
+    """Export one admission decision as metrics (by tier: the ledger stays plain Python)."""
+    if refusal is not None:
+        platform_metrics.admission_refused(tier if tenant_id else "anonymous", refusal[0])
+    elif units and tenant_id is not None:
+        platform_metrics.quota_units_counted(tier, units)
 
 
 def notify_registry_changed() -> None:

@@ -151,6 +151,8 @@ def _check_head_ports(settings: Settings) -> None:
         (settings.node_ip_address, settings.ray_port + 1, "Ray client server", "MLAAS_RAY_PORT"),
         (settings.node_ip_address, settings.ray_port + 2, "Ray dashboard agent", "MLAAS_RAY_PORT"),
         (settings.dashboard_host, settings.dashboard_port, "Ray dashboard", "MLAAS_DASHBOARD_PORT"),
+        (settings.node_ip_address, settings.metrics_export_port, "Ray metrics agent",
+         "MLAAS_METRICS_EXPORT_PORT"),
     ):
         if not port_is_free(host, port):
             raise PlatformError(
@@ -173,6 +175,8 @@ def head_command(settings: Settings) -> list[str]:
         # Derived from the GCS port so that two platforms can share a machine.
         f"--ray-client-server-port={settings.ray_port + 1}",
         f"--dashboard-agent-listen-port={settings.ray_port + 2}",
+        # Fixed, so that Prometheus finds the node's metrics where configs/monitoring says.
+        f"--metrics-export-port={settings.metrics_export_port}",
         f"--num-cpus={settings.head_num_cpus}",
         "--disable-usage-stats",
     ]

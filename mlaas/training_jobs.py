@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from mlaas import platform_metrics
 from mlaas.db import Base, hold_tenant, session_scope, utcnow
 from mlaas.errors import ConflictError, NotFoundError
 
@@ -175,13 +176,15 @@ def create_job(
             )
             session.add(row)
             session.flush()
-            return TrainingJobInfo.of(row), True
+            created = TrainingJobInfo.of(row)
     except IntegrityError:
         # A concurrent request with the same key won the insert.
         existing = find_by_idempotency_key(url, tenant_id, idempotency_key or "")
         if existing is None:
             raise
         return _same_request(existing, fingerprint), False
+    platform_metrics.training_job_submitted()  # once committed
+    return created, True
 
 
 def _active_count(session: Session, tenant_id: str) -> int:
@@ -319,7 +322,9 @@ def finish_job(
         if status == "SUCCEEDED":
             row.progress = 100.0
         row.finished_at = row.updated_at = utcnow()
-        return TrainingJobInfo.of(row)
+        finished = TrainingJobInfo.of(row)
+    platform_metrics.training_job_finished(status)  # once, by whoever wrote the final state
+    return finished
 
 
 def _row(session: Any, job_id: str) -> TrainingJob:

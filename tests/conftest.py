@@ -39,11 +39,12 @@ def _free_port_block(size: int, low: int = 20_000, high: int = 32_000) -> int:
     raise RuntimeError("no free block of ports for the test platform")
 
 
-# MLAAS_TEST_PORT pins the gateway port (then the next three serve Ray); otherwise random.
-_BASE_PORT = int(os.environ.get("MLAAS_TEST_PORT") or _free_port_block(5))
+# MLAAS_TEST_PORT pins the gateway port (then the next five serve Ray); otherwise random.
+_BASE_PORT = int(os.environ.get("MLAAS_TEST_PORT") or _free_port_block(6))
 TEST_PORT = _BASE_PORT
 TEST_RAY_PORT = _BASE_PORT + 1  # and +2, +3 for Ray's client server and dashboard agent
 TEST_DASHBOARD_PORT = _BASE_PORT + 4
+TEST_METRICS_PORT = _BASE_PORT + 5  # the head's metrics agent (Prometheus scrapes it)
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -124,6 +125,7 @@ def platform_env(home: Path) -> dict[str, str]:
         MLAAS_PORT=str(TEST_PORT),
         MLAAS_RAY_PORT=str(TEST_RAY_PORT),
         MLAAS_DASHBOARD_PORT=str(TEST_DASHBOARD_PORT),
+        MLAAS_METRICS_EXPORT_PORT=str(TEST_METRICS_PORT),
         MLAAS_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
         # A batch job whose worker dies is FAILED after this long (the lost-job test waits it)
         MLAAS_BATCH_HEARTBEAT_TIMEOUT_S=str(BATCH_HEARTBEAT_TIMEOUT_S),

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mlaas import platform_metrics
 from mlaas.logs import get_logger, redact
 from serve_apps.providers.accounting import MICRO, cost_microusd
 from serve_apps.providers.adapters.base import ChatAdapter, ChatCall
@@ -346,6 +347,9 @@ class Router:
         """Record a call's tokens and cost, settling its hold in the same step; waits for it
         only when the tenant has a budget."""
         cost = cost_microusd(candidate.spec, tokens_in, tokens_out)
+        platform_metrics.provider_call_accounted(
+            candidate.provider, tenant.tier, tokens_in, tokens_out, cost / MICRO
+        )
         usage = (
             tenant.tenant_id,
             tenant.tier,

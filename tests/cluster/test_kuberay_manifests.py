@@ -54,6 +54,7 @@ DEFAULT_IS_RIGHT = {
     "MLAAS_RAY_NUM_CPUS": "as MLAAS_RAY_PORT",
     "MLAAS_INGRESS": "as MLAAS_RAY_PORT",
     "MLAAS_HAPROXY_METRICS_PORT": "as MLAAS_RAY_PORT",
+    "MLAAS_METRICS_EXPORT_PORT": "as MLAAS_RAY_PORT; each group's rayStartParams fix it",
     "MLAAS_HAPROXY_STATS_PORT": "as MLAAS_RAY_PORT",
     "MLAAS_RAY_ADDRESS": "set by the gateway on each training job it submits",
     "MLAAS_API_KEY": "a client's key (CLI), not a server setting",
