@@ -1,5 +1,5 @@
 """What serving needs of the registry beyond :mod:`mlaas.registry`: model references, pages of
-models, summaries for ``/v1/models``, and deleting a version.
+models, summaries for ``/v1/models``, a model's latest training job, and deleting a version.
 
 A *model reference* is a version id (``mv_...``), ``<name>@<number>``, ``<name>@<stage>``,
 ``<name>@latest``, or a bare name (its production version, else its latest). Another
@@ -17,6 +17,7 @@ from mlaas import registry
 from mlaas.db import session_scope
 from mlaas.errors import ConflictError, NotFoundError, ValidationError
 from mlaas.registry import ModelVersion, ModelVersionInfo, RegisteredModel
+from mlaas.training_jobs import TrainingJob, TrainingJobInfo
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,30 @@ def model_detail(url: str, tenant_id: str, model_ref: str) -> dict[str, Any]:
     return {**summary, "versions": [version_summary(v) for v in versions]}
 
 
+def latest_training_job(url: str, tenant_id: str, model_ref: str) -> TrainingJobInfo | None:
+    """The newest training job of a tenant's model (by id or name), None if it never had one.
+
+    Raises:
+        NotFoundError: no such model for this tenant.
+    """
+    name = model_name_of(url, tenant_id, model_ref)
+    with session_scope(url) as session:
+        model_id = session.scalar(
+            select(RegisteredModel.id).where(
+                RegisteredModel.tenant_id == tenant_id, RegisteredModel.name == name
+            )
+        )
+        if model_id is None:
+            raise NotFoundError(f"No model {model_ref!r}", details={"model": model_ref})
+        row = session.scalars(
+            select(TrainingJob)
+            .where(TrainingJob.tenant_id == tenant_id, TrainingJob.model_id == model_id)
+            .order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
+            .limit(1)
+        ).first()
+        return TrainingJobInfo.of(row) if row is not None else None
+
+
 def delete_version(
     url: str, tenant_id: str, model_ref: str, number: int, *, remove_files: bool = True
 ) -> ModelVersionInfo:
@@ -186,8 +211,6 @@ def delete_version(
 
 def active_training_count(url: str, tenant_id: str) -> int:
     """The tenant's training jobs that are pending or running."""
-    from mlaas.training_jobs import TrainingJob
-
     with session_scope(url) as session:
         count = session.scalar(
             select(func.count())

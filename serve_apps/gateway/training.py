@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -323,9 +324,44 @@ def status_body(job: training_jobs.TrainingJobInfo) -> dict[str, Any]:
         "metrics": job.metrics,
         "metrics_history": job.metrics_history,
         "eta_seconds": job.eta_seconds,
+        "estimated_completion": estimated_completion(job),
         "error_message": job.error_message and without_server_paths(job.error_message),
         "model_version_id": job.model_version_id,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+    }
+
+
+def estimated_completion(job: training_jobs.TrainingJobInfo) -> str | None:
+    """When the job should end, from its measured progress (an ISO UTC timestamp).
+
+    Now plus the ETA while it runs (null until its first progress report makes the ETA
+    measurable), its end time once it succeeded, and null for a job that failed or stopped:
+    it will not complete.
+    """
+    if job.status == "SUCCEEDED":
+        return job.finished_at
+    if job.is_terminal or job.eta_seconds is None:
+        return None
+    at = datetime.now(UTC) + timedelta(seconds=job.eta_seconds)
+    return at.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+
+
+def model_status_body(
+    model: dict[str, Any], job: training_jobs.TrainingJobInfo | None
+) -> dict[str, Any]:
+    """The document of ``GET /v1/models/{id}/status``: the model with its versions
+    (:func:`mlaas.model_store.model_detail`), its latest training job and when that ends.
+
+    ``status`` is ``training`` while that job is pending or running, else the model's own
+    (``ready`` with a version, ``empty`` without); the job's outcome is ``training_job.status``.
+    """
+    in_training = job is not None and not job.is_terminal
+    return {
+        **model,
+        "model_id": model["id"],
+        "status": "training" if in_training else model["status"],
+        "training_job": status_body(job) if job is not None else None,
+        "estimated_completion": estimated_completion(job) if job is not None else None,
     }

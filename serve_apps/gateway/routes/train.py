@@ -1,7 +1,8 @@
 """``/v1/train``: submit a training job, follow its progress, read its logs, cancel it.
 
 ``POST /v1/models/train`` takes the request body of the API documentation
-(``model_config`` and ``training_config``) and submits the same kind of job.
+(``model_config`` and ``training_config``) and submits the same kind of job;
+``GET /v1/models/{id}/status``, its ``monitoring_url``, follows the model's latest job.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from cluster.errors import SpecError
 from cluster.spec import BUILTIN_DATASETS, validate_spec
 from mlaas import registry, training_jobs, work_limits
 from mlaas.auth import Principal
-from mlaas.model_store import version_summary
+from mlaas.errors import ValidationError
+from mlaas.model_store import latest_training_job, model_detail, version_summary
 from serve_apps.gateway import training
 from serve_apps.gateway.context import Context, CurrentPrincipal, consume_quota, endpoint_of
 
@@ -111,17 +113,22 @@ def _replay(ctx: Any, principal: Principal, spec: Any, key: str) -> training.Sub
     return training.Submission(job, False)
 
 
-def _accepted(submission: training.Submission) -> dict[str, Any]:
+def _accepted(submission: training.Submission, *, monitor_model: bool = False) -> dict[str, Any]:
+    """The 202 answer; ``monitoring_url`` is the model's status with ``monitor_model`` (the
+    documented route), else the job's."""
     job = submission.job
+    monitoring = f"/v1/train/{job.id}/status"
+    if monitor_model and job.model_id:
+        monitoring = f"/v1/models/{job.model_id}/status"
     return {
         "status": "training_started" if submission.created else "already_submitted",
         "training_job_id": job.id,
         "model_id": job.model_id,
         "model_name": job.spec.get("registry", {}).get("model_name") or job.name,
         "job_status": job.status,
-        "monitoring_url": f"/v1/train/{job.id}/status",
+        "monitoring_url": monitoring,
         "logs_url": f"/v1/train/{job.id}/logs",
-        "estimated_completion": None,
+        "estimated_completion": training.estimated_completion(job),
     }
 
 
@@ -184,13 +191,85 @@ async def training_logs(
     return {"training_job_id": job.id, "status": job.status, "logs": logs}
 
 
+@router.get("/v1/models/{model_id}/status")
+async def model_status(model_id: str, principal: CurrentPrincipal, ctx: Context) -> dict[str, Any]:
+    """A model (by id or name) with its versions, its latest training job (state, progress,
+    metrics, ETA) and ``estimated_completion``; another tenant's model is a 404."""
+
+    def read() -> dict[str, Any]:
+        job = latest_training_job(ctx.database_url, principal.tenant_id, model_id)
+        if job is not None:  # before the versions: a job that just ended may have registered one
+            job = training.reconciled(job, ctx.database_url, _job_server(ctx))
+        detail = model_detail(ctx.database_url, principal.tenant_id, model_id)
+        return training.model_status_body(detail, job)
+
+    return await run_in_threadpool(read)
+
+
+# What model_config.architecture may name; a transformers model goes through /v1/train.
+DOCUMENTED_ARCHITECTURES = ("mlp", "cnn", "gpt")
+_DATA_FILE_SUFFIXES = (".csv", ".parquet", ".pq", ".txt")
+
+
+def bring_your_data(tenant_id: str) -> str:
+    """How a tenant trains on its own data, for refusals of ``model_config.dataset``."""
+    return (
+        "to train on your own data, store it as a .csv or .parquet file with a label column "
+        f"under datasets/{tenant_id}/ of the platform storage (or a .txt file for gpt), then "
+        "name the file in model_config.dataset (e.g. \"rows.csv\", or its s3:// URI) and the "
+        "label column in model_config.target"
+    )
+
+
+def check_supported(model: ModelConfig, tenant_id: str) -> None:
+    """Refuse an architecture or dataset this platform does not have, naming what it has.
+
+    Raises:
+        ValidationError: a 422 with ``details.field``, ``received`` and ``expected`` of the
+            first problem and ``problems`` listing each.
+    """
+    problems = []
+    if model.architecture not in DOCUMENTED_ARCHITECTURES:
+        problems.append({
+            "field": "model_config.architecture", "received": model.architecture,
+            "expected": list(DOCUMENTED_ARCHITECTURES),
+            "reason": f"architecture {model.architecture!r} is not supported; use "
+            "mlp (tabular features), cnn (images, e.g. digits) or gpt (a text file); a "
+            "transformers model trains through POST /v1/train with model.type huggingface",
+        })  # fmt: skip
+    if not _names_data(model.dataset):
+        problems.append({
+            "field": "model_config.dataset", "received": model.dataset,
+            "expected": [*BUILTIN_DATASETS, "<file>.csv", "<file>.parquet"],
+            "reason": f"dataset {model.dataset!r} is neither a built-in dataset "
+            f"({', '.join(BUILTIN_DATASETS)}) nor a data file; {bring_your_data(tenant_id)}",
+        })  # fmt: skip
+    if problems:
+        first = problems[0]
+        raise ValidationError(
+            "; ".join(p["reason"] for p in problems),
+            details={**{k: first[k] for k in ("field", "received", "expected")},
+                     "problems": problems},
+        )  # fmt: skip
+
+
+def _names_data(dataset: str) -> bool:
+    # A built-in name, or something a file could be (its existence is checked with the spec).
+    name = dataset.removeprefix("builtin:")
+    return (
+        name in BUILTIN_DATASETS
+        or "://" in dataset
+        or dataset.lower().endswith(_DATA_FILE_SUFFIXES)
+    )
+
+
 class ModelConfig(BaseModel):
     """``model_config`` of the documented request; unknown keys are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(min_length=1, max_length=100)
-    architecture: str = Field(default="mlp", description="mlp, cnn or gpt")
+    architecture: str = Field(default="mlp", description=" or ".join(DOCUMENTED_ARCHITECTURES))
     dataset: str = Field(min_length=1, description=f"one of {BUILTIN_DATASETS} or a data file")
     target: str | None = Field(default=None, description="label column of a CSV/Parquet file")
 
@@ -257,14 +336,19 @@ async def submit_documented_training(
     ctx: Context,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    """The documented request shape (``model_config``, ``training_config``) of ``/v1/train``."""
+    """The documented request shape (``model_config``, ``training_config``) of ``/v1/train``;
+    ``monitoring_url`` is the model's ``/v1/models/{id}/status``."""
+    check_supported(body.model_config_, principal.tenant_id)
     try:
         submission = await _submit(
             documented_to_spec(body), principal, ctx, request, idempotency_key
         )
     except SpecError as exc:
         field = _DOCUMENTED_FIELDS.get(exc.field, exc.field)
-        raise SpecError("<request>", field, exc.reason) from exc
+        reason = exc.reason
+        if field == "model_config.dataset":
+            reason = f"{reason}; {bring_your_data(principal.tenant_id)}"
+        raise SpecError("<request>", field, reason) from exc
     except work_limits.WorkLimitError as exc:
         field = exc.details["field"]
         documented = _DOCUMENTED_FIELDS.get(field, field)
@@ -272,4 +356,4 @@ async def submit_documented_training(
             exc.message.replace(f"field {field}:", f"field {documented}:", 1),
             details={**exc.details, "field": documented},
         ) from exc
-    return _accepted(submission)
+    return _accepted(submission, monitor_model=True)
