@@ -1,5 +1,5 @@
-"""``GET /health``: the database and its schema revision, the storage, the admission actor and
-every Serve application."""
+"""``GET /health``: the database and its schema revision, the storage, the admission actor,
+the AI orchestrator (the provider router) and every Serve application."""
 
 from __future__ import annotations
 
@@ -18,12 +18,17 @@ from mlaas.errors import SchemaOutOfDateError, utc_timestamp
 from mlaas.settings import Settings
 from mlaas.storage import get_storage
 from serve_apps.gateway.context import Context, check_admission
+from serve_apps.providers import providers_client
 
 router = APIRouter(tags=["health"])
 _STATUS_TTL_S = 2.0
 _STORAGE_PROBE_TTL_S = 10.0  # a probe write per replica at most this often, not per request
 _PROBE_KEY = "_health/probe"
-_cache: dict[str, Any] = {"at": 0.0, "apps": {}, "storage_at": float("-inf")}
+# /health waits this long for the router; an answer that comes later still fills the cache
+_ORCHESTRATOR_WAIT_S = 2.0
+_ORCHESTRATOR_CALL_TIMEOUT_S = 30.0
+_cache: dict[str, Any] = {"at": 0.0, "apps": {}, "storage_at": float("-inf"),
+                          "orchestrator_at": float("-inf")}  # fmt: skip
 
 
 def _database_ok(url: str) -> bool:
@@ -80,6 +85,55 @@ async def _cached_application_statuses() -> dict[str, str]:
     return dict(_cache["apps"])
 
 
+def orchestrator_state(router_status: dict[str, Any] | None) -> dict[str, Any]:
+    """The provider router's state from its ``/v1/ai/status`` answer (None: no answer).
+
+    ``status`` is ``operational`` while at least one provider can take work (the keyless
+    ``local`` one counts), ``degraded`` when the router answers but every provider is
+    unconfigured or has its circuits open, ``unavailable`` when the router does not answer.
+    ``providers`` gives each provider's status, without key names.
+    """
+    if router_status is None:
+        return {"status": "unavailable", "overall_health": None, "providers": {}}
+    providers = {
+        name: str(service.get("status"))
+        for name, service in (router_status.get("service_status") or {}).items()
+    }
+    usable = any(status == "configured" for status in providers.values())
+    return {
+        "status": "operational" if usable else "degraded",
+        "overall_health": router_status.get("overall_health"),
+        "providers": providers,
+    }
+
+
+async def _ask_orchestrator() -> dict[str, Any]:
+    try:
+        answer = await asyncio.wait_for(
+            providers_client.call("status"), timeout=_ORCHESTRATOR_CALL_TIMEOUT_S
+        )
+        state = orchestrator_state(answer)
+    except Exception:  # noqa: BLE001 - a router that is down is reported, never raised
+        state = orchestrator_state(None)
+    _cache["orchestrator"], _cache["orchestrator_at"] = state, time.monotonic()
+    return state
+
+
+async def _orchestrator_status() -> dict[str, Any]:
+    """The router's state, asked at most every few seconds; unavailable if it is slow."""
+    if time.monotonic() - _cache["orchestrator_at"] <= _STATUS_TTL_S:
+        return dict(_cache["orchestrator"])
+    task = _cache.get("orchestrator_task")
+    if task is None or task.done():
+        # One question at a time per replica, kept running past this request's wait (a
+        # first call through a new handle can take longer than /health should)
+        task = _cache["orchestrator_task"] = asyncio.ensure_future(_ask_orchestrator())
+    try:
+        return dict(await asyncio.wait_for(asyncio.shield(task), timeout=_ORCHESTRATOR_WAIT_S))
+    except TimeoutError:
+        return orchestrator_state(None)
+
+
 @router.get("/health")
 async def health(request: Request, ctx: Context) -> JSONResponse:
     """200 when every part is operational, 503 naming the parts that are not."""
@@ -103,6 +157,8 @@ async def health(request: Request, ctx: Context) -> JSONResponse:
         services["admission"] = "operational"
     except Exception:
         services["admission"] = "unavailable"
+    orchestrator = await _orchestrator_status()
+    services["ai_orchestrator"] = orchestrator["status"]
     try:
         apps = await asyncio.wait_for(_cached_application_statuses(), timeout=5)
     except Exception:
@@ -116,6 +172,7 @@ async def health(request: Request, ctx: Context) -> JSONResponse:
         "timestamp": utc_timestamp(),
         "version": mlaas.__version__,
         "services": services,
+        "ai_orchestrator": orchestrator,
     }
     if failing:
         body["failing"] = failing
