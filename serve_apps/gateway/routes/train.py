@@ -228,7 +228,7 @@ def check_supported(model: ModelConfig, tenant_id: str) -> None:
         ValidationError: a 422 with ``details.field``, ``received`` and ``expected`` of the
             first problem and ``problems`` listing each.
     """
-    problems = []
+    problems: list[dict[str, Any]] = []
     if model.architecture not in DOCUMENTED_ARCHITECTURES:
         problems.append({
             "field": "model_config.architecture", "received": model.architecture,
