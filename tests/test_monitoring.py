@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlaas import platform as mlaas_platform
 from mlaas.settings import Settings
-from tests.conftest import TEST_METRICS_PORT, Platform
+from tests.conftest import TEST_METRICS_PORT, Platform, _free_port_block
 from tests.serve_apps.test_train_api import tiny_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,6 +145,32 @@ def test_promql_metric_names_are_found_in_an_expression() -> None:
             '/ on (job) ignoring (x) sum(ray_b_total offset 5m) * 60')  # fmt: skip
 
     assert metric_names(expr) == {"ray_a_bucket", "ray_b_total"}
+
+
+def test_the_head_mlaas_up_starts_exports_metrics_on_the_configured_port(tmp_path: Path) -> None:
+    default = mlaas_platform.head_command(Settings(home=tmp_path))
+    configured = mlaas_platform.head_command(Settings(home=tmp_path, metrics_export_port=9464))
+
+    assert "--metrics-export-port=8080" in default
+    assert "--metrics-export-port=9464" in configured
+
+
+def test_a_taken_metrics_port_is_refused_before_ray_starts_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    free = _free_port_block(4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(home=tmp_path, ray_port=free, dashboard_port=free + 3,
+                            metrics_export_port=port)  # fmt: skip
+
+        with pytest.raises(mlaas_platform.PlatformError) as refused:
+            mlaas_platform._check_head_ports(settings)
+
+    assert f"Port {port} on 127.0.0.1 for the Ray metrics agent" in refused.value.message
+    assert "MLAAS_METRICS_EXPORT_PORT" in refused.value.message
 
 
 def test_scrape_configs_point_at_the_fixed_metrics_port() -> None:
