@@ -160,9 +160,15 @@ class PerformanceAnalysis(BaseModel):
 
 
 class Suggestion(BaseModel):
+    """One change to make; ``component`` and ``rationale`` are optional for older answers."""
+
     category: str
     suggestion: str
     expected_improvement: str
+    component: str | None = Field(
+        default=None, description="The part of the model to change, e.g. attention_mechanism"
+    )
+    rationale: str | None = Field(default=None, description="What was found that calls for it")
 
 
 class ModelAnalysis(BaseModel):
@@ -171,14 +177,28 @@ class ModelAnalysis(BaseModel):
     architecture_assessment: ArchitectureAssessment
     performance_analysis: PerformanceAnalysis
     optimization_suggestions: list[Suggestion]
+    expected_improvements: dict[str, float] | None = Field(
+        default=None,
+        description="Your estimate of each reported metric's change if the suggestions are "
+        "applied (e.g. {\"accuracy\": 0.04}); omit it rather than guess",
+    )
 
 
 # ----- research (a part of /v1/ai/enhance) -----
 
 
 class ResearchInsights(BaseModel):
+    """The structured answer of a research provider; figures it does not know stay null."""
+
     latest_techniques: list[str] = Field(min_length=1)
     benchmarking_notes: list[str] = Field(default_factory=list)
+    sota_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Best published accuracy on this task, if known"
+    )
+    industry_average: float | None = Field(
+        default=None, ge=0, le=1, description="Typical accuracy in practice, if known"
+    )
+    sources: list[str] = Field(default_factory=list, description="Where the figures come from")
 
 
 # ----- /v1/ai/enhance -----
@@ -193,7 +213,9 @@ class EnhanceConfig(BaseModel):
     optimization_focus: str | None = None
     performance_constraints: dict[str, Any] = Field(default_factory=dict)
     enhancement_scope: list[EnhancementPart] = Field(
-        default_factory=lambda: list(get_args(EnhancementPart))
+        default_factory=lambda: list(get_args(EnhancementPart)),
+        description="data: synthetic rows; architecture, training: the analysis. Research "
+        "runs with every request (the documented answer carries it), listed or not",
     )
 
 

@@ -8,14 +8,18 @@ attempt that leaves the platform; ``local`` answers from the request as sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel
 
+from mlaas.errors import MlaasError
 from serve_apps.providers.adapters.base import ChatAdapter, ChatCall, Completion
 from serve_apps.providers.catalogue import Capability
 from serve_apps.providers.errors import ProviderCallError
@@ -27,8 +31,8 @@ from serve_apps.providers.guardrails import (
     schema_instruction,
 )
 from serve_apps.providers.local import LocalProvider
-from serve_apps.providers.local.quality import quality_metrics
-from serve_apps.providers.local.synthetic import source_of
+from serve_apps.providers.local.quality import description_metrics, quality_metrics
+from serve_apps.providers.local.synthetic import Source, source_of
 from serve_apps.providers.policies import Candidate
 from serve_apps.providers.router import Router
 from serve_apps.providers.schemas import (
@@ -41,8 +45,12 @@ from serve_apps.providers.schemas import (
 )
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
-_LLM_MAX_ROWS = 50
 _STRUCTURED_MAX_TOKENS = 4096
+_LLM_ROWS_PER_CALL = 50  # the most rows one call is asked for
+_ROW_TOKENS_PER_CALL = 3000  # of the output cap, for rows; the rest is slack for JSON framing
+_LLM_MAX_ROW_CALLS = 40  # the most provider calls one request makes for rows
+_LLM_PARALLEL_ROW_CALLS = 4  # calls in flight at once after the first
+_ROWS_TEMPERATURE = 0.9  # at temperature 0 every batch would repeat the same rows
 
 
 def elapsed_s(started: float) -> float:
@@ -76,6 +84,7 @@ class AiTasks:
         prompt: str,
         schema: type[SchemaT],
         tenant: TenantRef,
+        temperature: float = 0,
     ) -> SchemaT:
         """An LLM answer parsed into ``schema``; one repair retry, then ``invalid_output``."""
         adapter = self.router.adapter(candidate.provider)
@@ -87,7 +96,7 @@ class AiTasks:
         for _ in range(2):
             call = ChatCall(
                 messages=messages,
-                temperature=0,
+                temperature=temperature,
                 json_output=True,
                 max_tokens=_STRUCTURED_MAX_TOKENS,
             )
@@ -190,9 +199,12 @@ class AiTasks:
         self, request: SyntheticDataRequest, tenant: TenantRef
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        deadline = time.monotonic() + self.router.catalogue.routing.deadline_s
+        source = source_of(request)
 
         async def remote(candidate: Candidate, timeout_s: float, sent: str) -> dict[str, Any]:
-            return await self._llm_rows(candidate, timeout_s, request, tenant, sent)
+            rows = RowBatches(source=source, target=request.target_count)
+            return await self._llm_rows(candidate, timeout_s, rows, tenant, sent, deadline)
 
         result, candidate = await self._route(
             "synthetic_data",
@@ -200,7 +212,7 @@ class AiTasks:
             lambda: self.local.synthetic_data(request, tenant.tenant_id),
             remote,
             tenant,
-            rows_prompt(request),
+            rows_prompt(request, source),
         )
         return {
             "status": "success",
@@ -215,30 +227,91 @@ class AiTasks:
         self,
         candidate: Candidate,
         timeout_s: float,
-        request: SyntheticDataRequest,
+        rows: RowBatches,
         tenant: TenantRef,
         prompt: str,
+        deadline: float,
     ) -> dict[str, Any]:
-        rows = (await self.structured(candidate, timeout_s, prompt, SyntheticRows, tenant)).rows
-        source = source_of(request)
-        frame = pd.DataFrame(rows)
-        expected = [m.name for m in source.copula.marginals]
-        if source.kind != "description" and sorted(frame.columns) != sorted(expected):
+        """Rows in batches: one call first (a provider that answers junk costs one call), then
+        up to ``_LLM_PARALLEL_ROW_CALLS`` at a time until the target, the call bound or the
+        deadline; each call holds its own budget. A later call's failure ends generation with
+        the rows gathered so far."""
+        rows.calls += 1
+        asked = min(rows.per_call, rows.target)
+        rows.add(await self._row_batch(candidate, timeout_s, prompt, 1, asked, tenant))
+        if not rows.rows:
             raise ProviderCallError(
                 candidate.provider,
                 candidate.model,
                 "invalid_output",
-                f"rows have columns {sorted(frame.columns)}, expected {sorted(expected)}",
+                f"rows have columns {sorted(rows.columns_seen)}, expected {sorted(rows.columns)}",
             )
-        metrics = quality_metrics(frame, source) if source.kind != "description" else {}
-        return {
-            "generated_samples": len(rows),
-            "format": "structured",
-            "fitted_on": "llm",
-            "quality_metrics": metrics,
-            "rows": rows,
-            "data_schema": {"features": list(frame.columns), "target": source.target},
-        }
+        stopped = await self._more_rows(candidate, prompt, rows, tenant, deadline)
+        return rows.result(stopped)
+
+    async def _more_rows(
+        self,
+        candidate: Candidate,
+        prompt: str,
+        rows: RowBatches,
+        tenant: TenantRef,
+        deadline: float,
+    ) -> str | None:
+        """Further waves of calls; why generation stopped short, or None at the target."""
+        timeout_s = self.router.catalogue.providers[candidate.provider].timeout_s
+        while rows.missing:
+            remaining = deadline - time.monotonic()
+            if rows.calls >= rows.max_calls:
+                return f"the bound of {rows.max_calls} provider calls was reached"
+            if remaining <= 0:
+                return "the routing deadline (routing.deadline_s) passed"
+            wave = min(
+                _LLM_PARALLEL_ROW_CALLS,
+                rows.max_calls - rows.calls,
+                math.ceil(rows.missing / rows.per_call),
+            )
+            calls = [
+                self._row_batch(
+                    candidate,
+                    min(timeout_s, remaining),
+                    prompt,
+                    rows.calls + 1 + i,
+                    min(rows.per_call, rows.missing - i * rows.per_call),
+                    tenant,
+                )
+                for i in range(wave)
+            ]
+            rows.calls += wave
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+            failures = [a for a in answers if isinstance(a, BaseException)]
+            for answer in answers:
+                if not isinstance(answer, BaseException):
+                    rows.add(answer)
+            for failure in failures:
+                if not isinstance(failure, ProviderCallError | MlaasError):
+                    raise failure
+            if failures:
+                return self.router.scrub(f"a provider call failed: {failures[0]}")
+        return None
+
+    async def _row_batch(
+        self,
+        candidate: Candidate,
+        timeout_s: float,
+        prompt: str,
+        batch: int,
+        asked: int,
+        tenant: TenantRef,
+    ) -> list[dict[str, Any]]:
+        """One call's rows; the batch line is the platform's own text, after the guardrails."""
+        sent = (
+            f"{prompt}\nBatch {batch}: generate {asked} new rows, each different from the "
+            "examples and from one another."
+        )
+        answer = await self.structured(
+            candidate, timeout_s, sent, SyntheticRows, tenant, temperature=_ROWS_TEMPERATURE
+        )
+        return answer.rows
 
     async def research(
         self,
@@ -266,21 +339,126 @@ class AiTasks:
         }
 
 
-def rows_prompt(request: SyntheticDataRequest) -> str:
-    """What an LLM provider is asked for synthetic rows: the description, examples, schema."""
-    count = min(request.target_count, _LLM_MAX_ROWS)
+def rows_prompt(request: SyntheticDataRequest, source: Source) -> str:
+    """What an LLM provider is asked for synthetic rows: the description, examples, columns;
+    the count of each batch is added per call (``AiTasks._row_batch``)."""
     examples = (
         request.existing_data[:20]
         if isinstance(request.existing_data, list)
         else request.existing_data
     )
-    schema = request.data_schema
-    schema_text = schema.model_dump_json() if schema else "as in the data"
+    columns = [m.name for m in source.copula.marginals]
+    if source.kind == "schema" and request.data_schema is not None:
+        schema_text = request.data_schema.model_dump_json()
+    else:
+        schema_text = json.dumps(columns)
+        if source.kind == "description" and source.target is not None:
+            classes = next(m for m in source.copula.marginals if m.name == source.target)
+            schema_text += f"; {source.target!r} is the class, one of {classes.categories}"
     return (
-        f"Generate {count} realistic, diverse rows of tabular training data for: "
-        f"{request.model_description}\nData: {json.dumps(examples, default=str)}\n"
-        f"Schema: {schema_text}"
+        f"Realistic, diverse rows of tabular training data for: {request.model_description}\n"
+        f"Data: {json.dumps(examples, default=str)}\n"
+        f"Every row has exactly these keys: {json.dumps(columns)}\nSchema: {schema_text}"
     )
+
+
+@dataclass
+class RowBatches:
+    """Rows gathered from several answers: a row is kept when it has exactly the expected
+    columns (numbers where the source has numbers) and is not a duplicate of a kept one."""
+
+    source: Source
+    target: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    returned: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    calls: int = 0
+    columns_seen: set[str] = field(default_factory=set)
+    _seen: set[str] = field(default_factory=set)
+
+    @property
+    def columns(self) -> list[str]:
+        return [m.name for m in self.source.copula.marginals]
+
+    @property
+    def per_call(self) -> int:
+        """Rows one answer holds within the output cap: about 8 tokens a value, 6 a row."""
+        return max(1, min(_LLM_ROWS_PER_CALL, _ROW_TOKENS_PER_CALL // (6 + 8 * len(self.columns))))
+
+    @property
+    def max_calls(self) -> int:
+        """A quarter more calls than the target needs (duplicates), at most the bound."""
+        return min(_LLM_MAX_ROW_CALLS, math.ceil(self.target * 1.25 / self.per_call) + 1)
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.target - len(self.rows))
+
+    def _fits(self, row: dict[str, Any]) -> bool:
+        if set(row) != set(self.columns):
+            return False
+        if self.source.kind == "description":  # the names were assumed: so were the types
+            return True
+        return all(
+            m.kind != "numeric"
+            or (isinstance(row[m.name], int | float) and not isinstance(row[m.name], bool))
+            for m in self.source.copula.marginals
+        )
+
+    def add(self, answer: list[dict[str, Any]]) -> None:
+        for row in answer:
+            self.returned += 1
+            self.columns_seen.update(row)
+            if not self._fits(row):
+                self.rejected += 1
+                continue
+            key = json.dumps(row, sort_keys=True, default=str)
+            if key in self._seen:
+                self.duplicates += 1
+                continue
+            self._seen.add(key)
+            self.rows.append(row)
+
+    def _assumptions(self) -> list[str]:
+        if self.source.kind != "description":
+            return []
+        return [
+            f"no rows or schema were sent: the provider was asked for the columns {self.columns} "
+            "read from the description; with no reference distribution realism is not measured",
+            *self.source.assumptions[1:],
+        ]
+
+    def result(self, stopped: str | None) -> dict[str, Any]:
+        """The ``synthetic_data`` answer, measured against the source (schema and sample)."""
+        kept = self.rows[: self.target]
+        frame = pd.DataFrame(kept, columns=self.columns)
+        source = self.source
+        measure = description_metrics if source.kind == "description" else quality_metrics
+        metrics = {
+            **measure(frame, source),
+            "rows_returned": self.returned,
+            "rows_without_the_columns": self.rejected,
+            "duplicate_rows_removed": self.duplicates,
+        }
+        result: dict[str, Any] = {
+            "generated_samples": len(kept),
+            "requested_samples": self.target,
+            "format": "structured",
+            "fitted_on": "llm",
+            "augmentation_strategies": ["llm_generation_in_batches", "deduplication"],
+            "provider_calls": self.calls,
+            "quality_metrics": metrics,
+            "rows": kept,
+            "data_schema": {
+                "features": [c for c in self.columns if c != source.target],
+                "target": source.target,
+            },
+            "assumptions": self._assumptions(),
+        }
+        if stopped is not None and len(kept) < self.target:
+            result["stopped_early"] = stopped
+        return result
 
 
 def synthetic_recommendations(result: dict[str, Any]) -> list[str]:
@@ -299,4 +477,9 @@ def synthetic_recommendations(result: dict[str, Any]) -> list[str]:
         advice.append("Some synthetic rows copy source rows; do not use them where privacy matters")
     if result.get("assumptions"):
         advice.append("The schema was assumed from text; send existing_data rows for faithful data")
+    if result.get("stopped_early"):
+        advice.append(
+            f"Only {result['generated_samples']} of {result['requested_samples']} rows: "
+            f"{result['stopped_early']}; ask again, or let provider 'local' scale them up"
+        )
     return advice or ["Validate a model trained on synthetic data against held-out real data"]

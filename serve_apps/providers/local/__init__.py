@@ -15,7 +15,13 @@ from mlaas.storage import Storage
 from serve_apps.providers.local.analysis import analyze
 from serve_apps.providers.local.embeddings import LocalEmbedder
 from serve_apps.providers.local.quality import quality_metrics
-from serve_apps.providers.local.synthetic import Source, generate, json_rows, source_of
+from serve_apps.providers.local.synthetic import (
+    Source,
+    augmentation_strategies,
+    generate,
+    json_rows,
+    source_of,
+)
 from serve_apps.providers.schemas import AnalyzeRequest, ModelAnalysis, SyntheticDataRequest
 
 __all__ = ["LocalProvider", "analyze"]
@@ -70,6 +76,9 @@ class LocalProvider:
             "generated_samples": len(frame),
             "format": "structured",
             "fitted_on": source.kind,
+            "augmentation_strategies": augmentation_strategies(
+                source, request.quality_requirements.balance
+            ),
             "quality_metrics": quality_metrics(frame, source),
             "data_schema": {
                 "features": [c for c in frame.columns if c != source.target],

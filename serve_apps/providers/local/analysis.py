@@ -188,39 +188,57 @@ def _overfitting_check(metrics: dict[str, Any]) -> LayerCheck:
     )
 
 
-_SUGGESTIONS = {
+_SUGGESTIONS = {  # check: (category, component, suggestion, expected effect)
     "normalization": (
         "architecture",
+        "normalization_layers",
         "Add batch normalization after each convolution (layer normalization for sequence models)",
         "steadier, faster convergence; allows a higher learning rate",
     ),
     "regularization": (
         "regularization",
+        "dropout",
         "Add dropout (0.3-0.5) before the dense layers",
         "a smaller train/validation gap",
     ),
     "output_activation": (
         "architecture",
+        "output_layer",
         "Match the output to the task: softmax over N units for "
         "N classes, one sigmoid unit for binary",
         "correct probabilities and loss",
     ),
     "depth_without_shortcuts": (
         "architecture",
+        "skip_connections",
         "Add residual (skip) connections across blocks of convolutions",
         "trainable depth without vanishing gradients",
     ),
     "dense_after_conv": (
         "architecture",
+        "pooling",
         "Pool (or global-average-pool) before the first dense layer",
         "far fewer parameters in the dense layer",
     ),
     "overfitting": (
         "training",
+        "training_schedule",
         "Stop early on validation loss and add data augmentation or weight decay",
         "closes the train/validation gap",
     ),
 }
+
+
+def _suggestion(check: LayerCheck) -> Suggestion:
+    """The fix for a failed check; its rationale is what the check found."""
+    category, component, suggestion, effect = _SUGGESTIONS[check.check]
+    return Suggestion(
+        category=category,
+        component=component,
+        suggestion=suggestion,
+        expected_improvement=effect,
+        rationale=f"{check.detail}; expected: {effect}",
+    )
 
 
 def _performance(metrics: dict[str, Any], checks: list[LayerCheck]) -> PerformanceAnalysis:
@@ -266,14 +284,7 @@ def analyze(request: AnalyzeRequest) -> ModelAnalysis:
     if not layers:
         notes.append("no architecture.layers sent: only the metrics were analysed")
     weaknesses = [c.detail for c in failed] + notes
-    suggestions = [
-        Suggestion(
-            category=_SUGGESTIONS[c.check][0],
-            suggestion=_SUGGESTIONS[c.check][1],
-            expected_improvement=_SUGGESTIONS[c.check][2],
-        )
-        for c in failed
-    ]
+    suggestions = [_suggestion(c) for c in failed]
     return ModelAnalysis(
         architecture_assessment=ArchitectureAssessment(
             strengths=strengths,

@@ -8,6 +8,12 @@
   are distinct;
 - balance ratio: the rarest class's count over the commonest's in the target column;
 - copies of source rows: the share of synthetic rows identical to a source row (memorisation).
+
+Rows made from a description alone (an LLM's) have no reference distribution for their numeric
+columns (a description names columns, it gives no values): ``description_metrics`` compares only
+the declared categories (the target's classes) and leaves the realism score null; its diversity
+is the mean normalised entropy of the columns (categories over the declared ones, numbers over 10
+equal-width bins of their range) times the share of distinct rows.
 """
 
 from __future__ import annotations
@@ -103,11 +109,53 @@ def quality_metrics(synthetic: pd.DataFrame, source: Source) -> dict[str, Any]:
         "copies_of_source_rows": None,
     }
     if source.target is not None:
-        counts = synthetic[source.target].astype(str).value_counts()
-        metrics["balance_ratio"] = round(float(counts.min() / counts.max()), 4)
-        metrics["class_counts"] = {str(k): int(v) for k, v in counts.items()}
+        metrics.update(_balance(synthetic[source.target]))
     if rows is not None:
         seen = set(map(tuple, rows.astype(str).to_numpy()))
         copies = sum(tuple(r) in seen for r in compared[list(rows.columns)].astype(str).to_numpy())
         metrics["copies_of_source_rows"] = round(copies / max(1, len(compared)), 4)
+    return metrics
+
+
+def _balance(target: pd.Series) -> dict[str, Any]:
+    counts = target.astype(str).value_counts()
+    return {
+        "balance_ratio": round(float(counts.min() / counts.max()), 4),
+        "class_counts": {str(k): int(v) for k, v in counts.items()},
+    }
+
+
+def _normalised_entropy(values: pd.Series, marginal: Marginal | None) -> float:
+    """0 for a constant column, 1 for values spread evenly over the column's possible values."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if (marginal is None or marginal.kind == "numeric") and numeric.notna().all():
+        counts, _ = np.histogram(numeric.astype(float).to_numpy(), bins=10)
+        return _entropy(counts / max(1, counts.sum())) / np.log(10)
+    declared = len(marginal.categories) if marginal is not None and marginal.categories else 0
+    shares = _distribution(values)
+    possible = max(declared, len(shares))
+    return 0.0 if possible < 2 else _entropy(shares) / float(np.log(possible))
+
+
+def description_metrics(synthetic: pd.DataFrame, source: Source) -> dict[str, Any]:
+    """Rows measured against a schema read from a description (see the module docstring)."""
+    compared = synthetic.head(_MAX_COMPARED_ROWS)
+    marginals = {m.name: m for m in source.copula.marginals}
+    distances = {
+        name: round(_column_distance(compared[name], marginal, None), 4)
+        for name, marginal in marginals.items()
+        if marginal.kind == "categorical" and name in compared
+    }
+    spreads = [_normalised_entropy(compared[c], marginals.get(c)) for c in compared.columns]
+    distinct_share = len(compared.astype(str).drop_duplicates()) / max(1, len(compared))
+    metrics: dict[str, Any] = {
+        "column_distances": distances,
+        "realism_score": None,
+        "diversity_score": round(float(np.mean(spreads)) * distinct_share, 4) if spreads else None,
+        "balance_ratio": None,
+        "copies_of_source_rows": None,
+        "reference": "description",
+    }
+    if source.target is not None and source.target in synthetic:
+        metrics.update(_balance(synthetic[source.target]))
     return metrics

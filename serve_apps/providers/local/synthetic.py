@@ -183,6 +183,19 @@ def generate(source: Source, count: int, balance: str, rng: np.random.Generator)
     return frame.sample(frac=1.0, random_state=int(rng.integers(2**31))).reset_index(drop=True)
 
 
+def augmentation_strategies(source: Source, balance: str) -> list[str]:
+    """How the local rows are made, in the order applied."""
+    made = {
+        "rows": "gaussian_copula_fitted_on_rows",
+        "schema": "gaussian_copula_from_schema",
+        "description": "gaussian_copula_from_description_schema",
+    }[source.kind]
+    strategies = [made]
+    if class_shares(source, balance) and balance != "as_source":
+        strategies.append(f"{balance}_class_sampling")
+    return strategies
+
+
 def json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows with plain JSON types (numpy scalars become Python numbers)."""
     return [

@@ -2,9 +2,10 @@
 (``POST /v1/chat/completions``) and Anthropic messages (``POST /v1/messages``), both plain and
 streaming (SSE), with each format's error bodies and stream error events.
 
-Tests script its behaviour per model: answer with given content, answer slowly, fail with a
-status (and ``Retry-After``), drop the connection, or break a stream after some chunks. A
-model with no script left echoes the last user message. Every request received is recorded.
+Tests script its behaviour per model: answer with given content (or content made from the
+request, e.g. ``rows_reply`` for synthetic rows), answer slowly, fail with a status (and
+``Retry-After``), drop the connection, or break a stream after some chunks. A model with no
+script left echoes the last user message. Every request received is recorded.
 
     python -m tests.serve_apps.providers.fake_provider --port 9999   # standalone
 """
@@ -13,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import random
+import re
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +41,7 @@ class Step:
         drop: close the connection without answering.
         fail_after_chunks: in a stream, send this many text chunks then an error event.
         drop_after_chunks: in a stream, send this many text chunks then drop the connection.
+        reply: make the answer text from the request (used when ``content`` is None).
     """
 
     content: str | None = None
@@ -46,6 +52,7 @@ class Step:
     drop: bool = False
     fail_after_chunks: int | None = None
     drop_after_chunks: int | None = None
+    reply: Callable[[Received], str] | None = None
 
 
 @dataclass
@@ -64,6 +71,28 @@ class Received:
 
 def _words(text: str) -> int:
     return len(text.split())
+
+
+_ASKED_ROWS = re.compile(r"generate (\d+)", re.IGNORECASE)
+
+
+def rows_reply(
+    make_row: Callable[[random.Random], dict[str, Any]], seed: int = 0
+) -> Callable[[Received], str]:
+    """A ``Step.reply`` answering a request for synthetic rows as an LLM would: a JSON object
+    ``{"rows": [...]}`` with as many rows as the last user message's "generate N" asks (10 when
+    it names no count), each from ``make_row``. Every answer draws new rows (one seeded stream
+    per reply function), so batches differ as a sampling LLM's do."""
+    counter = itertools.count(seed)
+
+    def reply(received: Received) -> str:
+        users = [m for m in received.body.get("messages", []) if m.get("role") == "user"]
+        asked = _ASKED_ROWS.findall(str(users[-1].get("content", "")) if users else "")
+        rng = random.Random(next(counter))
+        count = int(asked[-1]) if asked else 10
+        return json.dumps({"rows": [make_row(rng) for _ in range(count)]})
+
+    return reply
 
 
 class FakeProvider:
@@ -161,6 +190,8 @@ class FakeProvider:
     def _answer(received: Received, step: Step) -> str:
         if step.content is not None:
             return step.content
+        if step.reply is not None:
+            return step.reply(received)
         users = [m for m in received.body.get("messages", []) if m.get("role") == "user"]
         last = users[-1].get("content", "") if users else ""
         return f"echo: {last}"[:2000]
