@@ -339,6 +339,11 @@ class AiTasks:
         }
 
 
+def _finite_number(value: Any) -> bool:
+    """JSON numbers only: not booleans, not NaN or Infinity (which Python's parser accepts)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def rows_prompt(request: SyntheticDataRequest, source: Source) -> str:
     """What an LLM provider is asked for synthetic rows: the description, examples, columns;
     the count of each batch is added per call (``AiTasks._row_batch``)."""
@@ -398,13 +403,12 @@ class RowBatches:
     def _fits(self, row: dict[str, Any]) -> bool:
         if set(row) != set(self.columns):
             return False
+        if any(isinstance(v, float) and not math.isfinite(v) for v in row.values()):
+            return False  # NaN or Infinity: not JSON, so not in the answer
         if self.source.kind == "description":  # the names were assumed: so were the types
             return True
-        return all(
-            m.kind != "numeric"
-            or (isinstance(row[m.name], int | float) and not isinstance(row[m.name], bool))
-            for m in self.source.copula.marginals
-        )
+        marginals = self.source.copula.marginals
+        return all(m.kind != "numeric" or _finite_number(row[m.name]) for m in marginals)
 
     def add(self, answer: list[dict[str, Any]]) -> None:
         for row in answer:

@@ -127,8 +127,8 @@ def _balance(target: pd.Series) -> dict[str, Any]:
 
 def _normalised_entropy(values: pd.Series, marginal: Marginal | None) -> float:
     """0 for a constant column, 1 for values spread evenly over the column's possible values."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    if (marginal is None or marginal.kind == "numeric") and numeric.notna().all():
+    numeric = pd.to_numeric(values, errors="coerce").astype(float)
+    if (marginal is None or marginal.kind == "numeric") and np.isfinite(numeric).all():
         counts, _ = np.histogram(numeric.astype(float).to_numpy(), bins=10)
         return _entropy(counts / max(1, counts.sum())) / np.log(10)
     declared = len(marginal.categories) if marginal is not None and marginal.categories else 0
