@@ -79,6 +79,8 @@ def version_summary(version: ModelVersionInfo) -> dict[str, Any]:
     """A version as the API shows it (no local paths)."""
     return {
         "id": version.id,
+        "model_id": version.model_id,
+        "model_name": version.model_name,
         "version": version.version,
         "stage": version.stage,
         "framework": version.framework,
