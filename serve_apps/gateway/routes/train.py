@@ -209,6 +209,7 @@ async def model_status(model_id: str, principal: CurrentPrincipal, ctx: Context)
 # What model_config.architecture may name; a transformers model goes through /v1/train.
 DOCUMENTED_ARCHITECTURES = ("mlp", "cnn", "gpt")
 _DATA_FILE_SUFFIXES = (".csv", ".parquet", ".pq", ".txt")
+_EXPECTED_DATASETS = (*BUILTIN_DATASETS, "<file>.csv", "<file>.parquet")
 
 
 def bring_your_data(tenant_id: str) -> str:
@@ -240,7 +241,7 @@ def check_supported(model: ModelConfig, tenant_id: str) -> None:
     if not _names_data(model.dataset):
         problems.append({
             "field": "model_config.dataset", "received": model.dataset,
-            "expected": [*BUILTIN_DATASETS, "<file>.csv", "<file>.parquet"],
+            "expected": list(_EXPECTED_DATASETS),
             "reason": f"dataset {model.dataset!r} is neither a built-in dataset "
             f"({', '.join(BUILTIN_DATASETS)}) nor a data file; {bring_your_data(tenant_id)}",
         })  # fmt: skip
@@ -251,6 +252,18 @@ def check_supported(model: ModelConfig, tenant_id: str) -> None:
             details={**{k: first[k] for k in ("field", "received", "expected")},
                      "problems": problems},
         )  # fmt: skip
+
+
+def _documented_refusal(exc: SpecError, model: ModelConfig, tenant_id: str) -> SpecError:
+    """A job spec's refusal named in the documented request's fields; one of the dataset
+    also says what is supported and how to bring data."""
+    field = _DOCUMENTED_FIELDS.get(exc.field, exc.field)
+    if field != "model_config.dataset":
+        return SpecError("<request>", field, exc.reason, received=exc.details.get("received"))
+    refusal = SpecError("<request>", field, f"{exc.reason}; {bring_your_data(tenant_id)}",
+                        received=model.dataset)  # fmt: skip
+    refusal.details["expected"] = list(_EXPECTED_DATASETS)
+    return refusal
 
 
 def _names_data(dataset: str) -> bool:
@@ -344,11 +357,7 @@ async def submit_documented_training(
             documented_to_spec(body), principal, ctx, request, idempotency_key
         )
     except SpecError as exc:
-        field = _DOCUMENTED_FIELDS.get(exc.field, exc.field)
-        reason = exc.reason
-        if field == "model_config.dataset":
-            reason = f"{reason}; {bring_your_data(principal.tenant_id)}"
-        raise SpecError("<request>", field, reason) from exc
+        raise _documented_refusal(exc, body.model_config_, principal.tenant_id) from exc
     except work_limits.WorkLimitError as exc:
         field = exc.details["field"]
         documented = _DOCUMENTED_FIELDS.get(field, field)
