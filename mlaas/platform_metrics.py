@@ -17,6 +17,8 @@ from functools import cache
 
 from ray.util.metrics import Counter
 
+from mlaas.tiers import QUOTA_CATEGORIES
+
 
 @cache
 def _counter(name: str, description: str, tag_keys: tuple[str, ...]) -> Counter:
@@ -25,14 +27,18 @@ def _counter(name: str, description: str, tag_keys: tuple[str, ...]) -> Counter:
 
 
 def quota_units_counted(tier: str, units: dict[str, int]) -> None:
-    """Units an admitted request (or a job outside one) counted against its tenant's quotas."""
+    """Units an admitted request (or a job outside one) counted against its tenant's quotas.
+
+    Only the quota categories: AI usage the provider router meters through the same actor
+    (``ai_tokens_in:<provider>``...) has its own metrics, :func:`provider_call_accounted`.
+    """
     counter = _counter(
         "mlaas_quota_units",
         "Units counted against monthly quotas, by tier and quota category",
         ("tier", "category"),
     )
     for category, quantity in units.items():
-        if quantity > 0:
+        if quantity > 0 and category in QUOTA_CATEGORIES:
             counter.inc(quantity, tags={"tier": tier, "category": category})
 
 
