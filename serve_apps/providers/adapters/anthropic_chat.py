@@ -55,10 +55,8 @@ class AnthropicChatAdapter(ChatAdapter):
         }
         if system:
             params["system"] = system
-        if call.temperature is not None:
-            params["temperature"] = min(call.temperature, 1.0)  # Anthropic's range is 0..1
-        if call.top_p is not None:
-            params["top_p"] = call.top_p
+        # No temperature or top_p: Anthropic's API version 2026-10-21 (what the SDK 2.x sends)
+        # refuses both with a 400 at any value, and the SDK's messages.create takes neither.
         if call.stop:
             params["stop_sequences"] = list(call.stop)
         return params

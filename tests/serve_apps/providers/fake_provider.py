@@ -284,6 +284,11 @@ class FakeProvider:
             return self._drop(request)
         if step.status:
             return self._error("anthropic", step, received)
+        sampling = sorted({"temperature", "top_p", "top_k"} & set(received.body))
+        if sampling:  # as API version 2026-10-21, which the SDK 2.x sends, refuses them
+            refusal = {"type": "invalid_request_error",
+                       "message": f"{sampling[0]}: Extra inputs are not permitted"}
+            return web.json_response({"type": "error", "error": refusal}, status=400)
         answer = self._answer(received, step)
         tokens_in, tokens_out = _words(received.text), _words(answer)
         message = {

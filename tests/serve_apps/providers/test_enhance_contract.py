@@ -281,17 +281,9 @@ def llm_reply(received: Received) -> str:
     return json.dumps(RESEARCH)
 
 
-ANTHROPIC_TEMPERATURE = pytest.mark.xfail(
-    raises=TypeError,
-    strict=False,
-    reason="the installed anthropic SDK's messages.create takes no temperature keyword, and "
-    "adapters/anthropic_chat.py passes one on every structured call (temperature 0)",
-)
-
-
 @pytest.mark.parametrize(
     ("provider", "model"),
-    [("ec-oa", "ec-gpt"), pytest.param("ec-an", "ec-claude", marks=ANTHROPIC_TEMPERATURE)],
+    [("ec-oa", "ec-gpt"), ("ec-an", "ec-claude")],
 )
 def test_documented_enhance_request_through_an_llm_provider_answers_every_documented_field(
     fake: FakeProvider, tmp_path: Path, provider: str, model: str
