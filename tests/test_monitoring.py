@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlaas import platform as mlaas_platform
 from mlaas.settings import Settings
+from mlaas.tiers import QUOTA_CATEGORIES
 from tests.conftest import TEST_METRICS_PORT, Platform, _free_port_block
 from tests.serve_apps.test_train_api import tiny_spec
 
@@ -96,13 +97,13 @@ def queried_metrics() -> set[str]:
     return set().union(*(metric_names(t["expr"]) for t in dashboard_targets()))
 
 
-def scraped_samples(port: int) -> dict[str, set[str]]:
-    """Name -> label names of the samples the metrics agent on ``port`` serves now."""
+def scraped_samples(port: int) -> dict[str, list[dict[str, str]]]:
+    """Name -> labels of each sample the metrics agent on ``port`` serves now."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    samples: dict[str, set[str]] = {}
+    samples: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples.setdefault(sample.name, set()).update(sample.labels)
+            samples.setdefault(sample.name, []).append(sample.labels)
     return samples
 
 
@@ -237,6 +238,8 @@ def test_every_metric_the_dashboard_queries_is_on_the_fixed_metrics_port(
 
     assert ray.nodes()[0]["MetricsExportPort"] == TEST_METRICS_PORT
     assert not wanted - set(found), f"not exported in {EXPORT_DEADLINE_S} s: {wanted - set(found)}"
-    ours = {name: labels for name, labels in found.items() if name.startswith("ray_mlaas_")}
-    assert not {(n, label) for n, labels in ours.items() for label in labels
+    ours = {name: series for name, series in found.items() if name.startswith("ray_mlaas_")}
+    assert not {(n, label) for n, series in ours.items() for labels in series for label in labels
                 if "tenant" in label.lower()}, "no series per tenant"  # fmt: skip
+    categories = {labels["category"] for labels in found["ray_mlaas_quota_units_total"]}
+    assert "training_jobs" in categories and categories <= set(QUOTA_CATEGORIES)
