@@ -8,6 +8,7 @@ for injection and personal data, off the event loop when the text is long.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -76,33 +77,29 @@ class ChatService:
         self.guard = InputGuard(router.catalogue.guardrails)
         self.redact_output = router.catalogue.guardrails.pii != "off"
 
-    async def _reserve(
-        self, request: ChatCompletionRequest, tenant: TenantRef, messages: list[dict[str, str]]
-    ) -> BudgetReservation:
-        """Hold the request's worst-case cost on the dearest model it may reach."""
+    async def _reachable(self, request: ChatCompletionRequest, tenant: TenantRef) -> RoutePlan:
+        """The models the request may reach (its hold is priced on the dearest)."""
         try:
-            reachable = self.router.planner.plan_model(request.model, 0, 0)
+            return self.router.planner.plan_model(request.model, 0, 0)
         except MlaasError:  # an unknown model or no key: no scan, a spent budget still first
             await self.router.check_budget(tenant)
             raise
-        chars = sum(len(m["content"]) for m in messages)
-        return await self.router.reserve(
-            tenant, reachable.candidates, chars, request.output_limit()
-        )
 
-    async def _prepare(
+    @contextlib.asynccontextmanager
+    async def _prepared(
         self, request: ChatCompletionRequest, tenant: TenantRef
-    ) -> tuple[GuardedInput, RoutePlan, ChatCall, BudgetReservation]:
-        """The guarded input, the plan, the call and its budget hold (released on a refusal)."""
+    ) -> AsyncIterator[tuple[GuardedInput, RoutePlan, ChatCall, BudgetReservation]]:
+        """The guarded input, the plan, the call and its budget hold, for the block (the hold
+        is released when it ends, unless the answer settled it)."""
         messages = request.call_messages()
         self.guard.check_limits(messages, request.output_limit())
-        reservation = await self._reserve(request, tenant, messages)
-        try:
+        reachable = await self._reachable(request, tenant)
+        chars = sum(len(m["content"]) for m in messages)
+        async with self.router.holding(
+            tenant, reachable.candidates, chars, request.output_limit()
+        ) as reservation:
             guarded, plan, call = await self._guarded_call(request, messages)
-        except BaseException:
-            await self.router.release(reservation)
-            raise
-        return guarded, plan, call, reservation
+            yield guarded, plan, call, reservation
 
     async def _guarded_call(
         self, request: ChatCompletionRequest, messages: list[dict[str, str]]
@@ -126,11 +123,8 @@ class ChatService:
 
     async def complete(self, request: ChatCompletionRequest, tenant: TenantRef) -> dict[str, Any]:
         """``{"body": <chat.completion>, "meta": {provider, model, cost_usd, cached, ...}}``."""
-        guarded, plan, call, reservation = await self._prepare(request, tenant)
-        try:
+        async with self._prepared(request, tenant) as (guarded, plan, call, reservation):
             return await self._answer(request, tenant, guarded, plan, call, reservation)
-        finally:
-            await self.router.release(reservation)  # settled already unless the call failed
 
     async def _answer(
         self,
@@ -198,12 +192,9 @@ class ChatService:
         self, request: ChatCompletionRequest, tenant: TenantRef
     ) -> AsyncIterator[dict[str, Any]]:
         """The first item is ``{"meta": ...}``; then chat.completion.chunk dicts; maybe an error."""
-        guarded, plan, call, reservation = await self._prepare(request, tenant)
-        try:
+        async with self._prepared(request, tenant) as (guarded, plan, call, reservation):
             async for item in self._stream(request, tenant, guarded, plan, call, reservation):
                 yield item
-        finally:
-            await self.router.release(reservation)  # settled already unless the call failed
 
     async def _stream(
         self,

@@ -6,12 +6,13 @@ it before the call goes out and settled to the real cost after; tokens and cost 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -329,6 +330,22 @@ class Router:
                 "when requests in flight finish, or upgrade the tier"
             )
         return BudgetExceededError(message, details=details)
+
+    @contextlib.asynccontextmanager
+    async def holding(
+        self,
+        tenant: TenantRef,
+        candidates: Iterable[Candidate],
+        prompt_chars: int,
+        max_output_tokens: int | None,
+    ) -> AsyncIterator[BudgetReservation]:
+        """:meth:`reserve` for the block; what :meth:`account` did not settle in it (a call that
+        failed, was refused or cancelled) is released when the block ends."""
+        reservation = await self.reserve(tenant, candidates, prompt_chars, max_output_tokens)
+        try:
+            yield reservation
+        finally:
+            await self.release(reservation)
 
     async def release(self, reservation: BudgetReservation) -> None:
         """Free a hold that was not settled (the call failed, was refused or cancelled)."""

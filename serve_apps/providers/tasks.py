@@ -131,15 +131,12 @@ class AiTasks:
             BudgetExceededError: the budget cannot cover this call (a repair or a fallback too).
         """
         chars = sum(len(m["content"]) for m in call.messages)
-        reservation = await self.router.reserve(tenant, (candidate,), chars, call.max_tokens)
-        try:
+        async with self.router.holding(tenant, (candidate,), chars, call.max_tokens) as held:
             completion = await adapter.complete(candidate.model, call, timeout_s)
             await self.router.account(
-                tenant, candidate, completion.tokens_in, completion.tokens_out, reservation
+                tenant, candidate, completion.tokens_in, completion.tokens_out, held
             )
             return completion
-        finally:
-            await self.router.release(reservation)  # settled already unless the call failed
 
     async def _route(
         self,
