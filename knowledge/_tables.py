@@ -1,4 +1,4 @@
-"""Tables of the knowledge pool (migration ``0004_knowledge``)."""
+"""Tables of the knowledge pool (migrations ``0004_knowledge``, ``0010_knowledge_sections``)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class KnowledgeChunk(Base):
     )
     ordinal: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
+    section: Mapped[str | None] = mapped_column(String(1000), nullable=True)  # heading path
     contributor: Mapped[str] = mapped_column(String(200))
     domains: Mapped[list[str]] = mapped_column(JSON, default=list)
     # {"phrases": [[phrase, score], ...], "pairs": [[i, j, cosine], ...]}

@@ -13,10 +13,15 @@ SYSTEM = ("Answer the question using only the numbered sources. Cite every claim
           "answer, say so.")
 
 
+def _where(result: dict[str, Any]) -> str:
+    section = result["chunk"].get("section")
+    return f"{result['document']['title']} > {section}" if section else result["document"]["title"]
+
+
 def answer_messages(query: str, results: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Chat messages asking for an answer grounded in ``results`` (numbered from 1)."""
     sources = "\n\n".join(
-        f"[{i}] {r['document']['title']}: {r['chunk']['text'][:MAX_SOURCE_CHARS]}"
+        f"[{i}] {_where(r)}: {r['chunk']['text'][:MAX_SOURCE_CHARS]}"
         for i, r in enumerate(results, start=1))
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {query}"}]

@@ -1,4 +1,12 @@
-"""Documents in, chunks out: parsing of the accepted types and word-window chunking."""
+"""Documents in, chunks out: parsing of the accepted types, and chunking.
+
+Markdown is chunked by its structure (``chunk_document``): a chunk never crosses a heading,
+and carries its section path ("Rate Limits > /v1/ai/enhance"); paragraphs, lists, tables and
+fenced code are packed whole into chunks of up to ``size`` words. A block too long for one
+chunk is split where it can be read alone: a table by rows, each part under the column names;
+a list by items, each part under the sentence that introduced it; code by lines, each part
+fenced; prose by overlapping word windows. Plain text and JSON records are word windows.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from knowledge._markdown import Block, list_items, parse_blocks
 from mlaas.errors import ValidationError
 
 CONTENT_TYPES = ("text/plain", "text/markdown", "application/json")
@@ -100,3 +109,81 @@ def chunk_text(text: str, config: ChunkingConfig) -> list[str]:
         if start + config.size >= len(words):
             break
     return chunks
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk's text as stored and shown, and the heading path it sits under."""
+
+    text: str
+    section: str = ""
+
+    @property
+    def indexed_text(self) -> str:
+        """What both indexes see: the section path, then the text."""
+        return f"{self.section}\n{self.text}" if self.section else self.text
+
+
+def chunk_document(content: str, content_type: str, config: ChunkingConfig) -> list[Chunk]:
+    """The chunks of a document of an accepted type (Markdown by structure, else windows).
+
+    Raises:
+        ValidationError: for an unsupported type or unparsable JSON.
+    """
+    if content_type != "text/markdown":
+        return [Chunk(text) for text in chunk_text(plain_text(content, content_type), config)]
+    chunks: list[Chunk] = []
+    pending: list[str] = []
+    path: tuple[str, ...] | None = None
+    for block in parse_blocks(content):
+        if block.path != path or _words(pending) + _words([block.text]) > config.size:
+            _flush(chunks, pending, path)
+            pending, path = [], block.path
+        parts = _split(block, config)
+        pending.append(parts[0])
+        for part in parts[1:]:
+            _flush(chunks, pending, path)
+            pending = [part]
+    _flush(chunks, pending, path)
+    return chunks
+
+
+def _words(texts: list[str]) -> int:
+    return sum(len(t.split()) for t in texts)
+
+
+def _flush(chunks: list[Chunk], pending: list[str], path: tuple[str, ...] | None) -> None:
+    text = "\n\n".join(pending).strip()
+    if text:
+        chunks.append(Chunk(text, " > ".join(path or ())[:1000]))
+
+
+def _split(block: Block, config: ChunkingConfig) -> list[str]:
+    """The block as one text, or as parts that each read alone when it is too long."""
+    if len(block.text.split()) <= config.size:
+        return [block.text]
+    if block.kind == "paragraph":
+        return chunk_text(block.text, config)
+    lead = [block.lead] if block.lead else []
+    if block.kind == "table":
+        units, frame = [[row] for row in block.lines], lead + block.header
+    elif block.kind == "list":
+        units, frame = list_items(block.lines), lead
+    else:  # code: a part is fenced again, so it still reads as code
+        units, frame = [[line] for line in block.lines[1:-1]], block.lines[:1]
+    parts: list[str] = []
+    current: list[str] = []
+    budget = max(config.size - _words(frame), config.size // 2)
+    for unit in units:
+        if current and _words(current) + _words(unit) > budget:
+            parts.append(_framed(frame, current, block))
+            current = []
+        current.extend(unit)
+    if current:
+        parts.append(_framed(frame, current, block))
+    return parts
+
+
+def _framed(frame: list[str], lines: list[str], block: Block) -> str:
+    closing = block.lines[-1:] if block.kind == "code" else []
+    return "\n".join(frame + lines + closing)

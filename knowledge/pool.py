@@ -1,12 +1,14 @@
 """The knowledge pool of one process: every tenant's index, graph and rows, kept consistent.
 
 State per tenant lives under ``<home>/knowledge/<tenant id>/`` (``index.faiss`` and its
-``index.json``, ``graph.json``) and in the database (documents, chunks with embeddings). At
-first use a tenant's index and graph are read back; a missing, corrupt or stale file is
-rebuilt from the stored embeddings and concepts; if even that fails the tenant's knowledge
+``index.json``, ``lexical.json``, ``graph.json``) and in the database (documents, chunks with
+their section paths, texts and embeddings). At first use a tenant's indexes and graph are
+read back; a missing, corrupt or stale file is rebuilt from the stored embeddings, texts and
+concepts; if even that fails the tenant's knowledge
 routes answer 503 until it is repaired, never wrong results. With ``index_shards`` above 1
 (``MLAAS_KNOWLEDGE_INDEX_SHARDS``) a tenant's index is a ``ShardedIndex`` over that many
-actors instead, filled from the stored embeddings at first use and never written to a file.
+actors instead, filled from the stored embeddings at first use and never written to a file
+(the lexical index stays in the pool's process either way).
 
 With ``snapshots`` (the platform storage when it is shared by the nodes: S3, or a file://
 declared shared), each write of a tenant's files is also uploaded to ``knowledge/<tenant>/``
@@ -27,14 +29,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from knowledge import store
-from knowledge.chunking import ChunkingConfig, chunk_text, content_hash, plain_text
+from knowledge.chunking import Chunk, ChunkingConfig, chunk_document, content_hash
 from knowledge.documents import DocumentInput, check_batch, check_document, check_domains, check_k
 from knowledge.encoder import EncodedChunk
 from knowledge.errors import KnowledgeUnavailableError
 from knowledge.experts import DEFAULT_THRESHOLD, check_expert, register_expert, route
 from knowledge.graph import ConceptGraph
 from knowledge.index import IndexPolicy, VectorIndex
-from knowledge.retrieval import hybrid_search
+from knowledge.lexical import LexicalIndex
+from knowledge.retrieval import QueryOptions, hybrid_search
 from knowledge.settings import KnowledgeSettings
 from knowledge.sharding import ShardedIndex
 from mlaas import rewards
@@ -57,6 +60,7 @@ class Encoder(Protocol):
 class TenantState:
     index: VectorIndex | ShardedIndex
     graph: ConceptGraph
+    lexical: LexicalIndex
     lock: threading.RLock = field(default_factory=threading.RLock)
     recovered: list[str] = field(default_factory=list)
 
@@ -97,6 +101,9 @@ class KnowledgePool:
     def _paths(self, tenant_id: str) -> tuple[Path, Path]:
         folder = self.root / tenant_id
         return folder / "index.faiss", folder / "graph.json"
+
+    def _lexical_path(self, tenant_id: str) -> Path:
+        return self.root / tenant_id / "lexical.json"
 
     def tenant(self, tenant_id: str) -> TenantState:
         """The tenant's loaded state (read back or rebuilt on first use).
@@ -165,7 +172,8 @@ class KnowledgePool:
             if graph_path.exists() or expected:
                 recovered.append(f"graph rebuilt from stored concepts ({exc})")
             graph = self._rebuilt_graph(tenant_id)
-        state = TenantState(index=index, graph=graph, recovered=recovered)
+        lexical = self._lexical_index(tenant_id, recovered)
+        state = TenantState(index=index, graph=graph, lexical=lexical, recovered=recovered)
         if recovered:
             self._persist(tenant_id, state)
         index.on_rebuilt = lambda: self._persist_after_rebuild(tenant_id, state)
@@ -185,6 +193,24 @@ class KnowledgePool:
                 log.warning("rebuilding knowledge index", extra={"fields": {
                     "tenant": tenant_id, "reason": str(exc)}})
             return self._rebuilt_index(tenant_id)
+
+    def _lexical_index(self, tenant_id: str, recovered: list[str]) -> LexicalIndex:
+        """The saved lexical index when it holds exactly the stored chunks, else rebuilt
+        from their texts."""
+        path = self._lexical_path(tenant_id)
+        stored = store.chunk_ids(self.url, tenant_id)
+        try:
+            lexical = LexicalIndex.load(path)
+            if lexical.ids() != stored:
+                raise RuntimeError(f"lexical index holds {lexical.size} chunks, database "
+                                   f"{len(stored)} (or other ones)")
+            return lexical
+        except RuntimeError as exc:
+            if path.exists() or stored:
+                recovered.append(f"lexical index rebuilt from stored texts ({exc})")
+            lexical = LexicalIndex()
+            lexical.add(*store.chunk_texts(self.url, tenant_id))
+            return lexical
 
     def _sharded_index(self, tenant_id: str) -> ShardedIndex:
         index = ShardedIndex(self.settings.index_shards, policy=self.policy,
@@ -226,6 +252,7 @@ class KnowledgePool:
     def _persist(self, tenant_id: str, state: TenantState) -> None:
         index_path, graph_path = self._paths(tenant_id)
         state.index.save(index_path)
+        state.lexical.save(self._lexical_path(tenant_id))
         state.graph.save(graph_path)
         self._upload_snapshot(tenant_id)
 
@@ -255,19 +282,20 @@ class KnowledgePool:
             check_document(doc, i, self.max_document_chars)
         state = self.tenant(tenant_id)
         results: list[IngestResult | None] = [None] * len(docs)
-        plans: list[tuple[int, str, list[str]]] = []
+        plans: list[tuple[int, str, list[Chunk]]] = []
         for i, doc in enumerate(docs):
             digest = content_hash(doc.content)
             existing = store.document_by_hash(self.url, tenant_id, digest)
             if existing is not None:
                 results[i] = _unchanged(existing)
                 continue
-            chunks = chunk_text(plain_text(doc.content, doc.content_type), chunking)
+            chunks = chunk_document(doc.content, doc.content_type, chunking)
             if not chunks:
                 raise ValidationError(f"documents[{i}]: no text left after parsing", details={
                     "field": f"documents[{i}].content", "reason": "empty"})
             plans.append((i, digest, chunks))
-        encoded = self.encoder.encode_chunks([c for _, _, chunks in plans for c in chunks])
+        encoded = self.encoder.encode_chunks(
+            [c.indexed_text for _, _, chunks in plans for c in chunks])
         start = 0
         for i, digest, chunks in plans:
             part = encoded[start : start + len(chunks)]
@@ -279,7 +307,7 @@ class KnowledgePool:
         return [r for r in results if r is not None]
 
     def _write(self, tenant_id: str, state: TenantState, doc: DocumentInput, digest: str,
-               chunks: list[str], encoded: list[EncodedChunk]) -> IngestResult:
+               chunks: list[Chunk], encoded: list[EncodedChunk]) -> IngestResult:
         title = doc.title or doc.source or f"document {digest[:8]}"
         meta = {"content_hash": digest, "title": title[:300], "source": doc.source[:1000],
                 "content_type": doc.content_type, "contributor": doc.contributor,
@@ -290,17 +318,20 @@ class KnowledgePool:
                 return _unchanged(existing)
             info, ids = store.add_document(self.url, tenant_id, meta, chunks, encoded)
             state.index.add(np.array(ids, dtype=np.int64), np.stack([e.vector for e in encoded]))
+            state.lexical.add(ids, [c.indexed_text for c in chunks])
             state.graph.add_document(
                 info.id, title=info.title, contributor=info.contributor, domains=info.domains,
                 chunks=[(cid, e.phrases, e.pairs) for cid, e in zip(ids, encoded, strict=True)])
         return IngestResult(info.id, info.title, "created", len(chunks))
 
     def delete(self, tenant_id: str, document_id: str) -> int:
-        """Remove a document's rows, vectors and graph edges; returns the chunks removed."""
+        """Remove a document's rows, vectors, terms and graph edges; returns the chunks
+        removed."""
         state = self.tenant(tenant_id)
         with state.lock:
             ids = store.delete_document(self.url, tenant_id, document_id)
             state.index.remove(np.array(ids, dtype=np.int64))
+            state.lexical.remove(ids)
             state.graph.remove_document(document_id)
             state.index.maybe_rebuild(self._snapshot(tenant_id))
             self._persist(tenant_id, state)
@@ -314,9 +345,15 @@ class KnowledgePool:
         return store.document_domains(self.url, tenant_id) | experts
 
     def query(self, tenant_id: str, text: str, k: int = 5, *, domains: list[str] | None = None,
-              expand: bool = True) -> dict[str, Any]:
-        """Cited chunks for a question; contributors of returned chunks are credited."""
+              expand: bool | None = None, mode: str = "hybrid") -> dict[str, Any]:
+        """Cited chunks for a question; contributors of returned chunks are credited.
+
+        ``mode`` picks the signals (``hybrid``, ``dense`` or ``lexical``); ``expand`` adds the
+        concept graph (``None``: the default, off).
+        """
         check_k(k)
+        options = QueryOptions(mode=mode, expand=QueryOptions.expand if expand is None
+                               else expand)
         if not text.strip():
             raise ValidationError("query must not be blank", details={"field": "query"})
         allowed = None
@@ -330,16 +367,16 @@ class KnowledgePool:
         state = self.tenant(tenant_id)
         vector = self.encoder.embed([text])[0]
         with state.lock:  # the graph is read while no write changes it (writes are short)
-            hits = hybrid_search(state.index, state.graph, self.url, tenant_id, vector, k,
-                                 expand_graph=expand, allowed=allowed)
+            hits = hybrid_search(state.index, state.lexical, state.graph, self.url, tenant_id,
+                                 vector, text, k, options, allowed=allowed)
         query_id = "q_" + secrets.token_hex(8)
         results = self._cite(tenant_id, hits)
         rewards.credit(self.url, tenant_id, "knowledge", [
             rewards.Credit(r["contributor"], RETURNED_CREDIT, "returned",
                            f"{query_id}:{r['chunk_id']}")
             for r in results])
-        return {"query_id": query_id, "query": text, "k": k, "expand": expand,
-                "index": state.index.factory, "results": results}
+        return {"query_id": query_id, "query": text, "k": k, "mode": options.mode,
+                "expand": options.expand, "index": state.index.factory, "results": results}
 
     def credit_citations(self, tenant_id: str, query_id: str,
                          cited: list[dict[str, Any]]) -> int:
@@ -360,7 +397,8 @@ class KnowledgePool:
             results.append({
                 "rank": rank, "score": round(float(score), 4), "chunk_id": cand.chunk_id,
                 "document": {"id": doc.id, "title": doc.title, "source": doc.source},
-                "chunk": {"ordinal": info.ordinal, "text": info.text},
+                "chunk": {"ordinal": info.ordinal, "text": info.text,
+                          "section": info.section},
                 "contributor": info.contributor, "domains": info.domains,
                 "concepts": [p for p, _ in info.concepts], "why": cand.why(),
             })
@@ -370,6 +408,7 @@ class KnowledgePool:
         state = self.tenant(tenant_id)
         return {"documents": len(store.list_documents(self.url, tenant_id)),
                 "chunks": state.index.size, "index": state.index.factory,
+                "lexical_chunks": state.lexical.size,
                 "rebuilding": state.index.rebuilding,
                 "graph_nodes": state.graph.g.number_of_nodes(),
                 "graph_edges": state.graph.g.number_of_edges(), "recovered": state.recovered}

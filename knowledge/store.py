@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from knowledge._tables import KnowledgeChunk, KnowledgeDocument
+from knowledge.chunking import Chunk
 from knowledge.encoder import DIMENSIONS, EncodedChunk
 from mlaas.db import session_scope
 from mlaas.errors import NotFoundError
@@ -40,6 +41,7 @@ class ChunkInfo:
     document_id: str
     ordinal: int
     text: str
+    section: str
     contributor: str
     domains: list[str]
     concepts: list[tuple[str, float]]
@@ -64,7 +66,7 @@ def document_by_hash(url: str, tenant_id: str, content_hash: str) -> DocumentInf
         return DocumentInfo.of(row) if row else None
 
 
-def add_document(url: str, tenant_id: str, meta: dict[str, Any], chunks: list[str],
+def add_document(url: str, tenant_id: str, meta: dict[str, Any], chunks: list[Chunk],
                  encoded: list[EncodedChunk]) -> tuple[DocumentInfo, list[int]]:
     """Write one document and its chunks in one transaction; returns the chunk ids."""
     with session_scope(url) as session:
@@ -73,12 +75,13 @@ def add_document(url: str, tenant_id: str, meta: dict[str, Any], chunks: list[st
         session.add(doc)
         session.flush()  # no ORM relationship: the parent row must exist first
         rows = [
-            KnowledgeChunk(tenant_id=tenant_id, document_id=doc.id, ordinal=i, text=text,
-                           contributor=meta["contributor"], domains=meta["domains"],
+            KnowledgeChunk(tenant_id=tenant_id, document_id=doc.id, ordinal=i, text=chunk.text,
+                           section=chunk.section, contributor=meta["contributor"],
+                           domains=meta["domains"],
                            concepts={"phrases": [list(p) for p in enc.phrases],
                                      "pairs": [list(p) for p in enc.pairs]},
                            embedding=vector_bytes(enc.vector))
-            for i, (text, enc) in enumerate(zip(chunks, encoded, strict=True))
+            for i, (chunk, enc) in enumerate(zip(chunks, encoded, strict=True))
         ]
         session.add_all(rows)
         session.flush()
@@ -122,7 +125,7 @@ def chunks_by_id(url: str, tenant_id: str, ids: list[int]) -> dict[int, ChunkInf
         rows = session.scalars(select(KnowledgeChunk).where(
             KnowledgeChunk.tenant_id == tenant_id, KnowledgeChunk.id.in_(ids)))
         return {row.id: ChunkInfo(row.id, row.document_id, row.ordinal, row.text,
-                                  row.contributor, list(row.domains),
+                                  row.section or "", row.contributor, list(row.domains),
                                   *_concepts(row.concepts)) for row in rows}
 
 
@@ -137,6 +140,22 @@ def embeddings(
     with session_scope(url) as session:
         rows = session.execute(query).all()
     return np.array([r[0] for r in rows], dtype=np.int64), vectors_of([r[1] for r in rows])
+
+
+def chunk_texts(url: str, tenant_id: str) -> tuple[list[int], list[str]]:
+    """Every chunk's id and the text its lexical index holds (section path, then text)."""
+    with session_scope(url) as session:
+        rows = session.execute(select(KnowledgeChunk.id, KnowledgeChunk.section,
+                                      KnowledgeChunk.text).where(
+            KnowledgeChunk.tenant_id == tenant_id).order_by(KnowledgeChunk.id)).all()
+    return [r[0] for r in rows], [Chunk(text, section or "").indexed_text
+                                  for _, section, text in rows]
+
+
+def chunk_ids(url: str, tenant_id: str) -> set[int]:
+    with session_scope(url) as session:
+        return set(session.scalars(select(KnowledgeChunk.id).where(
+            KnowledgeChunk.tenant_id == tenant_id)))
 
 
 def chunk_count(url: str, tenant_id: str) -> int:
