@@ -13,7 +13,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class JobContext:
     tenant_id: str
     job_id: str
     source: str = "<spec>"
+    # Figures for the job record beyond the version (AI enhancement's steps and comparison).
+    job_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def worker_env(spec: JobSpec) -> dict[str, str]:
@@ -82,8 +84,16 @@ def teacher_of(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def plan_for(spec: JobSpec, ctx: JobContext, data: PreparedData | None = None) -> TrainingPlan:
-    """Load the data and build the plan the trainer carries out."""
+def plan_for(
+    spec: JobSpec,
+    ctx: JobContext,
+    data: PreparedData | None = None,
+    *,
+    phase: tuple[float, float] | None = None,
+    run: str | None = None,
+) -> TrainingPlan:
+    """Load the data and build the plan the trainer carries out; ``phase`` and ``run`` place
+    one of several runs in the job's progress (see :class:`ProgressCallback`)."""
     check_data(spec, ctx.source)
     data = data or load_data(spec)
     teacher = teacher_of(spec, ctx) if spec.distill else None
@@ -93,11 +103,12 @@ def plan_for(spec: JobSpec, ctx: JobContext, data: PreparedData | None = None) -
         spec=spec,
         data=data,
         architecture=architecture_for(spec.model, data.info),
-        run_name=f"{ctx.job_id}-{int(time.time())}",
+        run_name=f"{ctx.job_id}-{run + '-' if run else ''}{int(time.time())}",
         storage_path=ctx.storage.path_of("runs"),
         storage_filesystem=None if ctx.storage.is_local() else ctx.storage.filesystem,
         teacher=teacher,
-        callbacks=[ProgressCallback(ctx.database_url, ctx.job_id)],
+        callbacks=[ProgressCallback(ctx.database_url, ctx.job_id, f" {run}" if run else "",
+                                    phase=phase, run=run)],  # fmt: skip
         env_vars=worker_env(spec),
     )
 
@@ -121,14 +132,23 @@ def run_job(spec: JobSpec, ctx: JobContext) -> registry.ModelVersionInfo:
         SpecError: invalid data or teacher (nothing was trained).
         TrainingFailed: training did not finish (nothing was registered).
     """
+    if spec.ai_enhancement is not None:
+        return _run_enhanced(spec, ctx)
     plan = plan_for(spec, ctx)
     started = time.monotonic()
-    if spec.tune is not None:
+    outcome = _train(plan, ctx)
+    _report_target(spec, outcome, ctx)
+    return publish(outcome, plan, ctx, train_seconds=time.monotonic() - started)
+
+
+def _train(plan: TrainingPlan, ctx: JobContext) -> TrainOutcome:
+    """One run (or Tune search) of the plan, ending with a checkpoint."""
+    if plan.spec.tune is not None:
         from cluster.tune import search
 
         outcome = search(plan, ctx.database_url, ctx.job_id)
     else:
-        trainer = importlib.import_module(TRAINER_MODULES[spec.strategy.type])
+        trainer = importlib.import_module(TRAINER_MODULES[plan.spec.strategy.type])
         try:
             outcome = trainer.fit(plan)
         except Exception as exc:
@@ -137,7 +157,59 @@ def run_job(spec: JobSpec, ctx: JobContext) -> registry.ModelVersionInfo:
             raise
     if outcome.checkpoint is None:
         raise TrainingFailed("Training ended without a checkpoint; nothing to register")
+    return outcome
+
+
+def _run_enhanced(spec: JobSpec, ctx: JobContext) -> registry.ModelVersionInfo:
+    """AI-enhanced training (:mod:`cluster.enhance`): the providers' steps, the comparison run
+    without them, then the enhanced run, which is the one registered."""
+    from cluster import enhance
+    from mlaas import accounts
+
+    assert spec.ai_enhancement is not None
+    check_data(spec, ctx.source)
+    data = load_data(spec)
+    tenant = accounts.get_tenant(ctx.database_url, ctx.tenant_id)
+    providers = enhance.providers_for(spec.ai_enhancement, ctx.storage)
+    print("[train] AI enhancement: " + ", ".join(spec.ai_enhancement.scheduled()), flush=True)
+    enhanced = enhance.enhance(
+        spec, data, providers,
+        {"tenant_id": tenant.id, "tier": tenant.tier, "endpoint": enhance.ENDPOINT},
+    )  # fmt: skip
+    summary = ctx.job_metrics["ai_enhancement"] = enhanced.summary
+    rows = summary.get("synthetic_data", {})
+    print(f"[train] enhancement ready: {rows.get('rows_added', 0)} synthetic rows, settings "
+          f"{summary.get('settings', {}).get('applied', {})}", flush=True)  # fmt: skip
+    compare = spec.ai_enhancement.compare
+    without = None
+    if compare:
+        first = plan_for(spec, ctx, data, phase=(0.0, 0.5), run="without_enhancement")
+        without = _train(first, ctx)
+    plan = plan_for(enhanced.spec, ctx, enhanced.data,
+                    phase=(0.5, 0.5) if compare else None, run="with_enhancement")  # fmt: skip
+    started = time.monotonic()
+    outcome = _train(plan, ctx)
+    extra = {"synthetic_rows_added": rows.get("rows_added", 0),
+             "train_rows_real": len(data.x_train)}  # fmt: skip
+    if without is not None:
+        summary["comparison"] = enhance.comparison(without.metrics, outcome.metrics)
+        before = summary["comparison"]["without_enhancement"]
+        extra.update({f"without_enhancement_{k}": v for k, v in before.items()})
+    outcome.extra_metrics.update(extra)
+    _report_target(enhanced.spec, outcome, ctx)
     return publish(outcome, plan, ctx, train_seconds=time.monotonic() - started)
+
+
+def _report_target(spec: JobSpec, outcome: TrainOutcome, ctx: JobContext) -> None:
+    """Whether the run reached the spec's ``target_accuracy`` on the validation split."""
+    if spec.target_accuracy is None:
+        return
+    reached = outcome.metrics.get("val_accuracy")
+    ctx.job_metrics["target_accuracy"] = spec.target_accuracy
+    ctx.job_metrics["target_met"] = (
+        None if not isinstance(reached, int | float) else bool(reached >= spec.target_accuracy)
+    )
+    outcome.extra_metrics["target_accuracy"] = spec.target_accuracy
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -28,10 +28,24 @@ def progress_line(metrics: dict[str, Any], prefix: str = "") -> str:
 
 
 class ProgressCallback(UserCallback):
-    """Prints each report and stores it in the job record (when there is one)."""
+    """Prints each report and stores it in the job record (when there is one).
 
-    def __init__(self, database_url: str | None, job_id: str | None, prefix: str = "") -> None:
+    A job of several runs (AI-enhanced training's comparison run, then the enhanced one) gives
+    each its ``phase``: ``(start, share)`` of the job's progress, and a ``run`` name that each
+    of its reports carries.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None,
+        job_id: str | None,
+        prefix: str = "",
+        *,
+        phase: tuple[float, float] | None = None,
+        run: str | None = None,
+    ) -> None:
         self.database_url, self.job_id, self.prefix = database_url, job_id, prefix
+        self.phase, self.run = phase, run
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
@@ -39,9 +53,16 @@ class ProgressCallback(UserCallback):
         latest = dict(metrics[0]) if metrics else {}
         if checkpoint is not None:
             latest["checkpointed"] = True
+        progress = None
+        if self.run is not None:
+            latest["run"] = self.run
+        if self.phase is not None:
+            start, share = self.phase
+            done = (latest.get("epoch") or 0) / max(latest.get("epochs") or 1, 1)
+            progress = start + share * min(done, 1.0)
         print(progress_line(latest, self.prefix), flush=True)
         if self.database_url and self.job_id:
-            record(self.database_url, self.job_id, latest)
+            record(self.database_url, self.job_id, latest, progress)
 
 
 def record(

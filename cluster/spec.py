@@ -186,6 +186,54 @@ class TuneSpec(_Strict):
     reduction_factor: float = Field(default=2, gt=1)
 
 
+# The settings AI-enhanced training may fill in when the spec leaves them open, by model type.
+TUNABLE_FIELDS = {
+    "mlp": ("hyperparameters.lr", "hyperparameters.batch_size", "hyperparameters.weight_decay",
+            "model.hidden_sizes", "model.dropout"),
+    "cnn": ("hyperparameters.lr", "hyperparameters.batch_size", "hyperparameters.weight_decay",
+            "model.hidden_size", "model.dropout"),
+}  # fmt: skip
+
+
+class AIEnhancementSpec(_Strict):
+    """What the AI providers do before training: synthetic rows added to the training split
+    (never to the validation split), values for the settings the spec left open, and a
+    comparison run without either, so the job's metrics show what the enhancement changed."""
+
+    synthetic_rows: int | None = Field(
+        default=None, ge=0, le=100_000,
+        description="rows generated from the training split and added to it (default: half "
+        "its size, at most 10,000; 0: none)",
+    )  # fmt: skip
+    suggest_settings: bool = Field(
+        default=True, description="ask for values of the settings the spec leaves open"
+    )
+    compare: bool = Field(
+        default=True, description="also train without the enhancement, on the same split"
+    )
+    providers: list[str] = Field(
+        default_factory=list, max_length=10,
+        description="providers to prefer, in order (default: the router's routing; the keyless "
+        "local provider answers when no other is configured)",
+    )  # fmt: skip
+    open_fields: list[str] | None = Field(
+        default=None,
+        description="set when the spec is validated: the settings it left open, to be suggested",
+    )
+
+    def scheduled(self) -> list[str]:
+        """The enhancements a job with this block carries out, in the documented names."""
+        open_fields = self.open_fields or []
+        steps = [] if self.synthetic_rows == 0 else ["synthetic_data_generation"]
+        if self.suggest_settings and any(f.startswith("model.") for f in open_fields):
+            steps.append("architecture_optimization")
+        if self.suggest_settings and any(f.startswith("hyperparameters.") for f in open_fields):
+            steps.append("hyperparameter_tuning")
+        if self.compare:
+            steps.append("baseline_comparison")
+        return steps
+
+
 class RegistrySpec(_Strict):
     model_name: str | None = Field(default=None, description="default: the job's name")
     stage: Literal["staging", "production"] = "staging"
@@ -205,6 +253,11 @@ class JobSpec(_Strict):
     seed: int = 0
     tune: TuneSpec | None = None
     distill: DistillSpec | None = None
+    ai_enhancement: AIEnhancementSpec | None = None
+    target_accuracy: float | None = Field(
+        default=None, gt=0, le=1,
+        description="the validation accuracy aimed at; the job reports whether it was met",
+    )  # fmt: skip
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
 
     @property
@@ -219,7 +272,22 @@ class JobSpec(_Strict):
     def _parts_fit_together(self) -> JobSpec:
         for field, problem in _combination_problems(self):
             raise _FieldProblem(field, problem)
+        enhancement = self.ai_enhancement
+        if enhancement is not None and enhancement.open_fields is None:
+            enhancement.open_fields = self._left_open()
         return self
+
+    def _left_open(self) -> list[str]:
+        """The tunable settings this spec was given no value for (defaults count as open)."""
+        given = {
+            "hyperparameters": self.hyperparameters.model_fields_set
+            if "hyperparameters" in self.model_fields_set else set(),
+            "model": self.model.model_fields_set,
+        }  # fmt: skip
+        return [
+            path for path in TUNABLE_FIELDS.get(self.model.type, ())
+            if path.split(".")[1] not in given[path.split(".")[0]]
+        ]  # fmt: skip
 
 
 _BF16_ELSEWHERE = {
@@ -253,12 +321,28 @@ def _combination_problems(spec: JobSpec) -> list[tuple[str, str]]:
     torch_vision_model = spec.model.type in ("mlp", "cnn")
     if spec.distill and (not torch_vision_model or spec.strategy.type == "tensorflow"):
         problems.append(("distill", "distillation trains a torch (ddp/deepspeed) MLP or CNN"))
+    if spec.ai_enhancement is not None:
+        problems.extend(_enhancement_problems(spec, spec.ai_enhancement))
     if spec.tune and spec.strategy.type != "ddp":
         problems.append(("tune", "Tune searches run with the ddp strategy"))
     if spec.hyperparameters.precision == "bf16" and spec.strategy.type != "ddp":
         problems.append(("hyperparameters.precision", _BF16_ELSEWHERE[spec.strategy.type]))
     if spec.scaling.use_gpu and spec.scaling.resources_per_worker.get("GPU", 1) <= 0:
         problems.append(("scaling.resources_per_worker.GPU", "use_gpu needs a GPU per worker"))
+    return problems
+
+
+def _enhancement_problems(spec: JobSpec, enhancement: AIEnhancementSpec) -> list[tuple[str, str]]:
+    problems = []
+    if spec.model.type not in TUNABLE_FIELDS:
+        problems.append(
+            ("ai_enhancement", "AI-enhanced training is for mlp and cnn models on tabular data")
+        )
+    if spec.tune is not None:
+        problems.append(("ai_enhancement", "a Tune search chooses settings itself: use one"))
+    unknown = set(enhancement.open_fields or ()) - set(TUNABLE_FIELDS.get(spec.model.type, ()))
+    if unknown:
+        problems.append(("ai_enhancement.open_fields", f"not tunable: {sorted(unknown)}"))
     return problems
 
 

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         job.id,
         "SUCCEEDED",
         model_version_id=version.id,
-        metrics={"model_version": version.version},
+        metrics={"model_version": version.version, **context.job_metrics},
     )
     print(
         f"[train] registered {version.model_name} version {version.version} "

@@ -212,10 +212,13 @@ def _length_problems(limits: WorkLimits, spec: dict[str, Any]) -> list[LimitExce
     """How long a job may run: epochs, language-model steps, and finite worker restarts."""
     problems = []
     epochs = int(spec.get("epochs", 1))
-    if epochs > limits.max_epochs:
+    # AI-enhanced training's comparison run trains the epochs a second time.
+    runs = 2 if (spec.get("ai_enhancement") or {}).get("compare", False) else 1
+    if epochs * runs > limits.max_epochs:
+        twice = " (twice: once for ai_enhancement.compare)" if runs > 1 else ""
         problems.append(LimitExceeded(
-            "epochs", "max_epochs", limits.max_epochs, epochs,
-            f"a job may train at most {limits.max_epochs} epochs (got {epochs})"))
+            "epochs", "max_epochs", limits.max_epochs, epochs * runs,
+            f"a job may train at most {limits.max_epochs} epochs (got {epochs}{twice})"))
     steps = int((spec.get("hyperparameters") or {}).get("steps_per_epoch", 1))
     if (spec.get("model") or {}).get("type") == "gpt" and steps > limits.max_steps_per_epoch:
         problems.append(LimitExceeded(

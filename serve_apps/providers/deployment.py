@@ -30,6 +30,7 @@ from serve_apps.providers.schemas import (
     EnhanceRequest,
     SyntheticDataRequest,
     TenantRef,
+    TrainingSettingsRequest,
 )
 from serve_apps.providers.state import get_or_create_state
 from serve_apps.providers.state_view import ActorBackend, RouterState
@@ -152,6 +153,13 @@ class ProviderRouter:
     async def enhance(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
         return await enhance(
             EnhanceRequest.model_validate(request), self.tasks, TenantRef.model_validate(tenant)
+        )
+
+    async def training_settings(
+        self, request: dict[str, Any], tenant: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.tasks.training_settings(
+            TrainingSettingsRequest.model_validate(request), TenantRef.model_validate(tenant)
         )
 
     async def embeddings(self, texts: list[str]) -> list[list[float]]:

@@ -6,7 +6,7 @@ models are the schemas structured outputs are validated against, whoever produce
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -182,6 +182,56 @@ class ModelAnalysis(BaseModel):
         description="Your estimate of each reported metric's change if the suggestions are "
         "applied (e.g. {\"accuracy\": 0.04}); omit it rather than guess",
     )
+
+
+# ----- training settings (AI-enhanced training) -----
+
+TunableField = Literal[
+    "hyperparameters.lr",
+    "hyperparameters.batch_size",
+    "hyperparameters.weight_decay",
+    "model.hidden_sizes",
+    "model.hidden_size",
+    "model.dropout",
+]
+
+
+class TrainingDataFacts(BaseModel):
+    """What is known of the training split, measured by the job (no rows leave it here)."""
+
+    rows: int = Field(ge=1)
+    features: int = Field(ge=1)
+    classes: int = Field(ge=1)
+    majority_share: float = Field(ge=0, le=1, description="share of the largest class")
+
+
+class TrainingSettingsRequest(BaseModel):
+    """The settings a job spec left open, to be suggested for its model and data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_description: str = Field(min_length=1, max_length=10_000)
+    model_type: Literal["mlp", "cnn"]
+    data: TrainingDataFacts
+    epochs: int = Field(ge=1)
+    num_workers: int = Field(default=1, ge=1)
+    open_fields: list[TunableField] = Field(min_length=1)
+    provider: str | None = Field(default=None, description="Prefer this provider")
+
+
+class TrainingSettings(BaseModel):
+    """Suggested values; each is within the job spec's own bounds, and a field not asked for
+    is ignored by the job. ``rationale`` says why, one line per value."""
+
+    lr: float | None = Field(default=None, gt=0, le=1)
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    weight_decay: float | None = Field(default=None, ge=0, le=1)
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    hidden_size: int | None = Field(default=None, ge=1, le=65_536)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    rationale: list[str] = Field(default_factory=list)
 
 
 # ----- research (a part of /v1/ai/enhance) -----

@@ -33,6 +33,7 @@ from serve_apps.providers.guardrails import (
 from serve_apps.providers.local import LocalProvider
 from serve_apps.providers.local.quality import description_metrics, quality_metrics
 from serve_apps.providers.local.synthetic import Source, source_of
+from serve_apps.providers.local.training import suggest as suggest_training
 from serve_apps.providers.policies import Candidate
 from serve_apps.providers.router import Router
 from serve_apps.providers.schemas import (
@@ -42,6 +43,8 @@ from serve_apps.providers.schemas import (
     SyntheticDataRequest,
     SyntheticRows,
     TenantRef,
+    TrainingSettings,
+    TrainingSettingsRequest,
 )
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -309,6 +312,37 @@ class AiTasks:
             candidate, timeout_s, sent, SyntheticRows, tenant, temperature=_ROWS_TEMPERATURE
         )
         return answer.rows
+
+    async def training_settings(
+        self, request: TrainingSettingsRequest, tenant: TenantRef
+    ) -> dict[str, Any]:
+        """Values for the settings a job spec left open (AI-enhanced training); a value for a
+        field that was not asked for is dropped, whoever answered."""
+        asked = ", ".join(request.open_fields)
+        prompt = (
+            f"Suggest training settings for this model: {request.model_description}\n"
+            f"Model: {request.model_type}; training data: {request.data.model_dump_json()}; "
+            f"{request.epochs} epochs with Adam on {request.num_workers} worker(s).\n"
+            f"Give values only for: {asked}; one rationale line per value."
+        )
+
+        async def local() -> TrainingSettings:
+            return suggest_training(request)
+
+        async def remote(candidate: Candidate, timeout_s: float, sent: str) -> TrainingSettings:
+            return await self.structured(candidate, timeout_s, sent, TrainingSettings, tenant)
+
+        settings, candidate = await self._route(
+            "analysis", request.provider, local, remote, tenant, prompt
+        )
+        names = {field.split(".", 1)[1] for field in request.open_fields}
+        values = settings.model_dump(exclude={"rationale"})
+        return {
+            "provider": candidate.provider,
+            "model": candidate.model_id,
+            "settings": {k: v for k, v in values.items() if k in names and v is not None},
+            "rationale": settings.rationale,
+        }
 
     async def research(
         self,

@@ -1,11 +1,13 @@
 """``GET /v1/models/{id}/status`` (the documented ``monitoring_url``), ``estimated_completion``
-from the job's measured progress, the 422 for what ``/v1/models/train`` cannot train here, and
-``services.ai_orchestrator`` of ``GET /health``."""
+from the job's measured progress, AI-enhanced training through the documented request, the 422
+for what ``/v1/models/train`` cannot train here, and ``services.ai_orchestrator`` of
+``GET /health``."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,12 +28,16 @@ from serve_apps.gateway.routes import health
 from tests.conftest import Platform
 from tests.serve_apps.test_train_api import TERMINAL, training_jobs_used
 
-# The body of the API documentation, on a dataset and architecture the platform has
+# The body of the API documentation, on a dataset and architecture the platform has; the
+# learning rate and the layers are left to the AI enhancement, the batch size is not.
 DIGITS_BODY: dict[str, Any] = {
-    "model_config": {"name": "Status Digits", "architecture": "mlp", "dataset": "digits"},
-    "training_config": {"epochs": 20, "batch_size": 32, "learning_rate": 0.003,
-                        "num_workers": 1, "cpus_per_worker": 0.5},
+    "model_config": {"name": "Status Digits", "type": "computer_vision", "architecture": "mlp",
+                     "dataset": "digits", "target_accuracy": 0.9},
+    "training_config": {"epochs": 10, "batch_size": 32, "num_workers": 1,
+                        "cpus_per_worker": 0.5, "ai_enhancement": True,
+                        "providers": ["openai", "local"]},
 }  # fmt: skip
+DIGITS_ROWS, DIGITS_VALIDATION = 1797, 360  # validation_split 0.2, rounded up
 DOCUMENTED_BODY: dict[str, Any] = {
     "model_config": {"name": "Enhanced Image Classifier", "type": "computer_vision",
                      "architecture": "resnet50", "dataset": "custom_images",
@@ -244,10 +250,12 @@ def test_the_documented_resnet50_on_custom_images_is_422_naming_what_is_supporte
     assert used_after == used_before, "a refused request is not charged"
 
 
-def test_the_monitoring_url_is_the_models_status_with_its_latest_job_and_versions(
+def test_the_monitoring_url_follows_an_ai_enhanced_job_to_its_registered_version(
     platform: Platform, tenant: tuple[str, str]
 ) -> None:
-    """One small job, followed through its ``monitoring_url`` to its registered version."""
+    """One AI-enhanced job (the documented request on digits), followed through its
+    ``monitoring_url``: the local provider's synthetic rows go into the training split only,
+    the settings left open get values, and both runs' validation metrics are recorded."""
     _, key = tenant
     _, other_key = platform.new_tenant("pro")
     seen: list[dict[str, Any]] = []
@@ -256,7 +264,7 @@ def test_the_monitoring_url_is_the_models_status_with_its_latest_job_and_version
         assert accepted.status_code == 202, accepted.text
         url = accepted.json()["monitoring_url"]
         polled_from = datetime.now(UTC).replace(microsecond=0)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             status = client.get(url)
             assert status.status_code == 200, status.text
@@ -272,6 +280,9 @@ def test_the_monitoring_url_is_the_models_status_with_its_latest_job_and_version
     model_id = answer["model_id"]
     assert url == f"/v1/models/{model_id}/status"
     assert answer["estimated_completion"] is None, "nothing measured at submission"
+    assert answer["ai_enhancements_scheduled"] == [
+        "synthetic_data_generation", "architecture_optimization", "hyperparameter_tuning",
+        "baseline_comparison"]  # fmt: skip
     assert seen[0]["status"] == "training" and seen[0]["versions"] == []
     assert seen[0]["training_job"]["training_job_id"] == answer["training_job_id"]
     unmeasured = [s for s in seen if s["training_job"]["eta_seconds"] is None
@@ -283,11 +294,45 @@ def test_the_monitoring_url_is_the_models_status_with_its_latest_job_and_version
     for reading in measured:
         assert _parsed(reading["estimated_completion"]) >= polled_from, "now + ETA, not past"
         assert reading["estimated_completion"] == reading["training_job"]["estimated_completion"]
-    assert final["training_job"]["status"] == "SUCCEEDED", final
+    job = final["training_job"]
+    assert job["status"] == "SUCCEEDED", job
     assert final["status"] == "ready" and final["model_id"] == model_id
     assert [v["version"] for v in final["versions"]] == [1]
     assert final["versions"][0]["training_job_id"] == answer["training_job_id"]
-    assert final["estimated_completion"] == final["training_job"]["finished_at"]
+    assert final["estimated_completion"] == job["finished_at"]
     assert by_name["model_id"] == model_id and by_name["versions"] == final["versions"]
     assert [f.status_code for f in foreign] == [404, 404]
     assert all(f.json()["error"]["code"] == "NOT_FOUND" for f in foreign)
+
+    enhancement = job["metrics"]["ai_enhancement"]
+    rows = enhancement["synthetic_data"]
+    real = DIGITS_ROWS - DIGITS_VALIDATION
+    assert rows["provider"] == "local", "openai has no key here: the next preference answered"
+    assert rows["train_rows_real"] == real and rows["validation_rows"] == DIGITS_VALIDATION
+    assert rows["rows_requested"] == math.ceil(real / 2)
+    assert rows["rows_added"] == rows["rows_requested"] - rows["rows_rejected"] > 0
+    assert rows["train_rows_total"] == real + rows["rows_added"]
+    assert rows["quality_metrics"], "the synthetic rows were measured against the real ones"
+    applied = enhancement["settings"]["applied"]
+    assert {"hyperparameters.lr", "model.hidden_sizes"} <= set(applied)
+    assert "hyperparameters.batch_size" not in applied, "the request set it"
+    assert len(enhancement["settings"]["rationale"]) == len(applied)
+    # Each run's steps per epoch show how many rows it trained on (one worker, batch 32).
+    first_epoch = {m["run"]: m["step"] for m in job["metrics_history"] if m["epoch"] == 1}
+    assert first_epoch == {
+        "without_enhancement": math.ceil(real / 32),
+        "with_enhancement": math.ceil(rows["train_rows_total"] / 32),
+    }
+    comparison = enhancement["comparison"]
+    for run in ("without_enhancement", "with_enhancement"):
+        assert set(comparison[run]) >= {"val_accuracy", "val_loss"}, comparison
+    assert comparison["change"]["val_accuracy"] == pytest.approx(
+        comparison["with_enhancement"]["val_accuracy"]
+        - comparison["without_enhancement"]["val_accuracy"], abs=1e-6)  # fmt: skip
+    version_metrics = final["versions"][0]["metrics"]
+    assert version_metrics["val_accuracy"] == comparison["with_enhancement"]["val_accuracy"]
+    assert version_metrics["without_enhancement_val_accuracy"] == (
+        comparison["without_enhancement"]["val_accuracy"])
+    assert version_metrics["synthetic_rows_added"] == rows["rows_added"]
+    assert job["metrics"]["target_accuracy"] == 0.9
+    assert job["metrics"]["target_met"] == (version_metrics["val_accuracy"] >= 0.9)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cluster.errors import SpecError
-from cluster.spec import BUILTIN_DATASETS, validate_spec
+from cluster.spec import BUILTIN_DATASETS, AIEnhancementSpec, validate_spec
 from mlaas import registry, training_jobs, work_limits
 from mlaas.auth import Principal
 from mlaas.errors import ValidationError
@@ -129,7 +129,14 @@ def _accepted(submission: training.Submission, *, monitor_model: bool = False) -
         "monitoring_url": monitoring,
         "logs_url": f"/v1/train/{job.id}/logs",
         "estimated_completion": training.estimated_completion(job),
+        "ai_enhancements_scheduled": scheduled_enhancements(job.spec),
     }
+
+
+def scheduled_enhancements(spec: dict[str, Any]) -> list[str]:
+    """What the job's ``ai_enhancement`` block has it do before training (none without one)."""
+    block = spec.get("ai_enhancement")
+    return AIEnhancementSpec.model_validate(block).scheduled() if block is not None else []
 
 
 @router.post("/v1/train", status_code=202)
@@ -285,6 +292,10 @@ class ModelConfig(BaseModel):
     architecture: str = Field(default="mlp", description=" or ".join(DOCUMENTED_ARCHITECTURES))
     dataset: str = Field(min_length=1, description=f"one of {BUILTIN_DATASETS} or a data file")
     target: str | None = Field(default=None, description="label column of a CSV/Parquet file")
+    target_accuracy: float | None = Field(
+        default=None, gt=0, le=1,
+        description="validation accuracy aimed at; the job's metrics say whether it was met",
+    )  # fmt: skip
 
 
 class TrainingConfig(BaseModel):
@@ -298,6 +309,15 @@ class TrainingConfig(BaseModel):
     strategy: str = "ddp"
     num_workers: int = Field(default=1, ge=1)
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    ai_enhancement: bool | dict[str, Any] = Field(
+        default=False,
+        description="true, or the job spec's ai_enhancement block (synthetic_rows, "
+        "suggest_settings, compare): synthetic rows, suggested settings and a comparison run",
+    )
+    providers: list[str] = Field(
+        default_factory=list, max_length=10,
+        description="AI providers to prefer for the enhancement, in order",
+    )  # fmt: skip
 
 
 class ModelsTrainRequest(BaseModel):
@@ -320,14 +340,27 @@ _DOCUMENTED_FIELDS = {
     "strategy": "training_config.strategy",
     "scaling.num_workers": "training_config.num_workers",
     "scaling.resources_per_worker.CPU": "training_config.cpus_per_worker",
+    "ai_enhancement": "training_config.ai_enhancement",
+    "ai_enhancement.providers": "training_config.providers",
+    "target_accuracy": "model_config.target_accuracy",
 }
 
 
 def documented_to_spec(body: ModelsTrainRequest) -> dict[str, Any]:
-    """The job spec a documented ``/v1/models/train`` request stands for."""
+    """The job spec a documented ``/v1/models/train`` request stands for.
+
+    Settings the request leaves out stay out of the spec (their defaults are the spec's), so
+    AI enhancement sees them as open and may suggest values.
+    """
     model, train = body.model_config_, body.training_config
+    given = train.model_fields_set
     dataset = f"builtin:{model.dataset}" if model.dataset in BUILTIN_DATASETS else model.dataset
-    return {
+    hyperparameters = {
+        name: getattr(train, field)
+        for field, name in (("learning_rate", "lr"), ("batch_size", "batch_size"))
+        if field in given
+    }
+    spec: dict[str, Any] = {
         "name": re.sub(r"[^A-Za-z0-9._-]+", "-", model.name).strip("-.") or "model",
         "model": {"type": model.architecture},
         "data": {"source": dataset, "target": model.target},
@@ -336,9 +369,17 @@ def documented_to_spec(body: ModelsTrainRequest) -> dict[str, Any]:
             "num_workers": train.num_workers,
             "resources_per_worker": {"CPU": train.cpus_per_worker},
         },
-        "hyperparameters": {"lr": train.learning_rate, "batch_size": train.batch_size},
+        "hyperparameters": hyperparameters,
         "epochs": train.epochs,
     }
+    if model.target_accuracy is not None:
+        spec["target_accuracy"] = model.target_accuracy
+    if train.ai_enhancement is not False:
+        block = dict(train.ai_enhancement) if isinstance(train.ai_enhancement, dict) else {}
+        if train.providers:
+            block.setdefault("providers", train.providers)
+        spec["ai_enhancement"] = block
+    return spec
 
 
 @router.post("/v1/models/train", status_code=202)
