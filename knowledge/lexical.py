@@ -8,8 +8,10 @@ database.
 
 Terms keep what words-only tokenizers lose: a route (``/v1/ai/enhance``), an error code
 (``MISSING_API_KEY``), a setting (``MLAAS_KNOWLEDGE_INDEX_SHARDS``) or ``CamelCase`` name is
-one term *and* its parts, so the exact string and its words both match. Plain words are
-lower-cased, stopwords dropped and plurals folded (``limits`` -> ``limit``).
+one term *and* its parts in a chunk. A question naming a compound the index holds is matched
+on that exact term only (chunks that merely share its words do not compete), and on its parts
+when no chunk holds it. Words are lower-cased, stopwords dropped and plurals folded
+(``limits`` -> ``limit``).
 """
 
 from __future__ import annotations
@@ -42,20 +44,30 @@ def _fold(word: str) -> str:
     return word
 
 
+def _split(raw: str) -> list[str]:
+    """The parts of a compound (``MISSING_API_KEY``, ``/v1/ai/enhance``, ``CamelCase``), or
+    ``[]`` for a plain word."""
+    parts = [p for p in _SEPARATORS.split(raw) if p]
+    if len(parts) > 1:
+        return parts
+    camel = _CAMEL.findall(raw) if raw != raw.lower() else []
+    return camel if len(camel) > 1 else []
+
+
+def _words(parts: Iterable[str]) -> Iterator[str]:
+    for part in parts:
+        word = part.lower()
+        if word not in STOPWORDS:
+            yield _fold(word)
+
+
 def terms(text: str) -> Iterator[str]:
     """The index terms of a text, in order (a compound yields itself, then its parts)."""
     for raw in _TERM.findall(text):
-        parts = [p for p in _SEPARATORS.split(raw) if p]
-        camel = _CAMEL.findall(raw) if len(parts) == 1 and raw != raw.lower() else []
-        if len(parts) > 1 or len(camel) > 1:
+        parts = _split(raw)
+        if parts:
             yield raw.lower()
-            for part in parts if len(parts) > 1 else camel:
-                if part.lower() not in STOPWORDS:
-                    yield _fold(part.lower())
-            continue
-        word = raw.lower()
-        if word not in STOPWORDS:
-            yield _fold(word)
+        yield from _words(parts or [raw])
 
 
 class LexicalIndex:
@@ -107,21 +119,40 @@ class LexicalIndex:
                 del self._postings[term]
         return 1
 
+    def query_terms(self, query: str) -> dict[str, int]:
+        """The terms a question is matched on, with their weights: a compound the index holds
+        is asked for as it is (the exact string, not every chunk that has its words) and
+        weighs as many words as it has parts, like the phrase it is; another compound is
+        asked for by its parts."""
+        wanted: dict[str, int] = {}
+        for raw in _TERM.findall(query):
+            parts = _split(raw)
+            if parts and raw.lower() in self._postings:
+                wanted[raw.lower()] = max(len(list(_words(parts))), 1)
+            else:
+                for word in _words(parts or [raw]):
+                    wanted.setdefault(word, 1)
+        return wanted
+
+    def _idf(self, term: str, n: int) -> float:
+        df = len(self._postings.get(term, ()))
+        return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
     def search(self, query: str, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
         """The ``k`` best (chunk id, BM25 score) pairs, best first; ties by lower id."""
-        wanted = set(terms(query))
         scores: dict[int, float] = {}
         with self._lock:
+            wanted = self.query_terms(query)
             n = len(self._docs)
             if not n:
                 return []
             average = self._total_length / n
-            for term in wanted:
+            for term, weight in wanted.items():
                 posting = self._postings.get(term)
                 if not posting:
                     continue
-                idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+                idf = weight * self._idf(term, n)
                 for chunk_id, tf in posting.items():
                     if allowed is not None and chunk_id not in allowed:
                         continue
@@ -136,9 +167,7 @@ class LexicalIndex:
         so ``score / query_weight`` is the share of the question's words a chunk matches."""
         with self._lock:
             n = len(self._docs)
-            return sum(math.log(1 + (n - len(self._postings.get(t, ())) + 0.5)
-                                / (len(self._postings.get(t, ())) + 0.5))
-                       for t in set(terms(query)))
+            return sum(w * self._idf(t, n) for t, w in self.query_terms(query).items())
 
     def save(self, path: Path) -> None:
         """Write every chunk's term counts atomically."""

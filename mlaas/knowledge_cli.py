@@ -127,17 +127,21 @@ def query(
     text: Annotated[str, typer.Argument(help="The question")],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="Results")] = 5,
     domain: Annotated[list[str] | None, typer.Option(help="Only these domains")] = None,
-    expand: Annotated[bool, typer.Option(help="Expand through the concept graph")] = True,
+    mode: Annotated[str, typer.Option(help="hybrid (BM25 + MiniLM, fused), dense or lexical")]
+    = "hybrid",
+    expand: Annotated[bool, typer.Option(help="Also expand through the concept graph")] = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Print the best chunks with their sources and why each was chosen."""
-    body = {"query": text, "k": k, "expand": expand, "domains": domain or None}
+    body = {"query": text, "k": k, "mode": mode, "expand": expand, "domains": domain or None}
     with _client(url, api_key) as client:
         result = _check(client.post("/v1/knowledge/query", json=body))
     table = Table("#", "score", "source", "text", "why")
     for row in result["results"]:
         source = row["document"]["source"] or row["document"]["title"]
+        if row["chunk"].get("section"):
+            source += f" > {row['chunk']['section']}"
         table.add_row(str(row["rank"]), f"{row['score']:.3f}",
                       f"{source} #{row['chunk']['ordinal']}", row["chunk"]["text"][:160],
                       row["why"]["reason"])

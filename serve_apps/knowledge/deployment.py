@@ -83,9 +83,9 @@ class KnowledgeService:
         return [d.__dict__ for d in docs]
 
     async def query(self, tenant_id: str, text: str, k: int, domains: list[str] | None,
-                    expand: bool) -> dict[str, Any]:
+                    expand: bool | None, mode: str = "hybrid") -> dict[str, Any]:
         return await asyncio.to_thread(self.pool.query, tenant_id, text, k, domains=domains,
-                                       expand=expand)
+                                       expand=expand, mode=mode)
 
     async def answer_messages(self, text: str, results: list[dict[str, Any]]) -> list[Any]:
         return answer_messages(text, results)

@@ -52,7 +52,10 @@ class QueryBody(BaseModel):
     query: str = Field(max_length=4000, description="Blank is refused by the pool")
     k: int = Field(default=5, ge=1, le=MAX_K)
     domains: list[str] | None = None
-    expand: bool = Field(default=True, description="Expand vector hits through the graph")
+    mode: Literal["hybrid", "dense", "lexical"] = Field(
+        default="hybrid", description="Signals: BM25 and MiniLM cosine fused, or one alone")
+    expand: bool | None = Field(default=None, description="Also expand the hits through the "
+                                "concept graph (default: off)")
     answer: bool = Field(default=False, description="Also generate an answer citing the "
                          "results, through the provider router")
     answer_model: str = Field(default="default", max_length=200,
@@ -113,7 +116,7 @@ async def query(body: QueryBody, principal: CurrentPrincipal) -> dict[str, Any]:
     ``answer``, a generated answer whose ``[n]`` citations point at those results. Counted
     on admission (the ``metered`` map of configs/tiers.yaml)."""
     result: dict[str, Any] = await knowledge_client.call(
-        "query", principal.tenant_id, body.query, body.k, body.domains, body.expand)
+        "query", principal.tenant_id, body.query, body.k, body.domains, body.expand, body.mode)
     if body.answer and result.get("results"):
         result.update(await _answer(body, principal, result))
     return result
