@@ -329,13 +329,21 @@ class AiTasks:
         async def local() -> TrainingSettings:
             return suggest_training(request)
 
+        names = {field.split(".", 1)[1] for field in request.open_fields}
+
         async def remote(candidate: Candidate, timeout_s: float, sent: str) -> TrainingSettings:
-            return await self.structured(candidate, timeout_s, sent, TrainingSettings, tenant)
+            answer = await self.structured(candidate, timeout_s, sent, TrainingSettings, tenant)
+            missing = sorted(n for n in names if getattr(answer, n) is None)
+            if missing:  # an answer without the values asked for is no answer: the next one
+                raise ProviderCallError(
+                    candidate.provider, candidate.model, "invalid_output",
+                    f"the answer gave no value for {missing}",
+                )  # fmt: skip
+            return answer
 
         settings, candidate = await self._route(
             "analysis", request.provider, local, remote, tenant, prompt
         )
-        names = {field.split(".", 1)[1] for field in request.open_fields}
         values = settings.model_dump(exclude={"rationale"})
         return {
             "provider": candidate.provider,

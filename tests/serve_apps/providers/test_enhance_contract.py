@@ -24,7 +24,12 @@ from serve_apps.providers.catalogue import Catalogue
 from serve_apps.providers.enhance import enhance, improvement_potential
 from serve_apps.providers.local import LocalProvider
 from serve_apps.providers.router import Router
-from serve_apps.providers.schemas import EnhanceRequest, SyntheticDataRequest, TenantRef
+from serve_apps.providers.schemas import (
+    EnhanceRequest,
+    SyntheticDataRequest,
+    TenantRef,
+    TrainingSettingsRequest,
+)
 from serve_apps.providers.state import ProviderStateBook
 from serve_apps.providers.state_view import BookBackend, RouterState
 from serve_apps.providers.tasks import AiTasks
@@ -505,3 +510,57 @@ def test_500_rows_through_the_fake_openai_provider_come_with_measured_quality(
     else:
         assert metrics["realism_score"] is None and metrics["reference"] == "description"
         assert set(metrics["column_distances"]) == {"label"}
+
+
+# --- training settings for AI-enhanced training ---------------------------------------------
+
+SETTINGS_REQUEST = TrainingSettingsRequest(
+    model_description="iris: an mlp classifier",
+    model_type="mlp",
+    data={"rows": 180, "features": 4, "classes": 3, "majority_share": 0.34},
+    epochs=3,
+    open_fields=["hyperparameters.lr", "model.hidden_sizes"],
+)
+
+
+@pytest.mark.parametrize("provider", ["ec-oa", "ec-an"])
+def test_a_provider_suggests_only_the_settings_the_spec_left_open(
+    fake: FakeProvider, tmp_path: Path, provider: str
+) -> None:
+    """Both wire formats; a value nobody asked for (batch_size) never reaches the job."""
+    tasks, backend = make_tasks(fake, tmp_path)
+    model = "ec-gpt" if provider == "ec-oa" else "ec-claude"
+    fake.script(model, Step(content=json.dumps({
+        "lr": 0.004, "hidden_sizes": [48, 24], "batch_size": 512,
+        "rationale": ["a small table trains fast", "two layers for three classes"]})))  # fmt: skip
+    request = SETTINGS_REQUEST.model_copy(update={"provider": provider})
+
+    answer = asyncio.run(tasks.training_settings(request, TENANT))
+
+    assert answer["provider"] == provider
+    assert answer["settings"] == {"lr": 0.004, "hidden_sizes": [48, 24]}
+    assert len(answer["rationale"]) == 2
+    sent = fake.requests_for(model)[-1].text
+    assert "hyperparameters.lr, model.hidden_sizes" in sent and "180" in sent
+    assert backend.usage, "the call was accounted to the tenant"
+
+
+def test_settings_out_of_bounds_or_missing_fall_back_to_the_local_rules(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Values outside the spec's bounds are refused with one repair; an answer without the
+    values asked for is refused too; the local rules answer last."""
+    tasks, _ = make_tasks(fake, tmp_path)
+    fake.script("ec-gpt", Step(content='{"lr": 50}'), Step(content='{"lr": -1}'))
+    fake.script("ec-claude", Step(content='{"lr": 0.002, "rationale": []}'))
+    request = SETTINGS_REQUEST.model_copy(update={"provider": "ec-oa"})
+    before = [len(fake.requests_for(m)) for m in ("ec-gpt", "ec-claude")]
+
+    answer = asyncio.run(tasks.training_settings(request, TENANT))
+
+    after = [len(fake.requests_for(m)) for m in ("ec-gpt", "ec-claude")]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1]
+    assert answer["provider"] == "local"
+    assert set(answer["settings"]) == {"lr", "hidden_sizes"}
+    assert 0 < answer["settings"]["lr"] <= 1e-2
+    assert len(answer["rationale"]) == 2
