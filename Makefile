@@ -49,8 +49,8 @@ services:
 # again on a platform whose database is PostgreSQL and whose storage is S3 (SeaweedFS); then
 # the multi-node tests (Ray nodes in namespaces of their own), with no other Ray running.
 test: install services
-	$(PY) -m pytest -m "not multinode" $(PYTEST_ARGS)
-	MLAAS_TEST_BACKEND=cluster $(PY) -m pytest -m cluster_state $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not multinode and not cluster_only" $(PYTEST_ARGS)
+	MLAAS_TEST_BACKEND=cluster $(PY) -m pytest -m "cluster_state or cluster_only" $(PYTEST_ARGS)
 	$(PY) -m pytest -m multinode $(PYTEST_ARGS)
 
 lint: install

@@ -33,7 +33,7 @@ from tests.serve_apps.test_train_api import TERMINAL, training_jobs_used
 DIGITS_BODY: dict[str, Any] = {
     "model_config": {"name": "Status Digits", "type": "computer_vision", "architecture": "mlp",
                      "dataset": "digits", "target_accuracy": 0.9},
-    "training_config": {"epochs": 10, "batch_size": 32, "num_workers": 1,
+    "training_config": {"epochs": 5, "batch_size": 32, "num_workers": 1,
                         "cpus_per_worker": 0.5, "ai_enhancement": True,
                         "providers": ["openai", "local"]},
 }  # fmt: skip
