@@ -10,8 +10,9 @@ In one run:
   core), build time and index bytes (``serialize_index``); the speedup at the policy's
   ``nprobe`` is the median of three exact/chosen timings made back to back;
 - **ingest**: the same Markdown-like documents ingested end to end by ``KnowledgePool`` with
-  its Ray ``EncoderPool`` (chunking, MiniLM + keyphrases, SQLite rows, FAISS, graph, files)
-  against ``SentenceTransformer.encode`` of the same chunks in one process with as many torch
+  its Ray ``EncoderPool`` (chunking, MiniLM + keyphrases, SQLite rows, FAISS, BM25, graph,
+  files) against ``SentenceTransformer.encode`` of the same chunks (as the pool encodes them:
+  section path and text) in one process with as many torch
   threads as the pool has actors, at the pool's forward batch (the raw encode rate), and
   against the same MiniLM encode alone on the pool's own actors (what the pool adds on top of
   encoding). Each ingest call of 16 documents is timed next to both raw encodes of its own
@@ -147,6 +148,14 @@ def documents(count: int) -> list[Any]:
     return docs
 
 
+def pool_chunks(docs: list[Any]) -> list[str]:
+    """The texts the pool encodes for ``docs``: its chunks, each with its section path."""
+    from knowledge import ChunkingConfig, chunk_document
+
+    return [c.indexed_text for d in docs
+            for c in chunk_document(d.content, d.content_type, ChunkingConfig())]
+
+
 def raw_encode_s(model: Any, chunks: list[str], batch_size: int) -> float:
     start = time.perf_counter()
     model.encode(chunks, batch_size=batch_size, normalize_embeddings=True)
@@ -161,7 +170,7 @@ def paired_round(raw: Any, encoder: Any, docs: list[Any], round_no: int) -> dict
     machine load."""
     import ray
 
-    from knowledge import ChunkingConfig, KnowledgePool, chunk_text, plain_text
+    from knowledge import KnowledgePool
     from knowledge.encoder import FORWARD_BATCH
     from mlaas.db import Tenant, migrate, session_scope
 
@@ -176,8 +185,7 @@ def paired_round(raw: Any, encoder: Any, docs: list[Any], round_no: int) -> dict
         pool = KnowledgePool(database_url=url, home=Path(home), encoder=encoder)
         for call, i in enumerate(range(0, len(docs), 16)):
             batch = docs[i : i + 16]
-            chunks = [c for d in batch for c in chunk_text(plain_text(d.content, d.content_type),
-                                                           ChunkingConfig())]
+            chunks = pool_chunks(batch)
             actors = len(encoder.actors)
             for step in steps[call % 3 :] + steps[: call % 3]:
                 start = time.perf_counter()
@@ -203,12 +211,11 @@ def ingest_run(count: int, actors: int, rounds: int) -> dict[str, Any]:
     import ray
     import torch
 
-    from knowledge import ChunkingConfig, EncoderPool, PhraseEncoder, chunk_text, plain_text
+    from knowledge import EncoderPool, PhraseEncoder
     from knowledge.encoder import FORWARD_BATCH
 
     docs = documents(count)
-    chunks = [c for d in docs for c in chunk_text(plain_text(d.content, d.content_type),
-                                                  ChunkingConfig())]
+    chunks = pool_chunks(docs)
     raw = PhraseEncoder(threads=actors)
     torch.set_num_threads(actors)
     raw.model.encode(chunks[:32], batch_size=32)  # warm up

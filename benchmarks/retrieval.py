@@ -343,10 +343,40 @@ def pool_run(docs: list[Any], encoder: Any) -> dict[str, Any]:
             "pool_dense_only": evaluate(pool_ranker(mode="dense")),
             "pool_lexical_only": evaluate(pool_ranker(mode="lexical")),
         }
+        sweep = dense_weight_sweep(pool, url, embed)
         stats = pool.stats("t_bench")
         pool.forget()
     return {"ingest_s": round(ingest_s, 1), "chunks": stats["chunks"],
-            "window_chunks": len(windows_text), "runs": runs}
+            "window_chunks": len(windows_text), "runs": runs, "dense_weight_sweep": sweep}
+
+
+def dense_weight_sweep(pool: Any, url: str,
+                       embed: Callable[[str], np.ndarray]) -> dict[str, Any]:
+    """The pool's hybrid ranking at other weights of the cosine, on all questions and on
+    each half (odd and even positions): a weight chosen on one half should hold on the other."""
+    from knowledge import QueryOptions, store
+    from knowledge.retrieval import hybrid_search
+
+    state = pool.tenant("t_bench")
+    found: dict[str, Any] = {}
+    for weight in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        def ranker(question: str, weight: float = weight) -> list[str]:
+            hits = hybrid_search(state.index, state.lexical, state.graph, url, "t_bench",
+                                 embed(question), question, K, QueryOptions(),
+                                 dense_weight=weight)
+            infos = store.chunks_by_id(url, "t_bench", [c.chunk_id for c, _ in hits])
+            return [infos[c.chunk_id].text for c, _ in hits]
+
+        hits = evaluate(ranker)
+        rows = [grade(question, ranker(question.text)) for question in QUESTIONS]
+        halves = [[r for i, r in enumerate(rows) if i % 2 == half] for half in (0, 1)]
+        found[str(weight)] = {
+            "hit_at_3": hits["hit_at_3"], "mrr_at_10": hits["mrr_at_10"],
+            "halves_hit_at_3": [round(sum(r["hit_at_3"] for r in h) / len(h), 3)
+                                for h in halves],
+            "halves_mrr_at_10": [round(sum(r["mrr_at_10"] for r in h) / len(h), 3)
+                                 for h in halves]}
+    return found
 
 
 def main() -> None:
