@@ -10,6 +10,7 @@ roster entry; it is kept on the pool, not in its spec, and never changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,14 @@ VALIDATION_FIELD = "contribution_scoring.validation_data"
 
 
 def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any,
-                data_dir: Path | None = None) -> dict[str, Any]:
+                data_dir: Path | None = None,
+                admit: Callable[[int], None] | None = None) -> dict[str, Any]:
     """A new pool with its initial model registered as version 1 of ``spec.name``.
 
     Args:
         data_dir: the tenant's data folder, where a validation file must lie.
+        admit: checks the tenant's number of open pools as the pool is written
+            (:func:`federated._store.create_pool`); raises to refuse.
 
     Raises:
         PoolSpecError: the spec is invalid or cannot be secure (the reason says the fix), or
@@ -44,14 +48,15 @@ def create_pool(url: str, artifacts_dir: Path, tenant_id: str, raw: Any,
     spec = parse_pool_spec(raw).model_dump(mode="json")
     if spec.get("contribution_scoring"):
         spec["contribution_scoring"]["validation_data"] = _checked_validation(spec, data_dir)
-    pool_id = _store.new_pool_id()
+    # The pool's row first, counted against the tier as it is written; then its model
+    pool = _store.create_pool(url, tenant_id, spec, owner_key=owner_key, admit=admit)
     try:  # the model is the pool's alone: nobody else registers under its name or deletes
-        registry.reserve_model(url, tenant_id, spec["name"], pool_id)
+        registry.reserve_model(url, tenant_id, spec["name"], pool["id"])
     except ConflictError:
+        _store.delete_pool(url, pool["id"])
         raise ConflictError(
             f"A model named {spec['name']!r} exists already; give the pool another name",
             details={"field": "name"}) from None
-    pool = _store.create_pool(url, tenant_id, spec, pool_id=pool_id, owner_key=owner_key)
     version = _model.register(
         url, artifacts_dir, tenant_id=tenant_id, spec=spec, model=_model.build(spec),
         metrics={"federated": {"pool_id": pool["id"], "round": 0, "participants": 0,

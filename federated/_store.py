@@ -13,11 +13,22 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from mlaas.db import ApiKey, Base, session_scope, utcnow
+from mlaas.db import ApiKey, Base, hold_tenant, session_scope, utcnow
 from mlaas.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 
 _T = TypeVar("_T")
@@ -129,14 +140,30 @@ def new_pool_id() -> str:
 
 
 def create_pool(url: str, tenant_id: str, spec: dict[str, Any],
-                pool_id: str | None = None, owner_key: str | None = None) -> dict[str, Any]:
-    """A new pool; ``owner_key`` (checked by the caller) signs its roster from the start."""
+                pool_id: str | None = None, owner_key: str | None = None,
+                admit: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """A new pool; ``owner_key`` (checked by the caller) signs its roster from the start.
+
+    ``admit`` gets the tenant's number of open pools, counted while the tenant's row is held
+    (:func:`mlaas.db.hold_tenant`), so concurrent creations are counted one at a time; it
+    raises to refuse, and nothing is written.
+    """
     with session_scope(url) as session:
+        if admit is not None:
+            hold_tenant(session, tenant_id)
+            admit(session.scalar(select(func.count()).select_from(FederatedPool).where(
+                FederatedPool.tenant_id == tenant_id, FederatedPool.status == "open")) or 0)
         pool = FederatedPool(id=pool_id or new_pool_id(), tenant_id=tenant_id,
                              name=spec["name"], spec=spec, owner_key=owner_key)
         session.add(pool)
         session.flush()
         return pool_dict(pool)
+
+
+def delete_pool(url: str, pool_id: str) -> None:
+    """Remove a pool that never started (its model could not be reserved)."""
+    with session_scope(url) as session:
+        session.execute(delete(FederatedPool).where(FederatedPool.id == pool_id))
 
 
 def pool_dict(pool: FederatedPool) -> dict[str, Any]:

@@ -400,3 +400,36 @@ def test_concurrent_batch_jobs_never_pass_the_count_limit(database_url: str) -> 
     # Assert
     assert (written, refused) == (WorkLimits().max_concurrent_batch_jobs, 8 - written)
     assert batch_jobs.count_active(database_url, tenant) == written
+
+
+def test_concurrent_federated_pools_never_pass_the_open_pool_limit(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Eight pools of distinct names at once; a name already taken leaves no pool behind."""
+    from federated._pools import create_pool
+    from federated._store import list_pools
+    from mlaas.errors import ConflictError
+
+    # Prepare
+    tenant = accounts.create_tenant(database_url, "acme", tier="free").id
+    admit = _slow_admit("max_open_federated_pools")
+    names = iter(range(8))
+    spec = {"model": {"num_features": 4, "num_classes": 3, "hidden_sizes": [4]},
+            "rounds": 1, "min_nodes": 4, "target_nodes": 5,
+            "secure_aggregation": {"threshold": 3, "clip_range": 0.5, "quantization_bits": 12,
+                                   "modulus_bits": 40, "sample_cap": 100}}  # fmt: skip
+
+    def create() -> None:
+        create_pool(database_url, tmp_path / "artifacts", tenant,
+                    {**spec, "name": f"pool-{next(names)}"}, admit=admit)  # fmt: skip
+
+    # Execute
+    written, refused = _write_concurrently(create)
+    pools_before = len(list_pools(database_url, tenant))
+    with pytest.raises(ConflictError):
+        create_pool(database_url, tmp_path / "artifacts", tenant, {**spec, "name": "pool-0"})
+
+    # Assert
+    assert (written, refused) == (WorkLimits().max_open_federated_pools, 8 - written)
+    assert pools_before == written
+    assert len(list_pools(database_url, tenant)) == written, "the refused name left no pool"

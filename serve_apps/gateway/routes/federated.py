@@ -131,13 +131,18 @@ async def create_pool(
     from serve_apps.gateway.training import tenant_data_dir
 
     federated = _federated()
+    limits = ctx.tiers.work_limits(principal.tier)
+
+    def admit(open_pools: int) -> None:
+        work_limits.check_count(limits, "max_open_federated_pools", current=open_pools,
+                                tier=principal.tier)
+
+    # Refused early when the count is plainly over; the write counts again, one at a time
     pools = await run_in_threadpool(federated.list_pools, ctx.database_url, principal.tenant_id)
-    work_limits.check_count(ctx.tiers.work_limits(principal.tier), "max_open_federated_pools",
-                            current=sum(p["status"] == "open" for p in pools),
-                            tier=principal.tier)
+    admit(sum(p["status"] == "open" for p in pools))
     pool = await run_in_threadpool(federated.create_pool, ctx.database_url,
                                    get_storage(ctx.settings), principal.tenant_id, spec,
-                                   tenant_data_dir(ctx.settings, principal.tenant_id))
+                                   tenant_data_dir(ctx.settings, principal.tenant_id), admit)
     # Start the coordinator now, without waiting for it: it reads the pool from the database.
     federated.coordinator_for(pool["id"], ctx.database_url, None,  # storage of its node
                               placement=platform_actor_options(ctx.settings))
