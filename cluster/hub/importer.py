@@ -129,7 +129,9 @@ def _is_transport_error(error: Exception) -> bool:
 
 def _hub_reason(error: Exception) -> str:
     response = getattr(error, "response", None)
+    if response is None:
+        return str(error)
     try:
-        return str(response.json().get("error")) if response is not None else str(error)
+        return str(response.json().get("error"))
     except ValueError:
         return (response.text or "")[:200]

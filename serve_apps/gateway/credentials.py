@@ -48,7 +48,8 @@ class CredentialCache:
         expires_at = time.monotonic() + self.ttl_s
         credential = authorization.partition(" ")[2].strip()
         if not credential.startswith("mlk_"):
-            exp = jwt.decode(credential, options={"verify_signature": False}).get("exp")
+            # authenticate() required "exp" when it verified this token.
+            exp = jwt.decode(credential, options={"verify_signature": False})["exp"]
             expires_at = min(expires_at, time.monotonic() + float(exp) - time.time())
         if len(self._entries) >= self.max_entries:
             self._entries.clear()

@@ -72,8 +72,11 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         client_id = _header(scope, b"x-request-id")
-        valid = client_id is not None and _CLIENT_REQUEST_ID.match(client_id)
-        request_id = client_id if valid else new_request_id()
+        request_id = (
+            client_id
+            if client_id is not None and _CLIENT_REQUEST_ID.match(client_id)
+            else new_request_id()
+        )
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500

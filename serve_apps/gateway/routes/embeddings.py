@@ -43,8 +43,9 @@ def _texts(body: EmbeddingsRequest) -> list[str]:
             f"{MODEL_ID} has {DIMENSIONS} dimensions (got dimensions={body.dimensions})",
             details={"field": "dimensions", "expected": DIMENSIONS},
         )
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts or not all(isinstance(t, str) for t in texts):
+    given = [body.input] if isinstance(body.input, str) else body.input
+    texts = [t for t in given if isinstance(t, str)]
+    if not texts or len(texts) != len(given):
         raise ValidationError(
             "input must be a non-empty string or list of strings (token ids are not accepted)",
             details={"field": "input", "expected": "string or list of strings"},
@@ -60,7 +61,7 @@ def _texts(body: EmbeddingsRequest) -> list[str]:
             f"Each input must be 1-{MAX_CHARS} non-blank characters (bad: {too_long[:10]})",
             details={"field": "input", "indices": too_long[:10]},
         )
-    return texts  # type: ignore[return-value]
+    return texts
 
 
 def _encoded(vector: np.ndarray, encoding: str) -> Any:
