@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cluster.data import PreparedData, check_data, load_data
 from cluster.errors import SpecError, TrainingFailed
@@ -301,12 +301,13 @@ def _stage_files(outcome: TrainOutcome, plan: TrainingPlan, staging: Path) -> di
 def _as_transformers_folder(plan: TrainingPlan, weights: Path) -> dict[str, Any]:
     """Rewrite a fine-tuned huggingface model's checkpoint as a complete transformers folder
     (served and exported like any imported Hugging Face version)."""
-    from cluster.zoo.hf import save_pretrained
+    from cluster.zoo.hf import HFClassifier, save_pretrained
 
-    model = load_registered_model(plan.architecture, weights.parent)
+    # A "huggingface" architecture is always built as an HFClassifier.
+    model = cast(HFClassifier, load_registered_model(plan.architecture, weights.parent))
     weights.unlink()  # replaced by the transformers-keyed model.safetensors
-    save_pretrained(model, weights.parent)  # type: ignore[arg-type]
-    inner = model.inner.config  # type: ignore[union-attr]
+    save_pretrained(model, weights.parent)
+    inner = model.inner.config
     return {"library": "transformers", "model_type": inner.model_type,
             "architectures": list(inner.architectures or [])}  # fmt: skip
 

@@ -49,7 +49,10 @@ def build_keras_mlp(architecture: dict[str, Any], mean: np.ndarray, variance: np
 def save_training_state(model: Any, folder: Path) -> None:
     """Weights and optimizer variables (iterations, slots) as NumPy arrays."""
     np.savez(folder / WEIGHTS_ARRAYS, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    optimizer = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
+    # Any: mypy would match a ** of ndarrays against savez's allow_pickle: bool as well.
+    optimizer: dict[str, Any] = {
+        f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)
+    }
     np.savez(folder / OPTIMIZER_ARRAYS, **optimizer)
 
 
