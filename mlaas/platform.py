@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -290,7 +291,7 @@ def connect_ray(address: str) -> None:
     if ray.is_initialized():
         return
     if token_mode:
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]  # Cython, absent from its stub
 
         Config.initialize("")  # Ray read its config at import, before the variable was set
     if not ray_reachable(address):
@@ -299,7 +300,12 @@ def connect_ray(address: str) -> None:
             "(`ray status`)? Unset RAY_ADDRESS to let `mlaas up` start a local head."
         )
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
     except (ConnectionError, RuntimeError) as exc:
         raise PlatformError(
             f"Cannot reach Ray at {address}: {exc}. Is the cluster up (`ray status`)? "

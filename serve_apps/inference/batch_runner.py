@@ -113,11 +113,11 @@ def _charge(tenant: dict[str, str], rows: int) -> str | None:
         return None
     import ray
 
-    from mlaas.admission import ACTOR_NAME
+    from mlaas.admission import ACTOR_NAME, Refusal
     from mlaas.platform import NAMESPACE
 
-    actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-    refusal = ray.get(actor.consume.remote(
+    actor: Any = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)  # Ray types its methods as Never
+    refusal: Refusal | None = ray.get(actor.consume.remote(
         tenant["tenant_id"], tenant["tier"], "inference_requests", rows - 1, ENDPOINT
     ))
     if refusal is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -47,6 +48,28 @@ class InferenceArgs(BaseModel):
     demo_model: bool = Field(
         default=True, description="Register digits-demo@production for the admin tenant"
     )
+
+
+class _BatchedForward(Protocol):
+    """What ``@serve.batch`` makes of ``Inference._forward_batch``: one request's arguments in,
+    its own result out, plus the setters Serve attaches to the wrapper."""
+
+    async def __call__(self, runner: Runner, rows: np.ndarray) -> np.ndarray: ...
+
+    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
+
+    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
+
+
+def _batched(
+    *, max_batch_size: int, batch_wait_timeout_s: float
+) -> Callable[[Callable[..., Any]], _BatchedForward]:
+    """``serve.batch`` typed for a method batching two arguments, which Ray's stub does not
+    describe (it knows one batched argument and none of the setters)."""
+    decorator = serve.batch(
+        max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
+    )
+    return cast(Callable[[Callable[..., Any]], _BatchedForward], decorator)
 
 
 @serve.deployment(
@@ -137,7 +160,7 @@ class Inference:
         runner = await self.runner(spec)
         return await asyncio.to_thread(runner.predict, rows)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @_batched(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _forward_batch(
         self, runners: list[Runner], blocks: list[np.ndarray]
     ) -> list[np.ndarray]:
@@ -172,5 +195,6 @@ def app_builder(args: dict[str, Any]) -> Any:
     if parsed.embeddings:
         from serve_apps.embeddings.deployment import Embedder
 
-        return Inference.bind(args, Embedder.bind(args))
-    return Inference.bind(args)
+        # mypy ignores a class decorator's result (python/mypy#3135): these are Deployments.
+        return Inference.bind(args, Embedder.bind(args))  # type: ignore[attr-defined]
+    return Inference.bind(args)  # type: ignore[attr-defined]
