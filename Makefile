@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # pip warns once per package about index folders this machine's pip.conf names; keep the rest.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || [ $$? -eq 1 ]; }
 
-.PHONY: install run test services down lint bench clean
+.PHONY: install run test services down lint bench docs clean
 
 install: $(STAMP)
 
@@ -59,5 +59,11 @@ lint: install
 bench: install
 	$(PY) benchmarks/gateway_overhead.py
 
+# The documentation site (docs/, nav in mkdocs.yml) into site/; --strict: any warning (a broken
+# link or anchor, a page left out of the nav) fails the build.
+docs: install
+	$(PIP) install --quiet -e ".[docs]" 2>&1 | $(QUIET_PIP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
