@@ -10,8 +10,9 @@ With ``ai_enhancement`` in the spec, the job driver asks the provider router (th
 
 The job then trains once without the enhancement (``compare``) and once with it, and records
 both runs' validation metrics. Calls are made for the job's tenant, so the router's budget,
-breakers and cost accounting apply as for ``/v1/ai/*``; a job started without the platform
-(``python -m cluster.train`` on a bare Ray cluster) uses the keyless local provider in process.
+breakers and cost accounting apply as for ``/v1/ai/*``. The router is reached through its
+Serve deployment handle (this package depends on ``mlaas`` only), so a job on a cluster without
+the platform's ``providers`` application is refused with that reason.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cluster.data import PreparedData
 from cluster.errors import TrainingFailed
 from cluster.spec import AIEnhancementSpec, JobSpec, validate_spec
 from mlaas.errors import MlaasError, without_server_paths
+from mlaas.storage import synthetic_key
 
 DEFAULT_SHARE = 0.5  # synthetic rows by default: half the training split...
 DEFAULT_CAP = 10_000  # ...at most this many
@@ -81,56 +83,14 @@ class RouterProviders:
         return self._call("training_settings", request, tenant)  # type: ignore[no-any-return]
 
     def read_dataset(self, tenant_id: str, dataset_id: str) -> bytes:
-        from serve_apps.providers.local import synthetic_key
-
         return self.storage.get_bytes(synthetic_key(tenant_id, dataset_id))  # type: ignore[no-any-return]
 
 
-class LocalProviders:
-    """The keyless local provider in this process, for a job run without the platform."""
-
-    def __init__(self, storage: Any) -> None:
-        from serve_apps.providers.local import LocalProvider
-
-        self.local = LocalProvider(storage=storage, inline_rows=1_000_000)
-
-    def configured(self) -> set[str]:
-        return {"local"}
-
-    def synthetic_data(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
-        from serve_apps.providers.schemas import SyntheticDataRequest
-
-        result = self.local.synthetic_data_now(
-            SyntheticDataRequest.model_validate(request), tenant["tenant_id"]
-        )
-        return {"provider": "local", "model": "local/statistical", "synthetic_data": result}
-
-    def training_settings(
-        self, request: dict[str, Any], tenant: dict[str, Any]
-    ) -> dict[str, Any]:
-        from serve_apps.providers.local.training import suggest
-        from serve_apps.providers.schemas import TrainingSettingsRequest
-
-        parsed = TrainingSettingsRequest.model_validate(request)
-        settings = suggest(parsed)
-        names = {f.split(".", 1)[1] for f in parsed.open_fields}
-        values = settings.model_dump(exclude={"rationale"})
-        return {
-            "provider": "local",
-            "model": "local/statistical",
-            "settings": {k: v for k, v in values.items() if k in names and v is not None},
-            "rationale": settings.rationale,
-        }
-
-    def read_dataset(self, tenant_id: str, dataset_id: str) -> bytes:
-        raise TrainingFailed("the local provider returns its rows inline")
-
-
-def providers_for(enhancement: AIEnhancementSpec, storage: Any) -> Providers:
-    """The router when the platform runs; else the local provider, if the spec allows it.
+def providers_for(storage: Any) -> Providers:
+    """The platform's provider router.
 
     Raises:
-        TrainingFailed: no router, and the spec names only providers other than ``local``.
+        TrainingFailed: the job runs on a cluster without the platform's providers application.
     """
     import ray
 
@@ -140,14 +100,12 @@ def providers_for(enhancement: AIEnhancementSpec, storage: Any) -> Providers:
         from ray import serve
 
         handle = serve.get_deployment_handle("ProviderRouter", app_name="providers")
-        return RouterProviders(handle, storage)
     except Exception:  # noqa: BLE001 - no Serve instance, or no providers application
-        if enhancement.providers and "local" not in enhancement.providers:
-            raise TrainingFailed(
-                "AI enhancement needs the platform's providers application (`mlaas up`) for "
-                f"the providers {enhancement.providers}; add \"local\" to use the keyless one"
-            ) from None
-        return LocalProviders(storage)
+        raise TrainingFailed(
+            "AI enhancement needs the platform's providers application: run the job on a "
+            "cluster started with `mlaas up` (or the RayService), or leave ai_enhancement out"
+        ) from None
+    return RouterProviders(handle, storage)
 
 
 @dataclass

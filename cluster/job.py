@@ -170,7 +170,7 @@ def _run_enhanced(spec: JobSpec, ctx: JobContext) -> registry.ModelVersionInfo:
     check_data(spec, ctx.source)
     data = load_data(spec)
     tenant = accounts.get_tenant(ctx.database_url, ctx.tenant_id)
-    providers = enhance.providers_for(spec.ai_enhancement, ctx.storage)
+    providers = enhance.providers_for(ctx.storage)
     print("[train] AI enhancement: " + ", ".join(spec.ai_enhancement.scheduled()), flush=True)
     enhanced = enhance.enhance(
         spec, data, providers,

@@ -55,6 +55,12 @@ def tenant_data_prefix(tenant_id: str) -> str:
     return f"datasets/{tenant_id}/"
 
 
+def synthetic_key(tenant_id: str, dataset_id: str) -> str:
+    """Where a tenant's synthetic dataset lives (written by the providers' local generator,
+    read by its download route and by AI-enhanced training jobs)."""
+    return f"synthetic/{tenant_id}/{dataset_id}.parquet"
+
+
 def _clean_key(key: str) -> str:
     """A normalised relative key; refuses ``..`` and absolute keys."""
     key = key.replace("\\", "/").strip("/")

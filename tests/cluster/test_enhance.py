@@ -18,8 +18,41 @@ from mlaas import work_limits
 from mlaas.settings import Settings
 from mlaas.storage import Storage, open_storage
 from mlaas.tiers import WorkLimits
+from serve_apps.providers.local import LocalProvider
+from serve_apps.providers.local.training import suggest
+from serve_apps.providers.schemas import SyntheticDataRequest, TrainingSettingsRequest
 
 TENANT = {"tenant_id": "t_1", "tier": "pro", "endpoint": enhance.ENDPOINT}
+
+
+class LocalProviders:
+    """The router's calls answered by the keyless local provider in this process (the job
+    reaches the real router through Serve; its answers have this shape)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.local = LocalProvider(storage=storage, inline_rows=1_000_000)
+
+    def configured(self) -> set[str]:
+        return {"local"}
+
+    def synthetic_data(self, request: dict[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
+        result = self.local.synthetic_data_now(
+            SyntheticDataRequest.model_validate(request), tenant["tenant_id"])
+        return {"provider": "local", "model": "local/statistical", "synthetic_data": result}
+
+    def training_settings(
+        self, request: dict[str, Any], tenant: dict[str, Any]
+    ) -> dict[str, Any]:
+        parsed = TrainingSettingsRequest.model_validate(request)
+        names = {f.split(".", 1)[1] for f in parsed.open_fields}
+        settings = suggest(parsed)
+        values = settings.model_dump(exclude={"rationale"})
+        return {"provider": "local", "model": "local/statistical",
+                "settings": {k: v for k, v in values.items() if k in names and v is not None},
+                "rationale": settings.rationale}  # fmt: skip
+
+    def read_dataset(self, tenant_id: str, dataset_id: str) -> bytes:
+        raise AssertionError("every row is inline")
 
 
 def _storage(home: Path) -> Storage:
@@ -72,7 +105,7 @@ def test_an_enhancement_that_cannot_run_is_refused_naming_the_field(
 def test_the_local_provider_adds_rows_to_the_training_split_only(tmp_path: Path) -> None:
     spec = validate_spec(_spec(ai_enhancement={"synthetic_rows": 200}))
     data = load_data(spec)
-    providers = enhance.LocalProviders(_storage(tmp_path))
+    providers = LocalProviders(_storage(tmp_path))
 
     result = enhance.enhance(spec, data, providers, TENANT)
 
@@ -106,16 +139,15 @@ def test_rows_a_provider_gets_wrong_are_dropped_and_counted() -> None:
     assert y.tolist() == [0, 1] and rejected == 4
 
 
-def test_a_job_without_the_platform_may_use_only_the_local_provider(tmp_path: Path) -> None:
-    storage = _storage(tmp_path)
-    remote_only = validate_spec(_spec(ai_enhancement={"providers": ["openai"]})).ai_enhancement
-    with_local = validate_spec(_spec(ai_enhancement={"providers": ["openai", "local"]}))
+def test_a_job_on_a_cluster_without_the_platform_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    import ray
+
+    assert not ray.is_initialized()
 
     with pytest.raises(TrainingFailed, match="providers application"):
-        enhance.providers_for(remote_only, storage)  # type: ignore[arg-type]
-    chosen = enhance.providers_for(with_local.ai_enhancement, storage)  # type: ignore[arg-type]
-
-    assert isinstance(chosen, enhance.LocalProviders)
+        enhance.providers_for(_storage(tmp_path))
 
 
 def test_the_comparison_run_counts_against_the_tiers_epoch_limit() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mlaas.storage import Storage
+from mlaas.storage import Storage, synthetic_key
 from serve_apps.providers.local.analysis import analyze
 from serve_apps.providers.local.embeddings import LocalEmbedder
 from serve_apps.providers.local.quality import quality_metrics
@@ -24,12 +24,7 @@ from serve_apps.providers.local.synthetic import (
 )
 from serve_apps.providers.schemas import AnalyzeRequest, ModelAnalysis, SyntheticDataRequest
 
-__all__ = ["LocalProvider", "analyze"]
-
-
-def synthetic_key(tenant_id: str, dataset_id: str) -> str:
-    """Where a tenant's synthetic dataset lives in the platform storage."""
-    return f"synthetic/{tenant_id}/{dataset_id}.parquet"
+__all__ = ["LocalProvider", "analyze", "synthetic_key"]
 
 
 def prune_synthetic(storage: Storage, tenant_id: str, retention_s: float) -> int:
