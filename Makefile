@@ -54,7 +54,8 @@ test: install services
 	$(PY) -m pytest -m multinode $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check mlaas cluster serve_apps federated knowledge tests benchmarks
+	$(VENV)/bin/ruff check mlaas cluster serve_apps federated knowledge tests benchmarks docs
+	$(VENV)/bin/mypy mlaas cluster serve_apps federated knowledge
 
 bench: install
 	$(PY) benchmarks/gateway_overhead.py
