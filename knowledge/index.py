@@ -1,6 +1,6 @@
 """The vector index: FAISS through ``index_factory`` strings chosen by pool size.
 
-Thresholds (``IndexPolicy``, documented in the README):
+Thresholds (``IndexPolicy``, documented in docs/knowledge.md):
 
 - fewer than ``flat_max`` vectors (20,000): ``IDMap2,Flat``, exact inner product;
 - from ``flat_max`` on: ``IVF{nlist},Flat`` with ``nlist`` the power of two nearest

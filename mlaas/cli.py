@@ -213,7 +213,7 @@ def _print_up(settings: Settings, url: str, address: str, admin_key: str | None,
     if started_ray and not is_loopback(settings.node_ip_address):
         console.print(
             "  Add a node: copy ~/.ray/auth_token to it, export the same MLAAS_* settings, "
-            f"then run `mlaas join --address {address}` there (README: Add a node)",
+            f"then run `mlaas join --address {address}` there (docs/cluster.md, Add a node)",
             highlight=False, soft_wrap=True,
         )
     console.print(f"URL: {url}", highlight=False)

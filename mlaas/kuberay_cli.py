@@ -1,5 +1,5 @@
 """``mlaas kuberay render`` and ``mlaas bootstrap-admin``: the commands of a Kubernetes
-deployment (configs/cluster/, README: Deploy on Kubernetes)."""
+deployment (configs/cluster/, docs/cluster.md, "Deploy on Kubernetes")."""
 
 from __future__ import annotations
 
