@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # pip warns once per package about index folders this machine's pip.conf names; keep the rest.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || [ $$? -eq 1 ]; }
 
-.PHONY: install run test services down lint bench docs clean
+.PHONY: install run test test-fast services down lint bench docs clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ test: install services
 	$(PY) -m pytest -m "not multinode and not cluster_only" $(PYTEST_ARGS)
 	MLAAS_TEST_BACKEND=cluster $(PY) -m pytest -m "cluster_state or cluster_only" $(PYTEST_ARGS)
 	$(PY) -m pytest -m multinode $(PYTEST_ARGS)
+
+# The tests that need no shared platform (no `mlaas up`): the quick loop while working.
+test-fast: install services
+	$(PY) -m pytest -m "not needs_platform and not multinode and not cluster_only" -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check mlaas cluster serve_apps federated knowledge tests benchmarks docs

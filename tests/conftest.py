@@ -274,7 +274,15 @@ def ray_driver(platform: Platform) -> Iterator[None]:
     yield
 
 
+# Fixtures that start (or stand for) the shared platform: a test using one, directly or through
+# another fixture, is marked needs_platform, which `make test-fast` leaves out.
+PLATFORM_FIXTURES = {"platform", "mn_platform"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.needs_platform)
     # Tests that restart the shared platform run last, so they do not pull it from under others.
     # The log scan runs after them all, when every log line of the run is written.
     items.sort(key=lambda item: (item.get_closest_marker("scans_logs") is not None,
