@@ -102,6 +102,24 @@ def _driver_ip(platform: MultiNodePlatform, job_id: str, timeout_s: float = 120)
     pytest.fail(f"the driver of job {job_id} did not start within {timeout_s} s")
 
 
+def _live_group(platform: MultiNodePlatform, job_id: str, workers: int, timeout_s: float = 90
+                ) -> tuple[list[str], int]:  # fmt: skip
+    """The nodes of the job's live worker group and how many groups have started so far, read
+    when exactly ``workers`` workers are alive and no group started while they were read. A
+    group that failed before may leave its workers alive for a while beside the new group's:
+    a node of those is no victim (CI once killed one, and nothing restarted)."""
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        before = len(re.findall(STARTS, platform.job_logs(job_id, tail=20_000)))
+        ips = platform.train_worker_nodes()
+        after = len(re.findall(STARTS, platform.job_logs(job_id, tail=20_000)))
+        seen = (ips, before, after)
+        if before == after >= 1 and len(ips) == workers:
+            return ips, after
+        time.sleep(1)
+    pytest.fail(f"no settled group of {workers} training workers within {timeout_s} s: {seen}")
+
+
 def _recovered_after(results: list[tuple[float, int, Any]], start: float, run: int = 5
                      ) -> float | None:  # fmt: skip
     """Seconds from ``start`` to the first of ``run`` successive 200s after it."""
@@ -285,8 +303,7 @@ def test_a_worker_node_killed_mid_training_resumes_from_its_checkpoint_and_servi
         assert status["status"] == "RUNNING", status
         # Where the workers are now: a group that restarted before this (a slow start under
         # load) may sit elsewhere than the first; the kill must take one of the live ones.
-        worker_ips = mn_platform.train_worker_nodes()
-        starts_before = len(re.findall(STARTS, mn_platform.job_logs(job_id, tail=20_000)))
+        worker_ips, starts_before = _live_group(mn_platform, job_id, workers=2)
         victims = [ip for ip in worker_ips if ip != driver_ip]
         assert victims, f"the training workers ({worker_ips}) all share the driver's node"
         victim = _worker_index(mn_platform, victims[0])
