@@ -137,33 +137,50 @@ def _tasks(texts: Sequence[str], size: int) -> list[list[int]]:
 
 class EncoderPool:
     """A ``ray.util.ActorPool`` of ``PhraseEncoder`` actors; tasks go to whichever is free.
-    The actors run on the CPU unless ``num_gpus`` grants each a (share of a) GPU."""
+    The actors run on the CPU unless ``num_gpus`` grants each a (share of a) GPU.
+
+    The actors start on first use, not with the pool: each holds MiniLM (about 0.6 GB), and
+    an idle platform, or a knowledge pool nobody has written to yet, needs none of them."""
 
     def __init__(self, *, actors: int = 2, num_cpus: float = 0.25, batch_size: int = 32,
                  forward_batch: int = FORWARD_BATCH, num_gpus: float = 0,
                  placement: dict[str, Any] | None = None) -> None:
-        import ray
-        from ray.util import ActorPool
-
-        # With num_gpus (a fraction shares one GPU between actors) MiniLM runs on CUDA.
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(PhraseEncoder).options(
-            **(placement or {}))
-        self.actors = [remote.remote(forward_batch=forward_batch) for _ in range(actors)]
-        self.pool = ActorPool(self.actors)
+        self.size = actors
         self.batch_size = batch_size
+        self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, **(placement or {})}
+        self._forward_batch = forward_batch
+        self.actors: list[Any] = []
+        self._pool: Any = None
+        self._start_lock = threading.Lock()
         self._lock = threading.Lock()  # ActorPool is not thread-safe
         self._next = itertools.count()
+
+    @property
+    def pool(self) -> Any:
+        """The actor pool, its actors started on the first call."""
+        with self._start_lock:
+            if self._pool is None:
+                import ray
+                from ray.util import ActorPool
+
+                # With num_gpus (a fraction shares one GPU between actors) MiniLM runs on CUDA.
+                remote = ray.remote(PhraseEncoder).options(**self._options)
+                self.actors = [remote.remote(forward_batch=self._forward_batch)
+                               for _ in range(self.size)]
+                self._pool = ActorPool(self.actors)
+            return self._pool
 
     def task_size(self, count: int) -> int:
         """Chunks per actor task: at most ``batch_size``, and small enough that every actor
         gets two tasks, so the load evens out when one actor runs slower."""
-        return max(1, min(self.batch_size, -(-count // (2 * len(self.actors)))))
+        return max(1, min(self.batch_size, -(-count // (2 * self.size))))
 
     def encode_chunks(self, texts: Sequence[str]) -> list[EncodedChunk]:
         """Every chunk encoded, returned in input order."""
         tasks = _tasks(texts, self.task_size(len(texts)))
+        pool = self.pool
         with self._lock:
-            results = list(self.pool.map(
+            results = list(pool.map(
                 lambda actor, task: actor.encode_chunks.remote([texts[i] for i in task]),
                 tasks,
             ))
@@ -176,6 +193,7 @@ class EncoderPool:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import ray
 
+        self.pool  # noqa: B018 - starts the actors on first use
         actor: Any = self.actors[next(self._next) % len(self.actors)]
         vectors: np.ndarray = ray.get(actor.embed.remote(list(texts)))
         return vectors

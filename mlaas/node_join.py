@@ -23,6 +23,7 @@ from mlaas.platform import (
     collective_env,
     ray_binary,
     ray_reachable,
+    serve_env,
 )
 from mlaas.settings import Settings
 
@@ -105,6 +106,7 @@ def join_cluster(
     check_shared_state(settings)
     env = join_env(address, token_file)
     env.update(collective_env(settings, env))
+    env.update(serve_env(env))
     if not ray_reachable(address):
         raise PlatformError(
             f"Cannot reach the head at {address}: nothing answers there. Check the address "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,25 @@ def load_minilm(threads: int = 1, device: str = "cpu") -> Any:
     max_queued_requests=256,
 )
 class Embedder:
-    """Encodes lists of texts to unit-length 384-dimensional vectors."""
+    """Encodes lists of texts to unit-length 384-dimensional vectors.
+
+    MiniLM loads on the first request, not with the replica: an idle platform holds no encoder
+    (about 0.35 GB), and the device is still checked at start."""
 
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         # The inference app's args: ``device`` as for the Inference replicas, checked at start.
         self.device = resolve_device(str((args or {}).get("device", "auto")))
-        self.model = load_minilm(device=self.device)
-        self.tokenizer = self.model.tokenizer
-        assert self.model.get_sentence_embedding_dimension() == DIMENSIONS
+        self._model: Any = None
+        self._loading = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        with self._loading:
+            if self._model is None:
+                model = load_minilm(device=self.device)
+                assert model.get_sentence_embedding_dimension() == DIMENSIONS
+                self._model = model
+            return self._model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(
@@ -71,6 +83,6 @@ class Embedder:
 
     async def embed(self, texts: list[str]) -> dict[str, Any]:
         """Vectors (rows of a float32 array) and the prompt's token count."""
-        vectors = await self._encode_batch(texts)
-        tokens = sum(len(ids) for ids in self.tokenizer(texts)["input_ids"])
+        vectors = await self._encode_batch(texts)  # loads the model on the first call
+        tokens = sum(len(ids) for ids in self.model.tokenizer(texts)["input_ids"])
         return {"model": MODEL_ID, "vectors": vectors, "prompt_tokens": int(tokens)}
