@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(
         default=1_000_000, ge=1, description="Rows of inline JSON a /v1/batch_predict may carry"
     )
+    batch_torch_threads: int = Field(
+        default=0, ge=0, le=256, description="Torch threads of a batch job's model actor; 0: "
+        "torch's default (the node's cores), so a model whose forward dominates uses them all"
+    )
     batch_heartbeat_timeout_s: float = Field(
         default=30, gt=0, description="A RUNNING batch job whose task is silent this long is "
         "FAILED (its worker died); the task beats every 5 s"

@@ -3,8 +3,9 @@ a file (or the rows of a large request saved as one) and writes the predictions 
 file to the platform storage. The job's state is a database record (:mod:`mlaas.batch_jobs`),
 so every gateway replica on every node reads the same status.
 
-Layout under ``batch/<tenant>/<job id>/`` of the storage: ``inputs.npy`` (rows sent inline)
-and ``predictions.parquet`` (one row per input row, in input order; downloadable through
+Layout under ``batch/<tenant>/<job id>/`` of the storage: the rows sent inline (``inputs.npy``;
+for a text model ``inputs.parquet`` with an ``inputs`` string column) and
+``predictions.parquet`` (one row per input row, in input order; downloadable through
 ``GET /v1/batch_predict/{id}/output``). Readable inputs are the tenant's own files under
 ``datasets/<tenant>/`` and allow-listed buckets (:mod:`mlaas.tenant_uris`).
 """
@@ -56,9 +57,23 @@ def format_of(uri: str, declared: str | None) -> str:
     return guessed
 
 
+TEXT_COLUMNS = ("inputs", "text")
+
+
 def feature_matrix(batch: dict[str, np.ndarray], schema: dict[str, Any]) -> np.ndarray:
-    """Rows of a Ray Data batch as float32: the schema's feature columns, or an ``inputs``
-    column of arrays."""
+    """Rows of a Ray Data batch as the model takes them: for a text model the strings of an
+    ``inputs`` (or ``text``) column; else float32, the schema's feature columns or an
+    ``inputs`` column of arrays."""
+    if schema.get("type") == "text":
+        column = next((name for name in TEXT_COLUMNS if name in batch), None)
+        if column is None:
+            raise ValueError(f"this model takes text: the file needs a string column "
+                             f"{' or '.join(map(repr, TEXT_COLUMNS))}")
+        texts = batch[column]
+        empty = sum(1 for t in texts if not isinstance(t, str) or not t.strip())
+        if empty:
+            raise ValueError(f"{empty} row(s) of column {column!r} are empty or not strings")
+        return np.asarray(texts, dtype=object)
     features = list(schema.get("features") or [])
     if "inputs" in batch:
         return np.stack([np.asarray(r, dtype=np.float32).ravel() for r in batch["inputs"]])
@@ -74,12 +89,14 @@ def feature_matrix(batch: dict[str, np.ndarray], schema: dict[str, Any]) -> np.n
 class BatchPredictor:
     """The ``map_batches`` callable: loads the version once per actor, predicts per batch."""
 
-    def __init__(self, spec: dict[str, Any], input_schema: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], input_schema: dict[str, Any],
+                 torch_threads: int = 0) -> None:
         import torch
 
         from serve_apps.inference.runners import load_runner
 
-        torch.set_num_threads(1)
+        if torch_threads:  # else torch's default: the node's cores
+            torch.set_num_threads(torch_threads)
         self.runner = load_runner(spec)
         self.classes = [str(c) for c in (spec.get("output_schema") or {}).get("classes") or []]
         self.input_schema = input_schema

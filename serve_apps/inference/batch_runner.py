@@ -18,6 +18,7 @@ import numpy as np
 from mlaas import batch_jobs
 from mlaas.batch_jobs import now_text
 from mlaas.errors import without_server_paths
+from mlaas.settings import Settings
 from serve_apps.inference.batch_jobs import BatchPredictor
 
 BATCH_ROWS = 8192
@@ -173,7 +174,7 @@ def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source
         record(rows=rows)
         predicted = dataset.map_batches(
             BatchPredictor,
-            fn_constructor_args=(spec, input_schema),
+            fn_constructor_args=(spec, input_schema, Settings().batch_torch_threads),
             batch_size=BATCH_ROWS,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1),

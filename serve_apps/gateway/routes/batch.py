@@ -79,10 +79,20 @@ def _admit(ctx: Any, principal: Any) -> Callable[[int], None]:
     return admit
 
 
-def _save_rows(ctx: Any, key: str, rows: np.ndarray) -> str:
+def _save_rows(ctx: Any, folder: str, rows: np.ndarray) -> tuple[str, str]:
+    """The rows of a request too large to answer inline, stored for the job: (URI, format).
+    Numbers as ``inputs.npy``; the strings of a text model (no pickles) as ``inputs.parquet``
+    with an ``inputs`` column."""
     buffer = io.BytesIO()
+    if rows.dtype == object:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"inputs": pa.array(rows.tolist(), type=pa.string())}), buffer)
+        return get_storage(ctx.settings).put_bytes(f"{folder}/inputs.parquet",
+                                                   buffer.getvalue()), "parquet"  # fmt: skip
     np.save(buffer, rows, allow_pickle=False)
-    return get_storage(ctx.settings).put_bytes(key, buffer.getvalue())
+    return get_storage(ctx.settings).put_bytes(f"{folder}/inputs.npy", buffer.getvalue()), "numpy"
 
 
 @router.post("/v1/batch_predict")
@@ -111,9 +121,16 @@ async def batch_predict(
             admit=_admit(ctx, principal),
             heartbeat_timeout_s=ctx.settings.batch_heartbeat_timeout_s,
             model_version_id=version.id, input="inline", rows=len(rows))
-        source = await run_in_threadpool(
-            _save_rows, ctx, f"{job_key(principal.tenant_id, job_id)}/inputs.npy", rows)
-        fmt, charge = "numpy", False
+        try:
+            source, fmt = await run_in_threadpool(
+                _save_rows, ctx, job_key(principal.tenant_id, job_id), rows)
+        except Exception:
+            # Not left PENDING: a job that never starts would hold one of the tier's slots.
+            await run_in_threadpool(batch_jobs.update, ctx.database_url, job_id,
+                                    status="FAILED", error="the rows could not be stored",
+                                    finished_at=batch_jobs.now_text())  # fmt: skip
+            raise
+        charge = False
     else:
         fmt = format_of(source, body.format)
         await _check_room(ctx, principal)

