@@ -115,7 +115,8 @@ async def handle_load(spec: dict[str, Any], row: np.ndarray, concurrency: int,
     return latency_figures(latencies, time.monotonic() - start)
 
 
-def start_platform(home: Path, ingress: str = "python") -> dict[str, str]:
+def start_platform(home: Path, ingress: str = "python",
+                   extra: dict[str, str] | None = None) -> dict[str, str]:
     (home / "tiers.yaml").write_text(BENCH_TIERS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLAAS_")}
     env.update(
@@ -124,6 +125,7 @@ def start_platform(home: Path, ingress: str = "python") -> dict[str, str]:
         MLAAS_INGRESS=ingress, MLAAS_HAPROXY_METRICS_PORT=str(PORT + 11),
         MLAAS_HAPROXY_STATS_PORT=str(PORT + 12),
     )
+    env.update(extra or {})
     subprocess.run([MLAAS, "up"], env=env, check=True, capture_output=True, text=True)
     return env
 
@@ -181,17 +183,20 @@ def batch_section(base: str, headers: dict[str, str], home: Path, spec: dict[str
                   rows: int) -> dict[str, Any]:
     import pandas as pd
 
-    from mlaas.settings import Settings
-    from serve_apps.inference.batch_jobs import datasets_folder
+    import io
+
+    from mlaas.storage import get_storage, tenant_data_prefix
     from serve_apps.inference.demo import digits, digits_schemas
     from serve_apps.inference.runners import load_runner
 
     features = digits_schemas()[0]["features"]
     x = digits()[0]
     data = x[np.arange(rows) % len(x)].astype(np.float32)
-    folder = datasets_folder(Settings().artifacts_dir, spec["tenant_id"])
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(data, columns=features).to_parquet(folder / "bench.parquet")
+    buffer = io.BytesIO()
+    pd.DataFrame(data, columns=features).to_parquet(buffer)
+    # Where a tenant's own input files live, as an upload would put them.
+    get_storage().put_bytes(tenant_data_prefix(spec["tenant_id"]) + "bench.parquet",
+                            buffer.getvalue())
 
     start = time.monotonic()
     job = httpx.post(f"{base}/v1/batch_predict", headers=headers, timeout=60,

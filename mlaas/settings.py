@@ -173,9 +173,14 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(
         default=1_000_000, ge=1, description="Rows of inline JSON a /v1/batch_predict may carry"
     )
+    batch_actors: int = Field(
+        default=2, ge=1, le=1024, description="Model actors a batch job may run (Ray Data adds "
+        "them while batches wait; each loads the model once)"
+    )
     batch_torch_threads: int = Field(
-        default=0, ge=0, le=256, description="Torch threads of a batch job's model actor; 0: "
-        "torch's default (the node's cores), so a model whose forward dominates uses them all"
+        default=0, ge=0, le=256, description="Torch threads of each batch model actor; 0: the "
+        "node's cores shared among batch_actors (Ray would give a fractional-CPU actor one), so "
+        "a model whose forward dominates uses them all"
     )
     batch_heartbeat_timeout_s: float = Field(
         default=30, gt=0, description="A RUNNING batch job whose task is silent this long is "

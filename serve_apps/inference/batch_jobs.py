@@ -12,6 +12,7 @@ for a text model ``inputs.parquet`` with an ``inputs`` string column) and
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -90,13 +91,15 @@ class BatchPredictor:
     """The ``map_batches`` callable: loads the version once per actor, predicts per batch."""
 
     def __init__(self, spec: dict[str, Any], input_schema: dict[str, Any],
-                 torch_threads: int = 0) -> None:
+                 torch_threads: int = 0, actors: int = 1) -> None:
         import torch
 
         from serve_apps.inference.runners import load_runner
 
-        if torch_threads:  # else torch's default: the node's cores
-            torch.set_num_threads(torch_threads)
+        # Ray caps a worker's OpenMP threads at its (here fractional, so 1) CPU share; a model
+        # whose forward dominates a batch job should have the node's cores (shared among the
+        # job's actors) unless told otherwise.
+        torch.set_num_threads(torch_threads or max(1, len(os.sched_getaffinity(0)) // actors))
         self.runner = load_runner(spec)
         self.classes = [str(c) for c in (spec.get("output_schema") or {}).get("classes") or []]
         self.input_schema = input_schema

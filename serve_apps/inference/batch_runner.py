@@ -22,6 +22,7 @@ from mlaas.settings import Settings
 from serve_apps.inference.batch_jobs import BatchPredictor
 
 BATCH_ROWS = 8192
+TEXT_BATCH_ROWS = 1024
 ENDPOINT = "/v1/batch_predict"
 
 
@@ -50,14 +51,13 @@ def heartbeat(beat: Callable[[], Any], every_s: float) -> Iterator[None]:
         thread.join()
 
 
-def _read(source: str, fmt: str) -> Any:
+def _read(source: str, fmt: str, block_rows: int = 8192) -> Any:
     """The file as a Ray Dataset. Read here with pyarrow through the platform's filesystem
     (its endpoint and credentials), not by Ray Data's read tasks: those ask for a whole CPU
     each, which a two-core machine whose replicas hold fractions of both cannot grant."""
     import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.fs as pa_fs
-    import ray.data
 
     from mlaas.tenant_uris import filesystem_of
 
@@ -71,7 +71,7 @@ def _read(source: str, fmt: str) -> Any:
         flat = rows.reshape(len(rows), -1)
         # An "inputs" column built here: a rename would be one more whole-CPU Ray Data task.
         inputs = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
-        return ray.data.from_arrow(pa.table({"inputs": inputs}))
+        return _blocks(pa.table({"inputs": inputs}), block_rows)
     if fmt == "json":
         import pyarrow.json as pajson
 
@@ -81,7 +81,16 @@ def _read(source: str, fmt: str) -> Any:
         table = pads.dataset(path, format=fmt, filesystem=fs).to_table()
     if not isinstance(table, pa.Table) or table.num_rows == 0:
         raise ValueError(f"{source} has no rows")
-    return ray.data.from_arrow(table)
+    return _blocks(table, block_rows)
+
+
+def _blocks(table: Any, rows: int) -> Any:
+    """The table as a Dataset of blocks of ``rows`` rows (zero-copy slices): one block would
+    be one task, on one actor, with nothing written until it ends."""
+    import ray.data
+
+    return ray.data.from_arrow([table.slice(start, rows)
+                                for start in range(0, table.num_rows, rows)])  # fmt: skip
 
 
 def _write(predicted: Any, key: str) -> int:
@@ -166,18 +175,22 @@ def _run(job_id: str, spec: dict[str, Any], input_schema: dict[str, Any], source
 
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        dataset = _read(source, fmt)
+        # Text: smaller batches, so that the actors share a few thousand rows evenly.
+        batch_rows = TEXT_BATCH_ROWS if input_schema.get("type") == "text" else BATCH_ROWS
+        dataset = _read(source, fmt, batch_rows)
         rows = dataset.count()
         refusal = _charge(tenant, rows) if charge_rows else None
         if refusal:
             return {"status": "FAILED", "error": refusal, "rows": rows, "finished_at": now_text()}
         record(rows=rows)
+        settings = Settings()
+        actors = min(settings.batch_actors, -(-rows // batch_rows))
         predicted = dataset.map_batches(
             BatchPredictor,
-            fn_constructor_args=(spec, input_schema, Settings().batch_torch_threads),
-            batch_size=BATCH_ROWS,
+            fn_constructor_args=(spec, input_schema, settings.batch_torch_threads, actors),
+            batch_size=batch_rows,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=1),
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=0.25,
         )
         key = output_key(tenant["tenant_id"], job_id)
