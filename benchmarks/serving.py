@@ -181,9 +181,9 @@ def predict_section(args: argparse.Namespace, base: str, headers: dict[str, str]
 
 def batch_section(base: str, headers: dict[str, str], home: Path, spec: dict[str, Any],
                   rows: int) -> dict[str, Any]:
-    import pandas as pd
-
     import io
+
+    import pandas as pd
 
     from mlaas.storage import get_storage, tenant_data_prefix
     from serve_apps.inference.demo import digits, digits_schemas
