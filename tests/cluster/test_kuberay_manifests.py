@@ -64,6 +64,7 @@ DEFAULT_IS_RIGHT = {
     "MLAAS_MAX_BODY_BYTES": "tuning", "MLAAS_USAGE_FLUSH_INTERVAL_S": "tuning",
     "MLAAS_MAX_PREDICT_ROWS": "tuning", "MLAAS_BATCH_INLINE_ROWS": "tuning",
     "MLAAS_BATCH_MAX_ROWS": "tuning", "MLAAS_BATCH_HEARTBEAT_TIMEOUT_S": "tuning",
+    "MLAAS_BATCH_ACTORS": "tuning", "MLAAS_BATCH_TORCH_THREADS": "tuning",
     "MLAAS_SYNTHETIC_RETENTION_DAYS": "tuning", "MLAAS_LOG_LEVEL": "tuning",
     "MLAAS_KNOWLEDGE_INDEX_SHARDS": "tuning", "MLAAS_KNOWLEDGE_SHARD_NUM_CPUS": "tuning",
     "MLAAS_TIERS_FILE": "the image's configs/tiers.yaml", "MLAAS_SERVE_CONFIG": "as tiers",
