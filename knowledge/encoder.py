@@ -155,9 +155,10 @@ class EncoderPool:
         self._lock = threading.Lock()  # ActorPool is not thread-safe
         self._next = itertools.count()
 
-    @property
-    def pool(self) -> Any:
+    def _started(self) -> Any:
         """The actor pool, its actors started on the first call."""
+        if self._pool is not None:
+            return self._pool
         with self._start_lock:
             if self._pool is None:
                 import ray
@@ -178,7 +179,7 @@ class EncoderPool:
     def encode_chunks(self, texts: Sequence[str]) -> list[EncodedChunk]:
         """Every chunk encoded, returned in input order."""
         tasks = _tasks(texts, self.task_size(len(texts)))
-        pool = self.pool
+        pool = self._started()
         with self._lock:
             results = list(pool.map(
                 lambda actor, task: actor.encode_chunks.remote([texts[i] for i in task]),
@@ -193,7 +194,7 @@ class EncoderPool:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import ray
 
-        self.pool  # noqa: B018 - starts the actors on first use
+        self._started()
         actor: Any = self.actors[next(self._next) % len(self.actors)]
         vectors: np.ndarray = ray.get(actor.embed.remote(list(texts)))
         return vectors

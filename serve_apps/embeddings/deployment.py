@@ -56,12 +56,13 @@ class Embedder:
 
     @property
     def model(self) -> Any:
-        with self._loading:
-            if self._model is None:
-                model = load_minilm(device=self.device)
-                assert model.get_sentence_embedding_dimension() == DIMENSIONS
-                self._model = model
-            return self._model
+        if self._model is None:  # the lock only until the model is there, not per request
+            with self._loading:
+                if self._model is None:
+                    model = load_minilm(device=self.device)
+                    assert model.get_sentence_embedding_dimension() == DIMENSIONS
+                    self._model = model
+        return self._model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(
