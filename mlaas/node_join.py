@@ -21,6 +21,7 @@ from mlaas.platform import (
     PlatformError,
     auth_token_available,
     collective_env,
+    haproxy_env,
     ray_binary,
     ray_reachable,
     serve_env,
@@ -107,6 +108,8 @@ def join_cluster(
     env = join_env(address, token_file)
     env.update(collective_env(settings, env))
     env.update(serve_env(env))
+    if settings.ingress == "haproxy":
+        env.update(haproxy_env(settings))
     if not ray_reachable(address):
         raise PlatformError(
             f"Cannot reach the head at {address}: nothing answers there. Check the address "

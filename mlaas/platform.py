@@ -242,6 +242,21 @@ def start_ray_head(settings: Settings) -> str:
     return head_address(settings)
 
 
+def haproxy_wrapper() -> str:
+    """The ``mlaas-haproxy`` command beside this Python (pip installs it with the package)."""
+    path = Path(sys.executable).parent / "mlaas-haproxy"
+    if not os.access(path, os.X_OK):
+        found = shutil.which("mlaas-haproxy")
+        if found is None:
+            raise ConfigurationError(
+                "MLAAS_INGRESS=haproxy needs the `mlaas-haproxy` command, which installing the "
+                "package provides: run `make install` (or `pip install -e .`), or set "
+                "MLAAS_INGRESS=python"
+            )
+        return found
+    return str(path)
+
+
 def haproxy_env(settings: Settings) -> dict[str, str]:
     """Serve's HAProxy ingress and throughput-optimized mode, with this platform's own files
     and ports (the defaults under /tmp/haproxy-serve would be shared by every platform)."""
@@ -254,6 +269,9 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     )
     sockets.mkdir(mode=0o700, exist_ok=True)
     return {
+        # HAProxy through mlaas-haproxy, which forwards the client's address to the replicas
+        # (Serve's config has no setting for it); see mlaas.haproxy_ingress.
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_wrapper(),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),

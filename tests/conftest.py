@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 MLAAS = str(Path(sys.executable).parent / "mlaas")
 
 
-def _free_port_block(size: int, low: int = 20_000, high: int = 32_000) -> int:
+def _free_port_block(size: int, low: int = 20_000, high: int = 29_990) -> int:
     """A random port with the ``size - 1`` ports after it free too, outside Ray's worker range
-    (10002-19999), so that several test sessions and a developer's own platform can coexist."""
+    (10002-19999) and the ports Serve gives replicas behind HAProxy (30000-31000, 40000-41000),
+    so that several test sessions and a developer's own platform can coexist."""
     rng = random.Random()
     for _ in range(200):
         start = rng.randrange(low, high - size)
@@ -39,12 +40,15 @@ def _free_port_block(size: int, low: int = 20_000, high: int = 32_000) -> int:
     raise RuntimeError("no free block of ports for the test platform")
 
 
-# MLAAS_TEST_PORT pins the gateway port (then the next five serve Ray); otherwise random.
-_BASE_PORT = int(os.environ.get("MLAAS_TEST_PORT") or _free_port_block(6))
+# MLAAS_TEST_PORT pins the gateway port (then the next five serve Ray and two HAProxy);
+# otherwise random.
+_BASE_PORT = int(os.environ.get("MLAAS_TEST_PORT") or _free_port_block(8))
 TEST_PORT = _BASE_PORT
 TEST_RAY_PORT = _BASE_PORT + 1  # and +2, +3 for Ray's client server and dashboard agent
 TEST_DASHBOARD_PORT = _BASE_PORT + 4
 TEST_METRICS_PORT = _BASE_PORT + 5  # the head's metrics agent (Prometheus scrapes it)
+TEST_HAPROXY_METRICS_PORT = _BASE_PORT + 6  # the default ingress's own two ports
+TEST_HAPROXY_STATS_PORT = _BASE_PORT + 7
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -126,6 +130,8 @@ def platform_env(home: Path) -> dict[str, str]:
         MLAAS_RAY_PORT=str(TEST_RAY_PORT),
         MLAAS_DASHBOARD_PORT=str(TEST_DASHBOARD_PORT),
         MLAAS_METRICS_EXPORT_PORT=str(TEST_METRICS_PORT),
+        MLAAS_HAPROXY_METRICS_PORT=str(TEST_HAPROXY_METRICS_PORT),
+        MLAAS_HAPROXY_STATS_PORT=str(TEST_HAPROXY_STATS_PORT),
         MLAAS_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
         # A batch job whose worker dies is FAILED after this long (the lost-job test waits it)
         MLAAS_BATCH_HEARTBEAT_TIMEOUT_S=str(BATCH_HEARTBEAT_TIMEOUT_S),

@@ -14,6 +14,7 @@ from mlaas.registry import ModelVersionInfo
 from mlaas.settings import Settings
 from mlaas.tiers import TiersConfig
 from serve_apps.gateway.admission_batch import AdmissionBatcher
+from serve_apps.gateway.client_address import ClientAddresses
 from serve_apps.gateway.credentials import CredentialCache
 from serve_apps.gateway.versions import VersionCache
 
@@ -28,6 +29,7 @@ class GatewayContext:
     applications: tuple[str, ...]
     credentials: CredentialCache = field(default_factory=CredentialCache)
     versions: VersionCache = field(default_factory=VersionCache)
+    clients: ClientAddresses = field(default_factory=ClientAddresses)
     admissions: AdmissionBatcher = field(init=False)
 
     def __post_init__(self) -> None:

@@ -261,6 +261,9 @@ def mn_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeP
             "MLAAS_TIERS_FILE": str(_roomy_tiers(root / "tiers.yaml")),
             # As configs/cluster/rayservice.yaml: a lost node is declared dead in seconds
             **RAY_NODE_FAILURE_DETECTION,
+            # As the manifest's pods, whose `ray start` brings Serve's Python proxies (the head
+            # here is a plain `ray start` too, and `mlaas join` would otherwise set HAProxy up)
+            "MLAAS_INGRESS": "python",
             "COLUMNS": "200",
         }
         nodes.env = env

@@ -83,6 +83,29 @@ def test_health_is_limited_per_client_ip_to_its_documented_rate(platform: Platfo
     assert from_elsewhere.status_code == 200, "the limit is per client address"
 
 
+def test_the_platform_runs_behind_haproxy_by_default(platform: Platform) -> None:
+    # HAProxy's own Prometheus frontend answers on the port the platform gave it
+    port = platform.env["MLAAS_HAPROXY_METRICS_PORT"]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+
+    assert metrics.status_code == 200
+    assert "haproxy_process_" in metrics.text
+
+
+def test_a_client_cannot_escape_its_address_limit_with_a_forged_forwarded_for(
+    platform: Platform,
+) -> None:
+    # Behind HAProxy (the default ingress) the replicas see HAProxy's address and read the
+    # client's from X-Forwarded-For; a client's own header must not be what counts.
+    transport = httpx.HTTPTransport(local_address="127.0.0.4")
+    with platform.client(transport=transport) as client:
+        responses = [client.get("/health", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+                     for i in range(105)]  # fmt: skip
+
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 100 + [429] * 5
+
+
 def test_usage_is_metered_per_endpoint(platform: Platform) -> None:
     tenant_id, key = platform.new_tenant()
     with platform.client(key) as client:

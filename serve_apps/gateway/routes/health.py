@@ -137,8 +137,7 @@ async def _orchestrator_status() -> dict[str, Any]:
 @router.get("/health")
 async def health(request: Request, ctx: Context) -> JSONResponse:
     """200 when every part is operational, 503 naming the parts that are not."""
-    client = request.client.host if request.client else "unknown"
-    await check_admission(ctx, f"ip:{client}", "/health")
+    await check_admission(ctx, f"ip:{await ctx.clients.of(request)}", "/health")
     services: dict[str, str] = {}
     try:
         await asyncio.wait_for(run_in_threadpool(_database_ok, ctx.database_url), timeout=5)
