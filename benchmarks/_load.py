@@ -24,19 +24,19 @@ def require_wrk() -> str:
     return path
 
 
-def run_wrk(
+def wrk_command(
     url: str,
     *,
     connections: int,
     duration_s: int,
     headers: dict[str, str],
     script: Path | None = None,
-) -> dict:
-    """One wrk run in its own process; returns p50/p99 in ms, requests/s and non-2xx count.
-    ``script`` is a wrk Lua script (for example one that POSTs a JSON body)."""
+    threads: int = 1,
+) -> list[str]:
+    """The wrk command line of one run (``threads`` wrk threads share the connections)."""
     command = [
         require_wrk(),
-        "-t1",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{duration_s}s",
         "--latency",
@@ -47,7 +47,22 @@ def run_wrk(
         command += ["-H", f"{name}: {value}"]
     if script is not None:
         command += ["-s", str(script)]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    return [*command, url]
+
+
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    duration_s: int,
+    headers: dict[str, str],
+    script: Path | None = None,
+) -> dict:
+    """One wrk run in its own process; returns p50/p99 in ms, requests/s and non-2xx count.
+    ``script`` is a wrk Lua script (for example one that POSTs a JSON body)."""
+    command = wrk_command(url, connections=connections, duration_s=duration_s, headers=headers,
+                          script=script)
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
     if len(percentiles) < 2:
         raise RuntimeError(f"wrk measured no latencies against {url}:\n{output}")
