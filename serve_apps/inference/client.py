@@ -3,6 +3,8 @@ with the replica's errors raised again as themselves and backpressure as a 503."
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlaas.errors import MlaasError, ServiceUnavailableError
@@ -32,12 +34,86 @@ def _unwrapped(error: Exception, what: str) -> Exception:
     )
 
 
+class PredictCoalescer:
+    """Predictions of one gateway replica, coalesced per version.
+
+    At most ``in_flight`` calls per version are out at a time; the requests that arrive
+    meanwhile wait and go together in the next call (``Inference.predict_many``: one forward,
+    each request's outputs its own), up to ``max_rows`` rows per call. A lone request goes out
+    at once; under load one round trip to the model replica answers many requests instead of
+    each paying its own (the round trip, not the forward, is most of a small model's cost).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any], list[Any]], Awaitable[list[dict[str, Any]]]],
+        *,
+        in_flight: int = 2,
+        max_rows: int = 1024,
+    ) -> None:
+        self._send = send
+        self.in_flight = in_flight
+        self.max_rows = max_rows
+        self._queues: dict[str, list[tuple[Any, asyncio.Future[dict[str, Any]]]]] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._busy: dict[str, int] = {}
+        self.calls = 0  # calls made (the coalescing test reads it)
+
+    async def predict(self, spec: dict[str, Any], rows: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        key = spec["id"]
+        self._queues.setdefault(key, []).append((rows, future))
+        self._specs[key] = spec
+        if self._busy.get(key, 0) < self.in_flight:
+            self._busy[key] = self._busy.get(key, 0) + 1
+            loop.create_task(self._drain(key))
+        return await future
+
+    def _take(self, key: str) -> list[tuple[Any, asyncio.Future[dict[str, Any]]]]:
+        queue = self._queues[key]
+        taken, rows = 1, len(queue[0][0])
+        while taken < len(queue) and rows + len(queue[taken][0]) <= self.max_rows:
+            rows += len(queue[taken][0])
+            taken += 1
+        batch, self._queues[key] = queue[:taken], queue[taken:]
+        return batch
+
+    async def _drain(self, key: str) -> None:
+        try:
+            while self._queues.get(key):
+                batch = self._take(key)
+                self.calls += 1
+                try:
+                    results = await self._send(self._specs[key], [rows for rows, _ in batch])
+                except asyncio.CancelledError:  # the replica is shutting down
+                    for _, future in batch + self._queues.pop(key, []):
+                        future.cancel()
+                    raise
+                except Exception as error:  # each caller sees the failure as its own
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._busy[key] -= 1
+            if not self._busy[key]:
+                del self._busy[key]
+                if not self._queues.get(key):
+                    self._queues.pop(key, None)
+                    self._specs.pop(key, None)
+
+
 class InferenceClient:
     """One per gateway replica; handles are made on first use (the app may start later)."""
 
     def __init__(self, app_name: str = APP_NAME) -> None:
         self.app_name = app_name
         self._handles: dict[str, Any] = {}
+        self._predictions = PredictCoalescer(self._predict_many)
 
     def handle(self, deployment: str) -> Any:
         if deployment not in self._handles:
@@ -69,9 +145,13 @@ class InferenceClient:
         raise AssertionError("unreachable")
 
     async def predict(self, spec: dict[str, Any], rows: Any) -> dict[str, Any]:
-        """Outputs of a version for a float32 array of rows (routed to a replica holding it)."""
+        """Outputs of a version for a float32 array of rows (routed to a replica holding it;
+        coalesced with this replica's other requests for the version)."""
+        return await self._predictions.predict(spec, rows)
+
+    async def _predict_many(self, spec: dict[str, Any], blocks: list[Any]) -> list[dict[str, Any]]:
         return await self._call(  # type: ignore[no-any-return]
-            INFERENCE, "predict", spec, rows, model_id=spec["id"]
+            INFERENCE, "predict_many", spec, blocks, model_id=spec["id"]
         )
 
     async def predict_raw(self, spec: dict[str, Any], rows: Any) -> Any:

@@ -155,6 +155,22 @@ class Inference:
         outputs = await self._forward_batch(runner, rows)
         return shape_outputs(outputs, spec.get("output_schema") or {})
 
+    async def predict_many(
+        self, spec: dict[str, Any], blocks: list[np.ndarray]
+    ) -> list[dict[str, Any]]:
+        """:meth:`predict` for several requests' rows of one version in one call (a gateway
+        replica coalesces the requests that arrive while its last call is in flight): one
+        forward over all of them, each request's outputs shaped on its own."""
+        runner = await self.runner(spec)
+        merged = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        outputs = await self._forward_batch(runner, merged)
+        schema = spec.get("output_schema") or {}
+        shaped, start = [], 0
+        for block in blocks:
+            shaped.append(shape_outputs(outputs[start : start + len(block)], schema))
+            start += len(block)
+        return shaped
+
     async def predict_raw(self, spec: dict[str, Any], rows: np.ndarray) -> np.ndarray:
         """Raw outputs of a large block of rows, in one forward (batch jobs call this)."""
         runner = await self.runner(spec)
