@@ -115,7 +115,7 @@ async def handle_load(spec: dict[str, Any], row: np.ndarray, concurrency: int,
     return latency_figures(latencies, time.monotonic() - start)
 
 
-def start_platform(home: Path, ingress: str = "python",
+def start_platform(home: Path, ingress: str = "haproxy",
                    extra: dict[str, str] | None = None) -> dict[str, str]:
     (home / "tiers.yaml").write_text(BENCH_TIERS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLAAS_")}
@@ -245,7 +245,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8, help="seconds per load run")
     parser.add_argument("--batch-rows", type=int, default=100_000)
-    parser.add_argument("--ingress", choices=["python", "haproxy"], default="python",
+    parser.add_argument("--ingress", choices=["python", "haproxy"], default="haproxy",
                         help="the platform's HTTP front (MLAAS_INGRESS)")
     args = parser.parse_args()
     require_wrk()
