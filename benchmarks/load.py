@@ -152,6 +152,9 @@ def parse_status_output(output: str) -> dict[str, Any]:
         second, status = divmod(int(key), 1000)
         per_second.setdefault(second, {})[status] = n
     raw["per_second"] = dict(sorted(per_second.items()))
+    # Lua escaped each byte past ASCII on its own: join them back into UTF-8
+    raw["samples"] = {int(k): v.encode("latin-1", "replace").decode("utf-8", "replace")
+                      for k, v in sorted(raw["samples"].items())}
     return raw
 
 
@@ -199,6 +202,7 @@ def figures_of(raw: dict[str, Any]) -> dict[str, Any]:
         "2xx_per_s": round(ok / duration_s, 1) if duration_s else 0.0,
         "invariant_holds": not violations,
         "violations": violations,
+        "first_body_per_status": raw["samples"],
     }
 
 
