@@ -4,7 +4,7 @@ the documented shape at once, never a hang; requests inside the limits still suc
 The shared Inference deployment is sized for load (64 ongoing + 256 queued per caller), too
 large to fill cheaply in a test, so this deploys a deployment of the same name and method in
 an application of its own with limits of 1 + 1 and calls it through the gateway's own
-``InferenceClient`` (the code path of /v1/predict)."""
+``InferenceClient`` (the code path of /v1/predict, which calls ``predict_many``)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ def _deploy_slow_inference() -> None:
         ray_actor_options={"num_cpus": 0.05},
     )
     class SlowInference:
-        async def predict(self, spec: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+        async def predict_many(
+            self, spec: dict[str, Any], blocks: list[np.ndarray]
+        ) -> list[dict[str, Any]]:
             await asyncio.sleep(1.5)
-            return {"outputs": rows.tolist()}
+            return [{"outputs": rows.tolist()} for rows in blocks]
 
     serve.run(SlowInference.bind(), name=APP, route_prefix=None)
 
@@ -45,13 +47,15 @@ async def test_a_full_queue_is_an_immediate_503_with_retry_after(ray_driver: Non
 
     _deploy_slow_inference()
     client = InferenceClient(app_name=APP)
-    spec = {"id": "mv_probe"}
+    # Six versions: a gateway replica coalesces concurrent requests of one version into one
+    # call, so only requests of different versions are separate calls that fill the queue.
+    specs = [{"id": f"mv_probe{i}"} for i in range(6)]
     rows = np.ones((1, 2), dtype=np.float32)
     try:
         # Execute: six at once against one running + one queued slot
         started = time.monotonic()
         results = await asyncio.wait_for(
-            asyncio.gather(*(client.predict(spec, rows) for _ in range(6)),
+            asyncio.gather(*(client.predict(spec, rows) for spec in specs),
                            return_exceptions=True),
             timeout=60,
         )
@@ -71,7 +75,7 @@ async def test_a_full_queue_is_an_immediate_503_with_retry_after(ray_driver: Non
             assert "queue is full" in error.message
 
         # and once the queue drains, the same client is served again
-        assert (await client.predict(spec, rows))["outputs"] == [[1.0, 1.0]]
+        assert (await client.predict(specs[0], rows))["outputs"] == [[1.0, 1.0]]
     finally:
         serve.delete(APP)
 
