@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +51,7 @@ from load import (  # noqa: E402
     table,
     wrk_status_command,
 )
-from serving import MODEL, RAY_PORT  # noqa: E402
+from serving import MODEL, RAY_PORT, wait_until  # noqa: E402
 
 MIB = 2**20
 SENTENCES = [f"Sentence {i} of the soak, about serving models on a small cluster."
@@ -147,9 +148,13 @@ def main() -> None:
         loads = {"predict": (platform.home / "predict_status.lua", args.connections,
                              "/v1/predict", {"model": MODEL, "inputs": ROW})}
         if args.embeddings_connections > 0:
+            embed = {"model": "all-MiniLM-L6-v2", "input": SENTENCES}
             loads["embeddings"] = (platform.home / "embed_status.lua",
-                                   args.embeddings_connections, "/v1/embeddings",
-                                   {"model": "all-MiniLM-L6-v2", "input": SENTENCES})
+                                   args.embeddings_connections, "/v1/embeddings", embed)
+            # MiniLM loads on the first request: before the load, not as its timeouts
+            wait_until(lambda: httpx.post(f"{platform.base}/v1/embeddings", json=embed,
+                                          headers=platform.headers, timeout=120
+                                          ).status_code == 200, "the embeddings model", 300)
         runs: dict[str, subprocess.Popen[str]] = {}
         try:
             for name, (script, connections, path, body) in loads.items():
