@@ -100,6 +100,10 @@ def providers_for(storage: Any) -> Providers:
         from ray import serve
 
         handle = serve.get_deployment_handle("ProviderRouter", app_name="providers")
+        # The driver calls it synchronously (`.result()`), which needs the handle's router
+        # on a loop of its own; Serve's throughput-optimized mode (the platform's default
+        # ingress, inherited from the node's environment) runs it in the caller's loop.
+        handle._init(_run_router_in_separate_loop=True)
     except Exception:  # noqa: BLE001 - no Serve instance, or no providers application
         raise TrainingFailed(
             "AI enhancement needs the platform's providers application: run the job on a "
