@@ -57,7 +57,7 @@ class PredictCoalescer:
         self._queues: dict[str, list[tuple[Any, asyncio.Future[dict[str, Any]]]]] = {}
         self._specs: dict[str, dict[str, Any]] = {}
         self._busy: dict[str, int] = {}
-        self.calls = 0  # calls made (the coalescing test reads it)
+        self._drains: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
     async def predict(self, spec: dict[str, Any], rows: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -67,7 +67,9 @@ class PredictCoalescer:
         self._specs[key] = spec
         if self._busy.get(key, 0) < self.in_flight:
             self._busy[key] = self._busy.get(key, 0) + 1
-            loop.create_task(self._drain(key))
+            drain = loop.create_task(self._drain(key))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
         return await future
 
     def _take(self, key: str) -> list[tuple[Any, asyncio.Future[dict[str, Any]]]]:
@@ -83,7 +85,6 @@ class PredictCoalescer:
         try:
             while self._queues.get(key):
                 batch = self._take(key)
-                self.calls += 1
                 try:
                     results = await self._send(self._specs[key], [rows for rows, _ in batch])
                 except asyncio.CancelledError:  # the replica is shutting down
