@@ -119,6 +119,10 @@ def ray_env() -> dict[str, str]:
 SERVE_IDLE_ENV = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    # Every request is a few actor calls, and the GCS keeps the events of the last 100,000
+    # tasks by default (for the dashboard's task list, which the platform does not use): its
+    # memory grew by 260 MB in 10 minutes of serving (benchmarks/soak.py). 10,000 bounds it.
+    "RAY_task_events_max_num_task_in_gcs": "10000",
 }
 
 
